@@ -515,10 +515,10 @@ pub(crate) fn decode_alarm(id: AlarmId, value: &[u8]) -> Result<Alarm, StoreErro
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn cdr() -> Cdr {
+    pub(crate) fn cdr() -> Cdr {
         let start = UnixMs(1_700_000_000_123);
         Cdr {
             id: CdrId::new(start, "sh-01", "a@b"),

@@ -324,3 +324,145 @@ impl Iterator for CdrBatches {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    fn with_each_engine(f: impl Fn(Engine, &Path)) {
+        for engine in [Engine::Redb, Engine::Sled] {
+            let dir = tempfile::tempdir().unwrap();
+            f(engine, dir.path());
+        }
+    }
+
+    fn raw_put(store: &Store, table: Table, key: &[u8], value: &[u8]) {
+        let mut batch = engine::Batch::default();
+        batch.put(table, key.to_vec(), value.to_vec());
+        store.inner.kv.commit(&batch).unwrap();
+    }
+
+    #[test]
+    fn damaged_values_are_errors_not_panics() {
+        with_each_engine(|engine, dir| {
+            let store = Store::open(dir, engine, StoreConfig::default()).unwrap();
+            let t = UnixMs(1_767_225_600_000);
+            let id = CdrId::new(t, "n", "c");
+            let filter = CdrFilter::between(t, UnixMs(t.0 + 1));
+            for bad in [
+                &[][..],
+                &[2, 0, 0, 0, 0],
+                &[1, 9],
+                &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 50],
+            ] {
+                raw_put(&store, Table::Cdrs, &keys::id_key(id), bad);
+                let corrupt =
+                    |r: Result<(), StoreError>| matches!(r, Err(StoreError::Corrupt { .. }));
+                assert!(corrupt(store.get_cdr(id).map(drop)), "{engine:?} {bad:?}");
+                assert!(corrupt(store.cdrs_page(&filter, None, 10).map(drop)));
+                assert!(corrupt(
+                    store.stats(&filter, &[t, UnixMs(t.0 + 1)]).map(drop)
+                ));
+                raw_put(&store, Table::Logs, &keys::log_key(id, 0), bad);
+                assert!(corrupt(store.cdr_log(id).map(drop)));
+                raw_put(&store, Table::Alarms, &[7; 16], bad);
+                assert!(corrupt(store.alarms(false, 5).map(drop)));
+            }
+            // Writing over a damaged record still works and repairs it.
+            let mut cdr = codec::tests::cdr();
+            cdr.id = id;
+            cdr.start_time = t;
+            store
+                .writer()
+                .submit(WriteOp::PutCdr(Box::new(cdr.clone())))
+                .unwrap();
+            store.flush(Duration::from_secs(30)).unwrap();
+            assert_eq!(store.get_cdr(id).unwrap(), Some(cdr));
+        });
+    }
+
+    #[test]
+    fn another_schema_version_is_refused() {
+        with_each_engine(|engine, dir| {
+            let store = Store::open(dir, engine, StoreConfig::default()).unwrap();
+            raw_put(&store, Table::Meta, keys::SCHEMA_KEY, &7u32.to_be_bytes());
+            drop(store);
+            let err = Store::open(dir, engine, StoreConfig::default()).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    StoreError::SchemaVersion {
+                        found: 7,
+                        supported: SCHEMA_VERSION
+                    }
+                ),
+                "{err}"
+            );
+        });
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Section {
+        engine: Engine,
+    }
+
+    fn check_config(text: &str, expected: Result<StoreConfig, &str>) {
+        match (toml::from_str::<StoreConfig>(text), expected) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "{text}"),
+            (Err(e), Err(needle)) => assert!(e.to_string().contains(needle), "{text}: {e}"),
+            (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn config_reads_durations_and_refuses_unknown_keys() {
+        let day = 86_400;
+        let cases = [
+            ("", Ok(StoreConfig::default())),
+            (
+                "cdr_retention = \"90d\"\ntrace_retention = \"12h\"\nflush_interval = \"50ms\"",
+                Ok(StoreConfig {
+                    cdr_retention: Duration::from_secs(90 * day),
+                    trace_retention: Duration::from_secs(12 * 3600),
+                    flush_interval: Duration::from_millis(50),
+                }),
+            ),
+            (
+                "flush_interval = \"5s\"",
+                Ok(StoreConfig {
+                    flush_interval: Duration::from_secs(5),
+                    ..StoreConfig::default()
+                }),
+            ),
+            ("cdr_retentoin = \"1d\"", Err("cdr_retentoin")),
+            ("trace_retention = \"soon\"", Err("trace_retention")),
+        ];
+        for (text, expected) in cases {
+            check_config(text, expected);
+        }
+        assert_eq!(
+            StoreConfig::default().cdr_retention,
+            Duration::from_secs(365 * day)
+        );
+        assert_eq!(
+            StoreConfig::default().trace_retention,
+            Duration::from_secs(30 * day)
+        );
+        assert_eq!(
+            toml::from_str::<Section>("engine = \"sled\"")
+                .unwrap()
+                .engine,
+            Engine::Sled
+        );
+        assert_eq!(
+            toml::from_str::<Section>("engine = \"redb\"")
+                .unwrap()
+                .engine,
+            Engine::Redb
+        );
+        assert!(toml::from_str::<Section>("engine = \"Redb\"").is_err());
+        assert_eq!(Engine::default(), Engine::Redb);
+    }
+}

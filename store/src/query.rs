@@ -213,13 +213,12 @@ fn bad_key(table: Table) -> StoreError {
     }
 }
 
-fn fetch(snap: &mut dyn Snapshot, id: CdrId) -> Result<Cdr, StoreError> {
+/// The CDR an index entry names; `None` when it is gone, which happens on sled (no read
+/// snapshots) when retention deletes it between the index read and this one.
+fn fetch(snap: &mut dyn Snapshot, id: CdrId) -> Result<Option<Cdr>, StoreError> {
     match snap.get(Table::Cdrs, &keys::id_key(id))? {
-        Some(value) => codec::decode_cdr(id, &value),
-        None => Err(StoreError::Corrupt {
-            what: "index entry",
-            detail: format!("it names CDR {id}, which is not stored"),
-        }),
+        Some(value) => codec::decode_cdr(id, &value).map(Some),
+        None => Ok(None),
     }
 }
 
@@ -316,13 +315,15 @@ pub(crate) fn newest_first(
             ids.sort_unstable_by(|a, b| b.cmp(a));
             ids.truncate(want);
             for id in ids {
-                out.push(fetch(snap, id)?);
+                out.extend(fetch(snap, id)?);
             }
         }
         Plan::Number { table, pattern } => {
             for hour in range.hours(snap)?.into_iter().flatten().rev() {
                 for hit in number_hits(snap, table, pattern, hour, range, filter)? {
-                    let cdr = fetch(snap, hit.id)?;
+                    let Some(cdr) = fetch(snap, hit.id)? else {
+                        continue;
+                    };
                     if filter.numbers_match(&cdr) {
                         out.push(cdr);
                         if out.len() >= want {
@@ -439,7 +440,9 @@ pub(crate) fn stats(
                 let check_other = filter.caller.is_some() && filter.called.is_some();
                 for hour in range.hours(snap)?.into_iter().flatten().rev() {
                     for hit in number_hits(snap, table, pattern, hour, range, filter)? {
-                        if check_other && !filter.numbers_match(&fetch(snap, hit.id)?) {
+                        if check_other
+                            && !fetch(snap, hit.id)?.is_some_and(|c| filter.numbers_match(&c))
+                        {
                             continue;
                         }
                         let at = hit.id.start();

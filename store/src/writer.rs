@@ -439,7 +439,7 @@ impl WriterThread {
                     what: "CDR key",
                     detail: format!("{} bytes", k.len()),
                 })?;
-                expired.push(codec::decode_cdr(id, v));
+                expired.push((id, codec::decode_cdr(id, v)));
                 Ok(if expired.len() >= PURGE_CHUNK {
                     ControlFlow::Break(())
                 } else {
@@ -448,10 +448,15 @@ impl WriterThread {
             },
         )?;
         let more_cdrs = expired.len() >= PURGE_CHUNK;
-        for cdr in expired {
+        for (id, cdr) in expired {
             match cdr {
                 Ok(cdr) => build.remove_cdr(snap.as_mut(), &cdr)?,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // Its index entries cannot be found; queries skip entries whose record
+                    // is gone, so deleting the record is enough to make progress.
+                    tracing::error!(error = %e, %id, "deleting an unreadable expired CDR");
+                    build.batch.delete(Table::Cdrs, keys::id_key(id).to_vec());
+                }
             }
             purged.cdrs += 1;
         }
