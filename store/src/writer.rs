@@ -39,8 +39,11 @@ pub enum WriteOp {
 /// What a retention run deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
+    /// CDRs deleted, with their index entries and rollup counts.
     pub cdrs: u64,
+    /// Log entries deleted (SIP messages and events).
     pub log_entries: u64,
+    /// Cleared alarms deleted.
     pub alarms: u64,
 }
 
@@ -61,14 +64,22 @@ pub struct WriterStats {
     pub queued: u64,
 }
 
+/// The live counters behind [`WriterStats`], updated by the thread and the submitters.
 #[derive(Debug, Default)]
 struct Counters {
+    /// Batches committed.
     batches: AtomicU64,
+    /// CDRs committed.
     cdrs: AtomicU64,
+    /// Log entries committed.
     logs: AtomicU64,
+    /// Failed commit attempts.
     failures: AtomicU64,
+    /// The last successful commit's duration, in µs.
     last_commit_us: AtomicU64,
+    /// Ops accepted by `submit`; with `committed`, the queue depth.
     submitted: AtomicU64,
+    /// Ops whose batch was committed.
     committed: AtomicU64,
 }
 
@@ -198,11 +209,7 @@ pub(crate) fn spawn(
     let handle = std::thread::Builder::new()
         .name("sipedge-store".into())
         .spawn(move || thread.run(&rx))
-        .map_err(|source| StoreError::Io {
-            action: "start the store's writer thread for",
-            path: "the store".into(),
-            source,
-        })?;
+        .map_err(StoreError::Thread)?;
     Ok((Writer { tx, counters }, handle))
 }
 
@@ -644,5 +651,90 @@ impl BatchBuilder {
             }
         }
         Ok(self.batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{self, Engine};
+    use crate::log::LogKind;
+
+    /// The real engine, with the first commits failing as on a full disk.
+    struct FailingFirst {
+        /// The real database.
+        inner: Box<dyn Kv>,
+        /// Commits still to fail.
+        failures_left: AtomicU64,
+    }
+
+    impl Kv for FailingFirst {
+        fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, StoreError> {
+            self.inner.snapshot()
+        }
+
+        fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+            let left = self.failures_left.load(Ordering::Relaxed);
+            if left > 0 {
+                self.failures_left.store(left - 1, Ordering::Relaxed);
+                return Err(StoreError::Io {
+                    action: "write (injected fault)",
+                    path: "sipedge.redb".into(),
+                    source: std::io::Error::other("no space left on device"),
+                });
+            }
+            self.inner.commit(batch)
+        }
+    }
+
+    #[test]
+    fn failed_commits_are_retried_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = Arc::new(FailingFirst {
+            inner: engine::open(dir.path(), Engine::Redb).unwrap(),
+            failures_left: AtomicU64::new(3),
+        });
+        let cfg = StoreConfig {
+            flush_interval: Duration::from_millis(10),
+            ..StoreConfig::default()
+        };
+        let (writer, thread) = spawn(kv.clone(), cfg).unwrap();
+        let cdr = codec::tests::cdr();
+        let event = |text: &str| LogEntry {
+            at: cdr.start_time,
+            kind: LogKind::Event { text: text.into() },
+        };
+        writer
+            .submit(WriteOp::AppendLog(cdr.id, event("first")))
+            .unwrap();
+        writer
+            .submit(WriteOp::AppendLog(cdr.id, event("second")))
+            .unwrap();
+        writer
+            .submit(WriteOp::PutCdr(Box::new(cdr.clone())))
+            .unwrap();
+        writer.flush(Duration::from_secs(30)).unwrap();
+
+        let stats = writer.stats();
+        assert_eq!(
+            (stats.failures, stats.cdrs_written, stats.queued),
+            (3, 1, 0)
+        );
+        let mut snap = kv.snapshot().unwrap();
+        let stored = snap
+            .get(Table::Cdrs, &keys::id_key(cdr.id))
+            .unwrap()
+            .unwrap();
+        assert_eq!(codec::decode_cdr(cdr.id, &stored).unwrap(), cdr);
+        for (seq, text) in [(0, "first"), (1, "second")] {
+            let value = snap
+                .get(Table::Logs, &keys::log_key(cdr.id, seq))
+                .unwrap()
+                .unwrap();
+            assert_eq!(codec::decode_log(&value).unwrap(), event(text));
+        }
+        drop(snap);
+        writer.stop(Duration::from_secs(30)).unwrap();
+        thread.join().unwrap();
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Everything above this module speaks in [`Table`]s of byte keys and byte values, one atomic
 //! and durable [`Batch`] per commit, point reads and ordered scans through a [`Snapshot`]. The
-//! engines ([`redb`] by default, [`sled`] when chosen) are only named here, so nothing outside
+//! engines (`redb.rs` by default, `sled.rs` when chosen) are only named here, so nothing outside
 //! the store, nor its public API, depends on either.
 
 mod redb;
