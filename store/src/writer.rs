@@ -291,12 +291,10 @@ impl WriterThread {
                     return;
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    if pending.is_empty() {
-                        self.background_purge();
-                    } else {
-                        self.commit_ops(&mut pending);
-                        deadline = None;
-                    }
+                    self.commit_ops(&mut pending);
+                    deadline = None;
+                    // Here too under steady traffic, or retention would wait for a quiet night.
+                    self.background_purge();
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     self.commit_ops(&mut pending);
