@@ -463,6 +463,12 @@ mod tests {
             Engine::Redb
         );
         assert!(toml::from_str::<Section>("engine = \"Redb\"").is_err());
+        let text = toml::to_string(&StoreConfig::default()).unwrap();
+        assert_eq!(
+            toml::from_str::<StoreConfig>(&text).unwrap(),
+            StoreConfig::default()
+        );
+        assert!(text.contains("flush_interval = \"100ms\""), "{text}");
         assert_eq!(Engine::default(), Engine::Redb);
     }
 }

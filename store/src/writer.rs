@@ -16,7 +16,7 @@ use crate::alarm::Alarm;
 use crate::cdr::{Cdr, CdrId, UnixMs};
 use crate::codec::{self, Counts, Kind};
 use crate::config::StoreConfig;
-use crate::engine::{Batch, Direction, Kv, Snapshot, Table, prefix_range};
+use crate::engine::{Batch, Direction, Kv, Snapshot, Table};
 use crate::keys;
 use crate::log::LogEntry;
 
@@ -187,8 +187,6 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// First and longest pause between attempts of a failing commit.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-/// Next log sequence numbers remembered at most; past that the cache starts over.
-const SEQ_CACHE_MAX: usize = 100_000;
 
 /// Starts the writer thread.
 pub(crate) fn spawn(
@@ -197,11 +195,12 @@ pub(crate) fn spawn(
 ) -> Result<(Writer, std::thread::JoinHandle<()>), StoreError> {
     let (tx, rx) = mpsc::channel();
     let counters = Arc::new(Counters::default());
+    let kv_for_seq = kv.clone();
     let mut thread = WriterThread {
         kv,
         cfg,
         counters: counters.clone(),
-        next_seq: HashMap::new(),
+        next_log_seq: stored_log_seq(kv_for_seq.as_ref())?,
         // Not at once: opening must not compete with a burst of retention work, and tests
         // that purge explicitly see deterministic counts.
         next_purge: Instant::now() + PURGE_EVERY,
@@ -220,10 +219,25 @@ struct WriterThread {
     cfg: StoreConfig,
     /// Shared with every [`Writer`].
     counters: Arc<Counters>,
-    /// The next log sequence number of recently logged calls, saving a lookup per entry.
-    next_seq: HashMap<CdrId, u32>,
+    /// The sequence number of the next log entry, of any call: one counter for all calls
+    /// keeps each call's entries in submission order without a lookup per call. Stored in
+    /// `meta` with every batch that uses it.
+    next_log_seq: u64,
     /// When retention runs next.
     next_purge: Instant,
+}
+
+/// The log sequence counter as the last commit left it.
+fn stored_log_seq(kv: &dyn Kv) -> Result<u64, StoreError> {
+    match kv.snapshot()?.get(Table::Meta, keys::LOG_SEQ_KEY)? {
+        None => Ok(0),
+        Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt {
+                what: "log sequence counter",
+                detail: format!("{} bytes", bytes.len()),
+            }),
+    }
 }
 
 fn now_ms() -> UnixMs {
@@ -336,8 +350,6 @@ impl WriterThread {
                 }
                 Err(e) => {
                     self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                    // The sequence numbers handed out for the failed batch were not stored.
-                    self.next_seq.clear();
                     tracing::error!(error = %e, ops = ops.len(), retry_in = ?pause,
                         "store commit failed; retrying, nothing is dropped");
                     std::thread::sleep(pause);
@@ -353,20 +365,20 @@ impl WriterThread {
         let mut snap = kv.snapshot()?;
         let mut build = BatchBuilder::default();
         let (mut cdrs, mut logs) = (0u64, 0u64);
+        let mut seq = self.next_log_seq;
         for op in ops {
             match op {
                 WriteOp::PutCdr(cdr) => {
                     build.put_cdr(snap.as_mut(), cdr)?;
-                    self.next_seq.remove(&cdr.id);
                     cdrs += 1;
                 }
                 WriteOp::AppendLog(id, entry) => {
-                    let seq = self.next_seq(snap.as_mut(), *id)?;
                     build.batch.put(
                         Table::Logs,
                         keys::log_key(*id, seq).to_vec(),
                         codec::encode_log(entry),
                     );
+                    seq += 1;
                     logs += 1;
                 }
                 WriteOp::PutCall(id, bytes) => {
@@ -384,9 +396,17 @@ impl WriterThread {
                 ),
             }
         }
+        if seq != self.next_log_seq {
+            build.batch.put(
+                Table::Meta,
+                keys::LOG_SEQ_KEY.to_vec(),
+                seq.to_be_bytes().to_vec(),
+            );
+        }
         let batch = build.finish(snap.as_mut())?;
         drop(snap);
         self.kv.commit(&batch)?;
+        self.next_log_seq = seq;
         let c = &self.counters;
         c.batches.fetch_add(1, Ordering::Relaxed);
         c.cdrs.fetch_add(cdrs, Ordering::Relaxed);
@@ -394,30 +414,6 @@ impl WriterThread {
         let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         c.last_commit_us.store(us, Ordering::Relaxed);
         Ok(())
-    }
-
-    fn next_seq(&mut self, snap: &mut dyn Snapshot, id: CdrId) -> Result<u32, StoreError> {
-        let seq = match self.next_seq.get(&id) {
-            Some(seq) => *seq,
-            None => {
-                let mut next = 0;
-                snap.scan(
-                    Table::Logs,
-                    prefix_range(&keys::id_key(id)),
-                    Direction::Backward,
-                    &mut |k, _| {
-                        next = keys::log_seq(k).map_or(0, |s| s.saturating_add(1));
-                        Ok(ControlFlow::Break(()))
-                    },
-                )?;
-                next
-            }
-        };
-        if self.next_seq.len() >= SEQ_CACHE_MAX {
-            self.next_seq.clear();
-        }
-        self.next_seq.insert(id, seq.saturating_add(1));
-        Ok(seq)
     }
 
     /// Deletes one chunk of expired data; says whether more is left.

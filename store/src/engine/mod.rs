@@ -36,6 +36,12 @@ impl Engine {
     }
 }
 
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The named tables. The discriminant is the table's one-byte tag where an engine keeps all
 /// tables in one keyspace, so it must never change for an existing table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
