@@ -9,6 +9,12 @@
 //! - `engine`: the ordered key-value seam and its redb and sled implementations (private).
 //! - `keys`, `codec`: key layouts and the versioned value encodings (private, pure).
 //!
+//! Use: [`Store::open`] once at start; give [`Store::writer`] clones to whoever records calls
+//! ([`Writer::submit`] never blocks); read with the `Store` methods from anywhere (it is cheap to
+//! clone, `Send` and `Sync`); at a clean stop call [`Store::flush`], then drop the last `Store`,
+//! which commits what is left and closes the database. Writer clones fail with
+//! [`StoreError::WriterStopped`] after that.
+//!
 //! Architecture invariant: no type of redb or sled appears in this crate's public API, so the
 //! rest of sipedge cannot depend on either engine.
 #![forbid(unsafe_code)]
@@ -381,6 +387,13 @@ mod tests {
             store.flush(Duration::from_secs(30)).unwrap();
             assert_eq!(store.get_cdr(id).unwrap(), Some(cdr));
         });
+    }
+
+    #[test]
+    fn handles_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync + Clone + 'static>() {}
+        shared::<Store>();
+        shared::<Writer>();
     }
 
     #[test]
