@@ -300,6 +300,12 @@ impl WriterThread {
                     let _ = reply.send(result);
                 }
                 Ok(Msg::Stop(reply)) => {
+                    // Writes other clones queued behind the stop are still taken.
+                    while let Ok(msg) = rx.try_recv() {
+                        if let Msg::Op(op) = msg {
+                            pending.push(op);
+                        }
+                    }
                     self.commit_ops(&mut pending);
                     let _ = reply.send(());
                     return;
