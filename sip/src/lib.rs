@@ -1,1 +1,5 @@
 #![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod flow;
