@@ -223,7 +223,7 @@ impl Metrics {
     }
 
     /// Counts a message not forwarded.
-    pub fn drop(&self, reason: DropReason) {
+    pub fn dropped(&self, reason: DropReason) {
         if let Some(i) = DROP_REASONS.iter().position(|(r, _)| *r == reason)
             && let Some(c) = self.drops.get(i)
         {
@@ -293,7 +293,7 @@ mod tests {
         m.response(Direction::ToTerminal, b"BYE", 699);
         m.response(Direction::ToTerminal, b"BYE", 700);
         m.response(Direction::ToTerminal, b"BYE", 99);
-        m.drop(DropReason::RateLimited);
+        m.dropped(DropReason::RateLimited);
         let got: Vec<_> = m
             .messages()
             .into_iter()

@@ -88,11 +88,13 @@ impl Proxy {
                 source,
             })?;
             udp.push(Arc::new(sock));
-            let listener = TcpListener::bind(addr).await.map_err(|source| Error::Bind {
-                transport: "TCP",
-                addr,
-                source,
-            })?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    transport: "TCP",
+                    addr,
+                    source,
+                })?;
             tcp.push(listener);
         }
 
@@ -137,8 +139,16 @@ impl Proxy {
         let range = |addrs: Vec<SocketAddr>| -> Option<(SocketAddr, SocketAddr)> {
             Some((*addrs.first()?, *addrs.last()?))
         };
-        let udp = self.udp.iter().filter_map(|s| s.local_addr().ok()).collect();
-        let tcp = self.tcp.iter().filter_map(|s| s.local_addr().ok()).collect();
+        let udp = self
+            .udp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect();
+        let tcp = self
+            .tcp
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect();
         [("sip-udp", range(udp)), ("sip-tcp", range(tcp))]
             .into_iter()
             .filter_map(|(name, r)| r.map(|(a, b)| (name, a, b)))
@@ -209,15 +219,20 @@ impl Shared {
         if side == Side::Upstream || self.limiter.allow(src.ip(), std::time::Instant::now()) {
             return true;
         }
-        self.metrics.drop(DropReason::RateLimited);
+        self.metrics.dropped(DropReason::RateLimited);
         false
     }
 
     /// Runs one message through the relay and sends the result. `out` is scratch space.
-    pub(crate) async fn process(self: &Arc<Self>, arrival: Arrival, data: &[u8], out: &mut Vec<u8>) {
+    pub(crate) async fn process(
+        self: &Arc<Self>,
+        arrival: Arrival,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) {
         let decision = self.relay.handle(&arrival, data, out);
         match decision {
-            Decision::Drop(reason) => self.metrics.drop(reason),
+            Decision::Drop(reason) => self.metrics.dropped(reason),
             Decision::Reply { direction, .. } => {
                 self.send_back(&arrival, out).await;
                 self.observe(Origin::Local, direction, &arrival, arrival.src, out);
@@ -248,7 +263,7 @@ impl Shared {
                 };
                 match sent {
                     Some(dst) => self.observe(Origin::Forwarded, direction, &arrival, dst, data),
-                    None => self.metrics.drop(DropReason::SendFailed),
+                    None => self.metrics.dropped(DropReason::SendFailed),
                 }
             }
         }
@@ -298,7 +313,7 @@ impl Shared {
                 .is_some_and(|c| self.send_tcp(&c, out)),
         };
         if !ok {
-            self.metrics.drop(DropReason::SendFailed);
+            self.metrics.dropped(DropReason::SendFailed);
         }
     }
 
@@ -310,18 +325,36 @@ impl Shared {
         };
         let method = msg.method_bytes().unwrap_or_default();
         if msg.method() == Some(scan::Method::Ack) {
-            self.metrics.drop(DropReason::SendFailed);
+            self.metrics.dropped(DropReason::SendFailed);
             return;
         }
-        self.relay
-            .reply(&msg, arrival, 503, b"Service Unavailable (upstream unreachable)", out);
+        self.relay.reply(
+            &msg,
+            arrival,
+            503,
+            b"Service Unavailable (upstream unreachable)",
+            out,
+        );
         self.metrics.response(Direction::ToTerminal, method, 503);
         self.send_back(arrival, out).await;
-        self.observe(Origin::Local, Direction::ToTerminal, arrival, arrival.src, out);
+        self.observe(
+            Origin::Local,
+            Direction::ToTerminal,
+            arrival,
+            arrival.src,
+            out,
+        );
     }
 
     /// Hands one message to call tracking; never waits.
-    fn observe(&self, origin: Origin, direction: Direction, arrival: &Arrival, dst: SocketAddr, bytes: &[u8]) {
+    fn observe(
+        &self,
+        origin: Origin,
+        direction: Direction,
+        arrival: &Arrival,
+        dst: SocketAddr,
+        bytes: &[u8],
+    ) {
         if !self.handoff.has_room() {
             self.metrics.handoff_dropped.fetch_add(1, Ordering::Relaxed);
             return;

@@ -137,7 +137,43 @@ impl Relay {
         }
     }
 
-    fn request(&self, arrival: &Arrival, msg: &Message<'_>, len: usize, out: &mut Vec<u8>) -> Decision {
+    /// A TCP stream whose next message exceeds `max_message_bytes`: 413 when the buffered
+    /// header section allows a reply, otherwise nothing (the connection closes either way).
+    pub fn refuse_oversized(
+        &self,
+        arrival: &Arrival,
+        buffered: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Decision {
+        out.clear();
+        let Ok(msg) = scan::scan(buffered) else {
+            return Decision::Drop(DropReason::TooLarge);
+        };
+        if !msg.is_request() {
+            return Decision::Drop(DropReason::TooLarge);
+        }
+        let back = match self.side_of(arrival, &msg) {
+            Side::Upstream => Direction::ToUpstream,
+            _ => Direction::ToTerminal,
+        };
+        self.refuse(
+            &msg,
+            arrival,
+            back,
+            413,
+            b"Request Entity Too Large",
+            DropReason::TooLarge,
+            out,
+        )
+    }
+
+    fn request(
+        &self,
+        arrival: &Arrival,
+        msg: &Message<'_>,
+        len: usize,
+        out: &mut Vec<u8>,
+    ) -> Decision {
         let method = msg.method_bytes().unwrap_or_default();
         let side = self.side_of(arrival, msg);
         let back = match side {
@@ -146,14 +182,30 @@ impl Relay {
         };
         let is_ack = msg.method() == Some(Method::Ack);
         if len > self.max_message_bytes {
-            return self.refuse(msg, arrival, back, 413, b"Request Entity Too Large", DropReason::TooLarge, out);
+            return self.refuse(
+                msg,
+                arrival,
+                back,
+                413,
+                b"Request Entity Too Large",
+                DropReason::TooLarge,
+                out,
+            );
         }
         if let Err(e) = msg.validate() {
             self.metrics
                 .parse_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let reason = format!("Bad Request ({e})");
-            return self.refuse(msg, arrival, back, 400, reason.as_bytes(), DropReason::Unparseable, out);
+            return self.refuse(
+                msg,
+                arrival,
+                back,
+                400,
+                reason.as_bytes(),
+                DropReason::Unparseable,
+                out,
+            );
         }
         let max_forwards = msg.max_forwards().unwrap_or(DEFAULT_MAX_FORWARDS);
         let is_options = msg.method() == Some(Method::Options);
@@ -161,17 +213,36 @@ impl Relay {
             self.metrics.request(back.reverse(), method);
             self.reply(msg, arrival, 200, b"OK", out);
             self.metrics.response(back, method, 200);
-            return Decision::Reply { direction: back, status: 200 };
+            return Decision::Reply {
+                direction: back,
+                status: 200,
+            };
         }
         if max_forwards == 0 {
-            return self.refuse(msg, arrival, back, 483, b"Too Many Hops", DropReason::Unroutable, out);
+            return self.refuse(
+                msg,
+                arrival,
+                back,
+                483,
+                b"Too Many Hops",
+                DropReason::Unroutable,
+                out,
+            );
         }
         let (target, pop_route) = match side {
             Side::Upstream => match self.upstream_target(arrival, msg) {
                 Some(t) => t,
                 None if is_ack => return Decision::Drop(DropReason::Unroutable),
                 None => {
-                    return self.refuse(msg, arrival, back, 404, b"Not Found (no flow or address)", DropReason::Unroutable, out);
+                    return self.refuse(
+                        msg,
+                        arrival,
+                        back,
+                        404,
+                        b"Not Found (no flow or address)",
+                        DropReason::Unroutable,
+                        out,
+                    );
                 }
             },
             _ => (
@@ -183,7 +254,10 @@ impl Relay {
             ),
         };
         let out_flow = match target {
-            Target::Upstream { transport, local_port } => Flow {
+            Target::Upstream {
+                transport,
+                local_port,
+            } => Flow {
                 transport,
                 local_port,
                 remote: self.upstream_addr(local_port),
@@ -193,11 +267,7 @@ impl Relay {
         };
 
         let mut via = Vec::with_capacity(96);
-        let _ = write!(
-            via,
-            "SIP/2.0/{} ",
-            out_flow.transport.via_name()
-        );
+        let _ = write!(via, "SIP/2.0/{} ", out_flow.transport.via_name());
         via.extend_from_slice(&self.advertise_host);
         let _ = write!(via, ":{};branch=", out_flow.local_port);
         flow::derive_branch(branch_input(msg), &mut via);
@@ -299,9 +369,9 @@ impl Relay {
     fn side_of(&self, arrival: &Arrival, msg: &Message<'_>) -> Side {
         match arrival.side {
             Side::Ambiguous => {
-                let names_other_flow = self.token_flow(msg).is_some_and(|f| {
-                    f.transport != arrival.transport || f.conn != arrival.conn
-                });
+                let names_other_flow = self
+                    .token_flow(msg)
+                    .is_some_and(|f| f.transport != arrival.transport || f.conn != arrival.conn);
                 if names_other_flow {
                     Side::Upstream
                 } else {
@@ -389,7 +459,9 @@ impl Relay {
     fn is_own_via(&self, via: &Via<'_>) -> bool {
         self.is_own_host(via.host)
             && self.ports.contains(via.port.unwrap_or(5060))
-            && via.branch.is_some_and(|b| b.starts_with(flow::BRANCH_PREFIX))
+            && via
+                .branch
+                .is_some_and(|b| b.starts_with(flow::BRANCH_PREFIX))
     }
 
     /// `<sip:TOKEN@host:port;transport=tcp;lr>` for Record-Route and Path.
@@ -424,30 +496,52 @@ impl Relay {
         self.reply(msg, arrival, status, reason, out);
         let method = msg.method_bytes().unwrap_or_default();
         self.metrics.response(back, method, status);
-        Decision::Reply { direction: back, status }
+        Decision::Reply {
+            direction: back,
+            status,
+        }
     }
 
     /// Writes a stateless response to `msg` (RFC 3261 §8.2.6): its Vias (the top one with
     /// `received`/`rport`), From, To with a tag, Call-ID and CSeq copied byte for byte.
-    pub fn reply(&self, msg: &Message<'_>, arrival: &Arrival, status: u16, reason: &[u8], out: &mut Vec<u8>) {
+    pub fn reply(
+        &self,
+        msg: &Message<'_>,
+        arrival: &Arrival,
+        status: u16,
+        reason: &[u8],
+        out: &mut Vec<u8>,
+    ) {
         out.clear();
         let _ = write!(out, "SIP/2.0 {status} ");
-        out.extend(reason.iter().map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+        out.extend(
+            reason
+                .iter()
+                .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+        );
         out.extend_from_slice(b"\r\n");
         for (i, via) in msg.vias().enumerate() {
             out.extend_from_slice(b"Via: ");
             out.extend_from_slice(via);
             if i == 0 {
-                let _ = write!(out, ";received={};rport={}", arrival.src.ip(), arrival.src.port());
+                let _ = write!(
+                    out,
+                    ";received={};rport={}",
+                    arrival.src.ip(),
+                    arrival.src.port()
+                );
             }
             out.extend_from_slice(b"\r\n");
         }
-        for (name, header) in [(&b"From: "[..], HeaderName::From), (b"To: ", HeaderName::To)] {
+        for (name, header) in [
+            (&b"From: "[..], HeaderName::From),
+            (b"To: ", HeaderName::To),
+        ] {
             if let Some(v) = msg.header(header) {
                 out.extend_from_slice(name);
                 out.extend_from_slice(v);
-                let needs_tag = header == HeaderName::To
-                    && msg.to().is_some_and(|t| t.tag.is_none());
+                let needs_tag =
+                    header == HeaderName::To && msg.to().is_some_and(|t| t.tag.is_none());
                 if needs_tag {
                     out.extend_from_slice(b";tag=");
                     local_tag(msg, out);
@@ -455,7 +549,10 @@ impl Relay {
                 out.extend_from_slice(b"\r\n");
             }
         }
-        for (name, header) in [(&b"Call-ID: "[..], HeaderName::CallId), (b"CSeq: ", HeaderName::CSeq)] {
+        for (name, header) in [
+            (&b"Call-ID: "[..], HeaderName::CallId),
+            (b"CSeq: ", HeaderName::CSeq),
+        ] {
             if let Some(v) = msg.header(header) {
                 out.extend_from_slice(name);
                 out.extend_from_slice(v);
@@ -506,6 +603,9 @@ fn local_tag(msg: &Message<'_>, out: &mut Vec<u8>) {
 /// path.
 fn parse_ip(host: &[u8]) -> Option<IpAddr> {
     let s = std::str::from_utf8(host).ok()?;
-    let s = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(s);
+    let s = s
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(s);
     s.parse().ok()
 }
