@@ -1,4 +1,6 @@
 //! The proxy through real loopback sockets: a terminal on 127.0.0.1, sipedge on 127.0.0.1,
+
+#![allow(clippy::unwrap_used)]
 //! the "Sipserver" on 127.0.0.2 (same port, `host` upstream mode).
 
 use std::net::SocketAddr;
