@@ -1,5 +1,20 @@
 //! The running proxy: binds every port of the range, runs one task per UDP socket and TCP
 //! listener, and carries out the [`Decision`]s of the relay core.
+//!
+//! The relay's parts:
+//! - [`crate::config`]: the `[sip]` table.
+//! - [`crate::relay`]: the stateless proxy rules (RFC 3261 §16.11), pure: one message in, a
+//!   [`Decision`] and the bytes to send out. Tested with tables of messages.
+//! - [`crate::flow`]: flow tokens (RFC 5626 style, HMAC-SHA256, key file in the data dir) and
+//!   Via branch derivation.
+//! - `udp`, `tcp` (private): sockets, framing, connection table and upstream pool.
+//! - [`crate::limit`]: per-source token buckets.
+//! - [`crate::observe`]: counters and the non-blocking hand-off of [`Relayed`] messages to call
+//!   tracking.
+//!
+//! Architecture invariant: the relay path never waits on anything but its own sockets (and a
+//! TCP connect to the upstream, bounded by `upstream_connect_timeout`); call tracking is fed
+//! with `try_send` only.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -117,6 +117,12 @@ impl Relay {
             }
     }
 
+    /// Whether `addr` is on the Sipserver's side: its SIP ports, or any port of its address
+    /// (its own TCP connections) unless that address is shared loopback.
+    pub fn is_upstream_side(&self, addr: SocketAddr) -> bool {
+        self.is_upstream_addr(addr) || (addr.ip() == self.upstream_ip && !addr.ip().is_loopback())
+    }
+
     /// Decides what to do with `data` (one datagram or one TCP frame) and writes the bytes
     /// to send into `out` (cleared first).
     pub fn handle(&self, arrival: &Arrival, data: &[u8], out: &mut Vec<u8>) -> Decision {
@@ -343,7 +349,7 @@ impl Relay {
         };
         let remote = SocketAddr::new(ip, port);
         let local_port = ours.port.unwrap_or(5060);
-        let direction = if self.is_upstream_addr(remote) {
+        let direction = if self.is_upstream_side(remote) {
             Direction::ToUpstream
         } else {
             Direction::ToTerminal

@@ -124,10 +124,7 @@ async fn udp_call_goes_through_and_callee_bye_finds_the_flow() {
     let (got, from) = recv_udp(&upstream).await;
     assert_eq!(from, sipedge, "relayed from the port the terminal used");
     assert!(
-        got.starts_with(
-            "INVITE sip:95566@127.0.0.2 SIP/2.0
-Record-Route: <sip:"
-        ),
+        got.starts_with("INVITE sip:95566@127.0.0.2 SIP/2.0\r\nRecord-Route: <sip:"),
         "{got}"
     );
     let own_via = format!("Via: SIP/2.0/UDP 127.0.0.1:{};branch=z9hG4bKsE", p.port);
