@@ -5,9 +5,12 @@ fn crlf(text: &str) -> Vec<u8> {
     text.replace('\n', "\r\n").into_bytes()
 }
 
+/// A set of edits applied to a test message.
+type Edits = fn(&mut Rewrite<'_, '_>);
+
 /// Applies `edit` to the message `input` (written with `\n` line ends) and compares the result
 /// with `expected`; the result must itself parse.
-fn check(input: &str, edit: fn(&mut Rewrite<'_, '_>), expected: &str) {
+fn check(input: &str, edit: Edits, expected: &str) {
     let input = crlf(input);
     let msg = scan(&input).unwrap();
     let mut rw = msg.rewrite();
@@ -34,7 +37,7 @@ l: 0
 
 #[test]
 fn request_path_edits() {
-    let cases: &[(&str, fn(&mut Rewrite<'_, '_>), &str)] = &[
+    let cases: &[(&str, Edits, &str)] = &[
         (
             REQUEST,
             |rw| {
@@ -175,7 +178,7 @@ Content-Length: 0
 
 #[test]
 fn top_via_removal() {
-    let remove: fn(&mut Rewrite<'_, '_>) = |rw| {
+    let remove: Edits = |rw| {
         rw.remove_top_via();
     };
     let cases: &[(&str, &str)] = &[
