@@ -220,6 +220,18 @@ impl<'m, 'a> Rewrite<'m, 'a> {
     pub fn write_into(&mut self, out: &mut Vec<u8>) {
         let len = self.plan();
         out.reserve(len);
+        self.apply(out);
+    }
+
+    /// Applies the edits into a new buffer of exactly the output's size.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.plan());
+        self.apply(&mut out);
+        out
+    }
+
+    /// Copies the message with the planned edits into `out`.
+    fn apply(&self, out: &mut Vec<u8>) {
         let buf = self.msg.buf();
         let mut cursor = self.msg.start_offset();
         for e in &self.edits {
@@ -240,13 +252,6 @@ impl<'m, 'a> Rewrite<'m, 'a> {
             }
             .get(buf),
         );
-    }
-
-    /// Applies the edits into a new buffer of exactly the output's size.
-    pub fn finish(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.write_into(&mut out);
-        out
     }
 }
 
