@@ -102,6 +102,9 @@ impl ProxySpec {
         put("sip", "listen", quote(&PROXY_IP.to_string()));
         put("sip", "ports", quote(&self.ports.config_value()));
         put("sip", "upstream", quote(&self.upstream.config_value()));
+        // Required keys of the account responder, which runs in the same process.
+        put("account", "appids", "[\"sip-test-appid\"]".to_owned());
+        put("account", "account", quote("sipserver"));
         // Its own free ports, so that parallel tests never fight over 14700 and 8068.
         put(
             "account",
@@ -113,8 +116,6 @@ impl ProxySpec {
             "listen",
             quote(&format!("{PROXY_IP}:{}", ports::free_port())),
         );
-        // OPTIONS probes would reach the SIPp UAS as calls it does not expect.
-        put("monitor", "probe_upstream", "false".to_owned());
         for (section, keys) in &self.extra {
             for (key, value) in keys {
                 put(section, key, value.clone());
@@ -296,11 +297,13 @@ impl Proxy {
             let left = deadline.saturating_duration_since(Instant::now());
             match lines.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some((name, addr)) = parse_listening(&line) {
-                        if addr.ip() == PROXY_IP {
-                            missing.retain(|&p| p != addr.port());
+                    if let Some((name, addrs)) = parse_listening(&line) {
+                        for addr in addrs {
+                            if addr.ip() == PROXY_IP {
+                                missing.retain(|&p| p != addr.port());
+                            }
+                            self.listeners.push((name.clone(), addr));
                         }
-                        self.listeners.push((name, addr));
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -440,16 +443,25 @@ fn spawn(command: &mut Command) -> (Child, Arc<Mutex<Vec<String>>>, Receiver<Str
     (child, all, rx)
 }
 
-/// `Some((name, addr))` for a line announcing a listener: it contains `listening` and the
-/// fields `listener=NAME` and `addr=IP:PORT` (values possibly quoted, as tracing prints
-/// strings).
-pub fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
+/// `Some((name, addrs))` for a line announcing a listener: it contains `listening` and the
+/// fields `listener=NAME` and `addr=IP:PORT` or, for a port range, `addr=IP:FIRST-LAST`
+/// (values possibly quoted, as tracing prints strings).
+pub fn parse_listening(line: &str) -> Option<(String, Vec<SocketAddr>)> {
     if !line.contains("listening") {
         return None;
     }
     let name = field(line, "listener")?;
-    let addr = field(line, "addr")?.parse().ok()?;
-    Some((name, addr))
+    let addr = field(line, "addr")?;
+    if let Ok(one) = addr.parse() {
+        return Some((name, vec![one]));
+    }
+    let (first, last) = addr.rsplit_once('-')?;
+    let first: SocketAddr = first.parse().ok()?;
+    let last: u16 = last.parse().ok()?;
+    let addrs = (first.port()..=last)
+        .map(|port| SocketAddr::new(first.ip(), port))
+        .collect::<Vec<_>>();
+    (!addrs.is_empty()).then_some((name, addrs))
 }
 
 /// The value of ` key=value` in a log line: up to the next white space, quotes removed.
@@ -496,10 +508,15 @@ fn strip_ansi(line: &str) -> String {
 mod tests {
     use super::*;
 
-    fn check(line: &str, expected: Option<(&str, &str)>) {
+    fn check(line: &str, expected: Option<(&str, &[&str])>) {
         let got = parse_listening(&strip_ansi(line));
-        let expected =
-            expected.map(|(n, a)| (n.to_owned(), a.parse().expect("valid address in the table")));
+        let expected = expected.map(|(n, addrs)| {
+            let addrs = addrs
+                .iter()
+                .map(|a| a.parse().expect("valid address in the table"))
+                .collect::<Vec<SocketAddr>>();
+            (n.to_owned(), addrs)
+        });
         assert_eq!(got, expected, "line: {line:?}");
     }
 
@@ -507,16 +524,24 @@ mod tests {
     fn listening_lines() {
         check(
             "2026-11-28T17:00:00Z  INFO sipedge: listening listener=sip-udp addr=127.0.0.1:14500",
-            Some(("sip-udp", "127.0.0.1:14500")),
+            Some(("sip-udp", &["127.0.0.1:14500"])),
         );
         check(
+            "INFO sipedge::serve: listening listener=sip-tcp addr=127.0.0.1:14500-14502",
+            Some((
+                "sip-tcp",
+                &["127.0.0.1:14500", "127.0.0.1:14501", "127.0.0.1:14502"],
+            )),
+        );
+        check("listening listener=sip addr=127.0.0.1:14502-14500", None);
+        check(
             "INFO listening listener=\"api\" addr=127.0.0.1:8068",
-            Some(("api", "127.0.0.1:8068")),
+            Some(("api", &["127.0.0.1:8068"])),
         );
         check(
             "\u{1b}[32m INFO\u{1b}[0m listening \u{1b}[3mlistener\u{1b}[0m\u{1b}[2m=\u{1b}[0msip \
              \u{1b}[3maddr\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:5060",
-            Some(("sip", "127.0.0.1:5060")),
+            Some(("sip", &["127.0.0.1:5060"])),
         );
         check("listening peer_addr=1.2.3.4:5 listener=x", None);
         check("INFO started listener=sip addr=127.0.0.1:5060", None);
