@@ -105,15 +105,16 @@ data_dir = "$dir/data"
 listen = "127.0.0.1"
 ports = "$1-$1"
 upstream = "127.0.0.2"
+# Every SIPp call comes from one address: the per-source flood limit would cut the ramp.
+source_rate_limit = 0
 
 [account]
 listen = "127.0.0.1:$(free_port)"
+appids = ["bench-appid"]
+account = "sipserver"
 
 [api]
 listen = "127.0.0.1:$(free_port)"
-
-[monitor]
-probe_upstream = false
 EOF
     "$SIPEDGE_BIN" serve --config "$dir/sipedge.toml" >"$dir/stderr.log" 2>&1 &
     echo $!

@@ -50,6 +50,7 @@ pub struct ProxyConfig {
     pub upstream_connect_timeout: Duration,
     /// Messages per second accepted from one source IP (terminal side only; the upstream is
     /// never limited), so that a flood from one address cannot starve the others. 0 = off.
+    /// Generous by default: many mobile terminals may share one carrier-NAT address.
     #[serde(default = "default_source_rate_limit")]
     pub source_rate_limit: u32,
     /// Burst above `source_rate_limit` tolerated from one source IP (call set-up comes in
@@ -84,10 +85,10 @@ fn default_upstream_connect_timeout() -> Duration {
     Duration::from_secs(2)
 }
 fn default_source_rate_limit() -> u32 {
-    500
+    2000
 }
 fn default_source_rate_burst() -> u32 {
-    1000
+    4000
 }
 fn default_handoff_queue() -> usize {
     65_536

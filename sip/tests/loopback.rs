@@ -430,3 +430,39 @@ async fn a_port_in_use_is_named() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_flooding_source_is_limited_and_others_still_served() {
+    let p = start(|c| {
+        c.source_rate_limit = 1;
+        c.source_rate_burst = 5;
+    })
+    .await;
+    let sipedge: SocketAddr = ([127, 0, 0, 1], p.port).into();
+    let upstream = UdpSocket::bind(("127.0.0.2", p.port)).await.unwrap();
+    let flooder = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..50 {
+        let req = invite("SIP/2.0/UDP 192.168.1.9", &format!("flood{i}"), "");
+        flooder.send_to(req.as_bytes(), sipedge).await.unwrap();
+    }
+    let mut relayed = 0;
+    while timeout(
+        Duration::from_millis(300),
+        upstream.recv_from(&mut [0u8; 65536]),
+    )
+    .await
+    .is_ok()
+    {
+        relayed += 1;
+    }
+    assert!(
+        (5..=6).contains(&relayed),
+        "{relayed} of 50 flood messages relayed"
+    );
+    // Another address is served as usual.
+    let other = UdpSocket::bind("127.0.0.3:0").await.unwrap();
+    let req = invite("SIP/2.0/UDP 192.168.1.10", "other", "");
+    other.send_to(req.as_bytes(), sipedge).await.unwrap();
+    let (got, _) = recv_udp(&upstream).await;
+    assert_eq!(header(&got, "Call-ID"), Some("other"));
+}
