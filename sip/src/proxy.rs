@@ -97,7 +97,7 @@ impl Proxy {
         let mut tcp = Vec::with_capacity(cfg.ports.len());
         for port in cfg.ports.iter() {
             let addr = SocketAddr::new(cfg.listen, port);
-            let sock = UdpSocket::bind(addr).await.map_err(|source| Error::Bind {
+            let sock = bind_udp(addr).map_err(|source| Error::Bind {
                 transport: "UDP",
                 addr,
                 source,
@@ -391,6 +391,21 @@ impl Shared {
             &self.metrics,
         );
     }
+}
+
+/// Kernel receive buffer asked for each UDP socket: room for a few thousand datagrams, so a
+/// burst while the relay is briefly descheduled is absorbed instead of dropped (the kernel
+/// caps it at `net.core.rmem_max`, and only fills it under backlog).
+const UDP_RECV_BUFFER: usize = 1 << 20;
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller buffer still works.
+    let _ = sock.set_recv_buffer_size(UDP_RECV_BUFFER);
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    UdpSocket::from_std(sock.into())
 }
 
 /// The upstream host as an address (resolved once at start).
