@@ -1207,6 +1207,55 @@ mod tests {
         );
     }
 
+    /// The RFC 4475 torture messages kept by the scanner's tests, sent by a terminal.
+    fn torture(kind: &str) -> Vec<(String, Vec<u8>)> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(kind);
+        let mut out: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| {
+                let path = e.unwrap().path();
+                (path.display().to_string(), std::fs::read(&path).unwrap())
+            })
+            .collect();
+        out.sort();
+        assert!(!out.is_empty(), "no messages in {}", dir.display());
+        out
+    }
+
+    #[test]
+    fn rfc4475_invalid_messages_are_never_forwarded() {
+        for (name, bytes) in torture("invalid") {
+            let mut out = Vec::new();
+            let got = relay().handle(&terminal(), &bytes, &mut out);
+            let ok = matches!(got, Decision::Drop(_) | Decision::Reply { status: 400, .. });
+            assert!(ok, "{name}: {got:?}\n{}", String::from_utf8_lossy(&out));
+        }
+    }
+
+    #[test]
+    fn rfc4475_valid_messages_are_relayed_or_answered() {
+        for (name, bytes) in torture("valid") {
+            let mut out = Vec::new();
+            let got = relay().handle(&terminal(), &bytes, &mut out);
+            // Responses among them carry no Via of sipedge's: not ours to route.
+            let ok = if bytes.starts_with(b"SIP/2.0 ") {
+                got == Decision::Drop(DropReason::Unroutable)
+            } else {
+                matches!(
+                    got,
+                    Decision::Forward { .. }
+                        | Decision::Reply {
+                            status: 200 | 413 | 483,
+                            ..
+                        }
+                )
+            };
+            assert!(ok, "{name}: {got:?}\n{}", String::from_utf8_lossy(&out));
+        }
+    }
+
     #[test]
     fn counters_follow_decisions() {
         let r = relay();
