@@ -28,6 +28,14 @@ impl Direction {
         }
     }
 
+    /// The other way.
+    pub fn reverse(self) -> Direction {
+        match self {
+            Direction::ToUpstream => Direction::ToTerminal,
+            Direction::ToTerminal => Direction::ToUpstream,
+        }
+    }
+
     fn index(self) -> usize {
         match self {
             Direction::ToUpstream => 0,

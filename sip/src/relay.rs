@@ -16,6 +16,35 @@ use crate::scan::{self, HeaderName, Message, Method, RPort, Uri, Via};
 /// Max-Forwards written when a request has none (RFC 3261 §16.6 step 3).
 const DEFAULT_MAX_FORWARDS: u8 = 70;
 
+/// A stateless reply that replaces forwarding.
+#[derive(Debug)]
+struct Refusal<'r> {
+    /// Status code of the reply.
+    status: u16,
+    /// Reason phrase (may name the defect, for a 400).
+    reason: &'r [u8],
+    /// How the drop is counted when no reply is possible (an ACK, or missing headers).
+    otherwise: DropReason,
+}
+
+const TOO_LARGE: Refusal<'static> = Refusal {
+    status: 413,
+    reason: b"Request Entity Too Large",
+    otherwise: DropReason::TooLarge,
+};
+
+const TOO_MANY_HOPS: Refusal<'static> = Refusal {
+    status: 483,
+    reason: b"Too Many Hops",
+    otherwise: DropReason::Unroutable,
+};
+
+const NOT_FOUND: Refusal<'static> = Refusal {
+    status: 404,
+    reason: b"Not Found (no flow or address)",
+    otherwise: DropReason::Unroutable,
+};
+
 /// Which side a connection or datagram source is on, as far as the transport can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -162,15 +191,7 @@ impl Relay {
             Side::Upstream => Direction::ToUpstream,
             _ => Direction::ToTerminal,
         };
-        self.refuse(
-            &msg,
-            arrival,
-            back,
-            413,
-            b"Request Entity Too Large",
-            DropReason::TooLarge,
-            out,
-        )
+        self.refuse(&msg, arrival, back, &TOO_LARGE, out)
     }
 
     fn request(
@@ -188,30 +209,19 @@ impl Relay {
         };
         let is_ack = msg.method() == Some(Method::Ack);
         if len > self.max_message_bytes {
-            return self.refuse(
-                msg,
-                arrival,
-                back,
-                413,
-                b"Request Entity Too Large",
-                DropReason::TooLarge,
-                out,
-            );
+            return self.refuse(msg, arrival, back, &TOO_LARGE, out);
         }
         if let Err(e) = msg.validate() {
             self.metrics
                 .parse_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let reason = format!("Bad Request ({e})");
-            return self.refuse(
-                msg,
-                arrival,
-                back,
-                400,
-                reason.as_bytes(),
-                DropReason::Unparseable,
-                out,
-            );
+            let bad = Refusal {
+                status: 400,
+                reason: reason.as_bytes(),
+                otherwise: DropReason::Unparseable,
+            };
+            return self.refuse(msg, arrival, back, &bad, out);
         }
         let max_forwards = msg.max_forwards().unwrap_or(DEFAULT_MAX_FORWARDS);
         let is_options = msg.method() == Some(Method::Options);
@@ -225,30 +235,14 @@ impl Relay {
             };
         }
         if max_forwards == 0 {
-            return self.refuse(
-                msg,
-                arrival,
-                back,
-                483,
-                b"Too Many Hops",
-                DropReason::Unroutable,
-                out,
-            );
+            return self.refuse(msg, arrival, back, &TOO_MANY_HOPS, out);
         }
         let (target, pop_route) = match side {
             Side::Upstream => match self.upstream_target(arrival, msg) {
                 Some(t) => t,
                 None if is_ack => return Decision::Drop(DropReason::Unroutable),
                 None => {
-                    return self.refuse(
-                        msg,
-                        arrival,
-                        back,
-                        404,
-                        b"Not Found (no flow or address)",
-                        DropReason::Unroutable,
-                        out,
-                    );
+                    return self.refuse(msg, arrival, back, &NOT_FOUND, out);
                 }
             },
             _ => (
@@ -485,26 +479,23 @@ impl Relay {
 
     /// Answers a request that cannot be forwarded with `status`, or drops it when no reply
     /// is possible (an ACK, or the headers a reply needs are missing).
-    #[allow(clippy::too_many_arguments)]
     fn refuse(
         &self,
         msg: &Message<'_>,
         arrival: &Arrival,
         back: Direction,
-        status: u16,
-        reason: &[u8],
-        otherwise: DropReason,
+        refusal: &Refusal<'_>,
         out: &mut Vec<u8>,
     ) -> Decision {
         if msg.method() == Some(Method::Ack) || !msg.is_mandatory_complete() {
-            return Decision::Drop(otherwise);
+            return Decision::Drop(refusal.otherwise);
         }
-        self.reply(msg, arrival, status, reason, out);
+        self.reply(msg, arrival, refusal.status, refusal.reason, out);
         let method = msg.method_bytes().unwrap_or_default();
-        self.metrics.response(back, method, status);
+        self.metrics.response(back, method, refusal.status);
         Decision::Reply {
             direction: back,
-            status,
+            status: refusal.status,
         }
     }
 
@@ -566,16 +557,6 @@ impl Relay {
             }
         }
         out.extend_from_slice(b"Server: sipedge\r\nContent-Length: 0\r\n\r\n");
-    }
-}
-
-impl Direction {
-    /// The other way.
-    pub fn reverse(self) -> Direction {
-        match self {
-            Direction::ToUpstream => Direction::ToTerminal,
-            Direction::ToTerminal => Direction::ToUpstream,
-        }
     }
 }
 
