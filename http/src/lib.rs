@@ -4,12 +4,14 @@
 //!   graceful drain).
 //! - [`account`]: the terminals' `POST /AgoraAccount` responder of the source document.
 //! - [`api`]: the listener on port 8068.
+//! - [`params`]: the query conditions of the source document as URL parameters.
 //! - [`health`]: whether this node can serve calls, shown on `/healthz`.
 #![forbid(unsafe_code)]
 
 pub mod account;
 pub mod api;
 pub mod health;
+pub mod params;
 pub mod server;
 
 use axum::Json;
