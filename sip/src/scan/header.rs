@@ -61,35 +61,34 @@ impl HeaderName {
                 _ => HeaderName::Other,
             };
         }
-        // Candidates grouped by length so that a name is compared with at most a few strings.
-        let candidates: &[(&[u8], HeaderName)] = match name.len() {
-            2 => &[(b"to", HeaderName::To)],
-            3 => &[(b"via", HeaderName::Via)],
-            4 => &[
-                (b"from", HeaderName::From),
-                (b"cseq", HeaderName::CSeq),
-                (b"path", HeaderName::Path),
-            ],
-            5 => &[(b"route", HeaderName::Route), (b"event", HeaderName::Event)],
-            7 => &[
+        // Dispatch on length and first letter so that a name is compared with at most two
+        // candidates: this runs once per header line.
+        let first = name.first().map_or(0, u8::to_ascii_lowercase);
+        let candidates: &[(&[u8], HeaderName)] = match (name.len(), first) {
+            (2, b't') => &[(b"to", HeaderName::To)],
+            (3, b'v') => &[(b"via", HeaderName::Via)],
+            (4, b'f') => &[(b"from", HeaderName::From)],
+            (4, b'c') => &[(b"cseq", HeaderName::CSeq)],
+            (4, b'p') => &[(b"path", HeaderName::Path)],
+            (5, b'r') => &[(b"route", HeaderName::Route)],
+            (5, b'e') => &[(b"event", HeaderName::Event)],
+            (7, b'c') => &[
                 (b"call-id", HeaderName::CallId),
                 (b"contact", HeaderName::Contact),
-                (b"require", HeaderName::Require),
-                (b"subject", HeaderName::Subject),
-                (b"expires", HeaderName::Expires),
             ],
-            8 => &[(b"refer-to", HeaderName::ReferTo)],
-            9 => &[(b"supported", HeaderName::Supported)],
-            11 => &[(b"referred-by", HeaderName::ReferredBy)],
-            12 => &[
-                (b"max-forwards", HeaderName::MaxForwards),
-                (b"content-type", HeaderName::ContentType),
-                (b"record-route", HeaderName::RecordRoute),
-                (b"allow-events", HeaderName::AllowEvents),
-            ],
-            14 => &[(b"content-length", HeaderName::ContentLength)],
-            15 => &[(b"session-expires", HeaderName::SessionExpires)],
-            16 => &[(b"content-encoding", HeaderName::ContentEncoding)],
+            (7, b'r') => &[(b"require", HeaderName::Require)],
+            (7, b's') => &[(b"subject", HeaderName::Subject)],
+            (7, b'e') => &[(b"expires", HeaderName::Expires)],
+            (8, b'r') => &[(b"refer-to", HeaderName::ReferTo)],
+            (9, b's') => &[(b"supported", HeaderName::Supported)],
+            (11, b'r') => &[(b"referred-by", HeaderName::ReferredBy)],
+            (12, b'm') => &[(b"max-forwards", HeaderName::MaxForwards)],
+            (12, b'c') => &[(b"content-type", HeaderName::ContentType)],
+            (12, b'r') => &[(b"record-route", HeaderName::RecordRoute)],
+            (12, b'a') => &[(b"allow-events", HeaderName::AllowEvents)],
+            (14, b'c') => &[(b"content-length", HeaderName::ContentLength)],
+            (15, b's') => &[(b"session-expires", HeaderName::SessionExpires)],
+            (16, b'c') => &[(b"content-encoding", HeaderName::ContentEncoding)],
             _ => &[],
         };
         candidates
@@ -179,13 +178,26 @@ impl Method {
     }
 }
 
-/// RFC 3261 `token` characters (header names, methods, parameter names).
+/// RFC 3261 `token` characters (header names, methods, parameter names), as a table because
+/// the scanner tests every byte of every name and parameter.
+static TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        b += 1;
+    }
+    table
+};
+
+#[inline]
 pub(crate) fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        )
+    TOKEN[usize::from(b)]
 }
 
 #[cfg(test)]
