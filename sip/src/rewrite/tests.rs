@@ -298,3 +298,62 @@ fn numbers_are_written_in_decimal() {
         assert_eq!(&digits[..len], text.as_bytes());
     }
 }
+
+#[test]
+fn stateless_responses_copy_the_request_fields() {
+    let check = |request: &str, status: u16, reason: &str, tag: Option<&[u8]>, expected: &str| {
+        let input = crlf(request);
+        let msg = scan(&input).unwrap();
+        let out = msg.response(status, reason, tag);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&crlf(expected))
+        );
+        parse(&out).unwrap();
+    };
+    check(
+        REQUEST,
+        483,
+        "Too Many Hops",
+        Some(b"edge1"),
+        "SIP/2.0 483 Too Many Hops
+Via: SIP/2.0/UDP 192.168.1.5:5060;branch=z9hG4bK776;rport
+To: <sip:bob@example.com>;tag=edge1
+From: <sip:alice@example.com>;tag=1928
+Call-ID: c1
+CSeq: 1 INVITE
+Content-Length: 0
+
+",
+    );
+    // Compact and folded lines are copied as they are; an existing To tag is kept.
+    check(
+        "BYE sip:x@h SIP/2.0
+v: SIP/2.0/UDP a;branch=z9hG4bK1,
+ SIP/2.0/TCP b;branch=z9hG4bK2
+Via: SIP/2.0/UDP c
+t: <sip:x@h> ;tag=2
+f: <sip:y@h>;tag=1
+i: c4
+CSeq: 4 BYE
+Max-Forwards: 0
+Content-Type: text/plain
+l: 2
+
+hi",
+        400,
+        "Bad Request",
+        Some(b"zz"),
+        "SIP/2.0 400 Bad Request
+v: SIP/2.0/UDP a;branch=z9hG4bK1,
+ SIP/2.0/TCP b;branch=z9hG4bK2
+Via: SIP/2.0/UDP c
+t: <sip:x@h> ;tag=2
+f: <sip:y@h>;tag=1
+i: c4
+CSeq: 4 BYE
+Content-Length: 0
+
+",
+    );
+}

@@ -733,6 +733,11 @@ impl<'a> Message<'a> {
         Some((entry, element))
     }
 
+    /// All header lines in order, for copying them into a response.
+    pub(crate) fn entries_in_order(&self) -> impl Iterator<Item = &Entry> + '_ {
+        self.headers.iter()
+    }
+
     fn entries(&self, name: HeaderName) -> impl Iterator<Item = &Entry> + '_ {
         self.headers
             .iter()
