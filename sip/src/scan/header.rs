@@ -31,7 +31,7 @@ pub enum HeaderName {
     ReferredBy,
     SessionExpires,
     Expires,
-    /// Any header not listed above; its raw name is in [`crate::Header::raw_name`].
+    /// Any header not listed above; its raw name is in [`crate::scan::Header::raw_name`].
     Other,
 }
 

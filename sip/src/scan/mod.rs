@@ -153,7 +153,7 @@ pub struct Message<'a> {
     defect: Option<ScanError>,
 }
 
-/// Scans and validates one message (a datagram or a frame cut by [`crate::frame`]).
+/// Scans and validates one message (a datagram or a frame cut by [`crate::Framer`]).
 pub fn parse(buf: &[u8]) -> Result<Message<'_>, ScanError> {
     let msg = scan(buf)?;
     msg.validate()?;
