@@ -1,10 +1,10 @@
 //! SIP for sipedge's relay path.
 //!
 //! Module map:
-//! - [`mod@frame`]: stream framing (TCP). [`frame::Framer::frame`] says whether the front of a
+//! - [`frame`]: stream framing (TCP). [`frame::Framer::frame`] says whether the front of a
 //!   connection buffer is a whole message (by Content-Length), a CRLF keep-alive ping/pong, too
 //!   large, invalid, or incomplete. Pure, allocation-free.
-//! - [`mod@scan`]: zero-copy scanner. [`scan::parse`] indexes one message (a datagram or a frame)
+//! - [`scan`]: zero-copy scanner. [`scan::parse`] indexes one message (a datagram or a frame)
 //!   as byte ranges of the input, with compact header names, folded lines and comma-joined
 //!   values, and validates what a stateless proxy relies on; [`scan::scan`] +
 //!   [`scan::Message::validate`] + [`scan::Message::is_mandatory_complete`] let the proxy choose
@@ -12,13 +12,11 @@
 //!   structs: method, Request-URI, status, Call-ID, From/To (URI, tag, user), CSeq, Via
 //!   (transport, sent-by, branch, rport, received), Max-Forwards, Route/Record-Route/Contact,
 //!   Content-Type/-Length, body.
-//! - [`mod@rewrite`]: edits on a scanned message (own Via, `received`/`rport`, Max-Forwards,
+//! - [`rewrite`]: edits on a scanned message (own Via, `received`/`rport`, Max-Forwards,
 //!   Record-Route/Path, Route and Via removal, Request-URI) applied in one pass into one
-//!   buffer; the body is copied byte for byte and Content-Length left as it is. Also
-//!   [`scan::Message::response`], the stateless reply (400, 413, 483, 503) built from the
-//!   request's own Via/From/To/Call-ID/CSeq lines.
+//!   buffer; the body is copied byte for byte and Content-Length left as it is.
 //!
-//! Errors: [`ScanError`] names the first problem found in a message or a stream.
+//! Errors: [`scan::ScanError`] names the first problem found in a message or a stream.
 //!
 //! Architecture invariant: nothing here does I/O or allocates per header; a message is
 //! searched a constant number of times, and no input makes these functions panic.
@@ -57,7 +55,3 @@
 pub mod frame;
 pub mod rewrite;
 pub mod scan;
-
-pub use frame::{Frame, Framer};
-pub use rewrite::Rewrite;
-pub use scan::{Message, ScanError, parse};

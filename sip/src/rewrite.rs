@@ -255,55 +255,6 @@ impl<'m, 'a> Rewrite<'m, 'a> {
     }
 }
 
-impl Message<'_> {
-    /// Builds a stateless response to this request (RFC 3261 §8.2.6): the status line, then
-    /// every Via line, From, To, Call-ID and CSeq copied byte for byte, and
-    /// `Content-Length: 0`. `to_tag` is added to a To that has no tag (pass `None` for a 100).
-    /// Header lines the request lacks are left out; check [`Message::is_mandatory_complete`]
-    /// first.
-    pub fn response(&self, status: u16, reason: &str, to_tag: Option<&[u8]>) -> Vec<u8> {
-        let buf = self.buf();
-        let mut digits = [0u8; 5];
-        let len = decimal(status, &mut digits);
-        let mut out = Vec::with_capacity(
-            256 + self.headers_end().saturating_sub(self.headers_start()) as usize,
-        );
-        out.extend_from_slice(b"SIP/2.0 ");
-        out.extend_from_slice(digits.get(..len).unwrap_or(&[]));
-        out.push(b' ');
-        out.extend_from_slice(reason.as_bytes());
-        out.extend_from_slice(b"\r\n");
-        for entry in self.entries_in_order() {
-            match entry.name {
-                HeaderName::To => {
-                    let has_tag = self.to().is_some_and(|to| to.tag.is_some());
-                    match to_tag {
-                        Some(tag) if !has_tag => {
-                            out.extend_from_slice(
-                                Span {
-                                    start: entry.line.start,
-                                    end: entry.value.end,
-                                }
-                                .get(buf),
-                            );
-                            out.extend_from_slice(b";tag=");
-                            out.extend_from_slice(tag);
-                            out.extend_from_slice(b"\r\n");
-                        }
-                        _ => out.extend_from_slice(entry.line.get(buf)),
-                    }
-                }
-                HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
-                    out.extend_from_slice(entry.line.get(buf));
-                }
-                _ => {}
-            }
-        }
-        out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
-        out
-    }
-}
-
 /// Writes `n` in decimal into `out`, returning the number of digits.
 fn decimal(n: u16, out: &mut [u8; 5]) -> usize {
     let mut tmp = [0u8; 5];

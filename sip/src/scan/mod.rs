@@ -153,7 +153,7 @@ pub struct Message<'a> {
     defect: Option<ScanError>,
 }
 
-/// Scans and validates one message (a datagram or a frame cut by [`crate::Framer`]).
+/// Scans and validates one message (a datagram or a frame cut by [`crate::frame::Framer`]).
 pub fn parse(buf: &[u8]) -> Result<Message<'_>, ScanError> {
     let msg = scan(buf)?;
     msg.validate()?;
@@ -731,11 +731,6 @@ impl<'a> Message<'a> {
         let entry = self.first_entry(name)?;
         let element = CommaSplit::new(self.buf, entry.value).next()?;
         Some((entry, element))
-    }
-
-    /// All header lines in order, for copying them into a response.
-    pub(crate) fn entries_in_order(&self) -> impl Iterator<Item = &Entry> + '_ {
-        self.headers.iter()
     }
 
     fn entries(&self, name: HeaderName) -> impl Iterator<Item = &Entry> + '_ {
