@@ -18,8 +18,8 @@
 //!
 //! Errors: [`scan::ScanError`] names the first problem found in a message or a stream.
 //!
-//! Architecture invariant: nothing here does I/O or allocates per header; a message is
-//! searched a constant number of times, and no input makes these functions panic.
+//! Architecture invariant: `frame`, `scan` and `rewrite` do no I/O and never allocate per
+//! header; a message is searched a constant number of times, and no input makes them panic.
 //!
 //! ```
 //! use sipedge_sip::scan::parse;
