@@ -143,6 +143,10 @@ pub struct Message<'a> {
     body: Span,
     /// Top Via, parsed once because both the proxy and the rewriter use it.
     top_via: Option<ViaSpans>,
+    /// From, parsed once: call tracking reads its tag and user on every message.
+    from: Option<NameAddr<'a>>,
+    /// To, parsed once, for the same reason.
+    to: Option<NameAddr<'a>>,
     /// CSeq number and method token.
     cseq: Option<(u32, Span)>,
     /// Max-Forwards value when valid.
@@ -245,6 +249,8 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
         headers_end: offset(headers_end),
         body: Span::new(body_start, buf.len()),
         top_via: None,
+        from: None,
+        to: None,
         cseq: None,
         max_forwards: None,
         content_length: None,
@@ -466,14 +472,15 @@ impl<'a> Message<'a> {
                 Err(e) => note(e),
             }
         }
-        for name in [HeaderName::From, HeaderName::To] {
-            if self
-                .header(name)
-                .is_some_and(|v| NameAddr::parse(v).is_none())
-            {
+        let from = self.header(HeaderName::From).map(NameAddr::parse);
+        let to = self.header(HeaderName::To).map(NameAddr::parse);
+        for (name, parsed) in [(HeaderName::From, from), (HeaderName::To, to)] {
+            if parsed.is_some_and(|p| p.is_none()) {
                 note(ScanError::BadValue(name));
             }
         }
+        self.from = from.flatten();
+        self.to = to.flatten();
         for v in self.values(HeaderName::Contact) {
             if v != b"*" && NameAddr::parse(v).is_none() {
                 note(ScanError::BadValue(HeaderName::Contact));
@@ -573,12 +580,12 @@ impl<'a> Message<'a> {
 
     /// The From value, parsed.
     pub fn from(&self) -> Option<NameAddr<'a>> {
-        self.header(HeaderName::From).and_then(NameAddr::parse)
+        self.from
     }
 
     /// The To value, parsed.
     pub fn to(&self) -> Option<NameAddr<'a>> {
-        self.header(HeaderName::To).and_then(NameAddr::parse)
+        self.to
     }
 
     /// CSeq number and method.
