@@ -31,6 +31,7 @@ pub enum HeaderName {
     ReferredBy,
     SessionExpires,
     Expires,
+    Identity,
     /// Any header not listed above; its raw name is in [`crate::scan::Header::raw_name`].
     Other,
 }
@@ -58,6 +59,7 @@ impl HeaderName {
                 b'r' => HeaderName::ReferTo,
                 b'b' => HeaderName::ReferredBy,
                 b'x' => HeaderName::SessionExpires,
+                b'y' => HeaderName::Identity,
                 _ => HeaderName::Other,
             };
         }
@@ -80,6 +82,7 @@ impl HeaderName {
             (7, b's') => &[(b"subject", HeaderName::Subject)],
             (7, b'e') => &[(b"expires", HeaderName::Expires)],
             (8, b'r') => &[(b"refer-to", HeaderName::ReferTo)],
+            (8, b'i') => &[(b"identity", HeaderName::Identity)],
             (9, b's') => &[(b"supported", HeaderName::Supported)],
             (11, b'r') => &[(b"referred-by", HeaderName::ReferredBy)],
             (12, b'm') => &[(b"max-forwards", HeaderName::MaxForwards)],
@@ -122,6 +125,7 @@ impl HeaderName {
             HeaderName::ReferredBy => "Referred-By",
             HeaderName::SessionExpires => "Session-Expires",
             HeaderName::Expires => "Expires",
+            HeaderName::Identity => "Identity",
             HeaderName::Other => "extension header",
         }
     }
@@ -231,6 +235,21 @@ mod tests {
             ("r", HeaderName::ReferTo),
             ("b", HeaderName::ReferredBy),
             ("x", HeaderName::SessionExpires),
+            ("y", HeaderName::Identity),
+            ("IDENTITY", HeaderName::Identity),
+            ("Session-Expires", HeaderName::SessionExpires),
+            ("Content-Encoding", HeaderName::ContentEncoding),
+            ("Allow-Events", HeaderName::AllowEvents),
+            ("Referred-By", HeaderName::ReferredBy),
+            ("Refer-To", HeaderName::ReferTo),
+            ("Supported", HeaderName::Supported),
+            ("Require", HeaderName::Require),
+            ("Event", HeaderName::Event),
+            ("Expires", HeaderName::Expires),
+            ("Contact", HeaderName::Contact),
+            ("Content-Type", HeaderName::ContentType),
+            ("From", HeaderName::From),
+            ("To", HeaderName::To),
             ("MaX-fOrWaRdS", HeaderName::MaxForwards),
             ("Record-Route", HeaderName::RecordRoute),
             ("route", HeaderName::Route),
@@ -242,6 +261,41 @@ mod tests {
         ];
         for (name, expected) in cases {
             check(name, expected);
+        }
+    }
+
+    #[test]
+    fn every_canonical_name_classifies_as_itself() {
+        use HeaderName::*;
+        let all = [
+            Via,
+            From,
+            To,
+            CallId,
+            CSeq,
+            MaxForwards,
+            Contact,
+            ContentLength,
+            ContentType,
+            Route,
+            RecordRoute,
+            Path,
+            Supported,
+            Require,
+            Subject,
+            ContentEncoding,
+            Event,
+            AllowEvents,
+            ReferTo,
+            ReferredBy,
+            SessionExpires,
+            Expires,
+            Identity,
+        ];
+        assert_eq!(all.len() + 1, HEADER_NAME_COUNT);
+        for name in all {
+            check(name.as_str(), name);
+            check(&name.as_str().to_ascii_uppercase(), name);
         }
     }
 

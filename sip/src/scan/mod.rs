@@ -647,7 +647,8 @@ impl<'a> Message<'a> {
         self.body.get(self.buf)
     }
 
-    /// The value of the first header with this name (whole line value, commas included).
+    /// The value of the first header with this name (whole line value, commas included);
+    /// for [`HeaderName::Other`], the first extension header (see [`Message::header_named`]).
     pub fn header(&self, name: HeaderName) -> Option<&'a [u8]> {
         self.first_entry(name).map(|e| e.value.get(self.buf))
     }
