@@ -492,9 +492,10 @@ fn name_addr(value: &[u8], require_brackets: bool) -> Option<NameAddr<'_>> {
         c.ws();
     } else {
         // `*(token LWS)` followed by '<' is a display name; anything else is an addr-spec.
+        // UTF-8 is accepted in unquoted names too: terminals send it, and it is unambiguous.
         let mut last_end = None;
         loop {
-            let token = c.take_while(is_token_byte);
+            let token = c.take_while(|b| is_token_byte(b) || b >= 0x80);
             if token.is_empty() {
                 break;
             }
@@ -943,6 +944,11 @@ mod tests {
             ("<user>", false, None),
             ("\"Joe\" <sip:joe@example.org>;;;;", false, None),
             ("Joe", false, None),
+            (
+                "Agent M\u{fc}ller <sip:m@h>",
+                false,
+                Some((Some("Agent M\u{fc}ller"), "sip:m@h", None)),
+            ),
             ("", false, None),
         ];
         for &(value, route, expected) in cases {
