@@ -21,6 +21,10 @@ struct Edit {
 /// Edits at the same position apply in the order they were made. An edit touching bytes that
 /// an earlier-positioned edit already removed or replaced is dropped: e.g. after
 /// [`Rewrite::remove_top_via`], parameter edits on that Via have nothing left to change.
+///
+/// Inserted names and values are written verbatim: they must not contain CR or LF, which would
+/// let them start header lines of their own (sipedge builds them itself, from addresses and
+/// tokens).
 #[derive(Debug)]
 pub struct Rewrite<'m, 'a> {
     /// The message being rewritten; edits refer to its buffer.
