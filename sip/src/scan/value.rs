@@ -49,15 +49,17 @@ pub(crate) fn is_lws(b: u8) -> bool {
 
 /// Narrows `span` so that it neither starts nor ends with linear white space.
 pub(crate) fn trim(buf: &[u8], span: Span) -> Span {
-    let mut start = span.start as usize;
-    let mut end = span.end as usize;
-    while start < end && buf.get(start).is_some_and(|&b| is_lws(b)) {
-        start += 1;
-    }
-    while end > start && buf.get(end - 1).is_some_and(|&b| is_lws(b)) {
-        end -= 1;
-    }
-    Span::new(start, end)
+    let start = span.start as usize;
+    let bytes = buf.get(start..span.end as usize).unwrap_or(&[]);
+    let lead = bytes
+        .iter()
+        .position(|&b| !is_lws(b))
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|&b| !is_lws(b))
+        .map_or(lead, |i| i + 1);
+    Span::new(start + lead, start + end)
 }
 
 /// A read position inside one header value.
@@ -99,18 +101,14 @@ impl<'a> Cursor<'a> {
 
     /// Skips linear white space; says whether there was any.
     fn ws(&mut self) -> bool {
-        let from = self.pos;
-        while self.peek().is_some_and(is_lws) {
-            self.pos += 1;
-        }
-        self.pos > from
+        !self.take_while(is_lws).is_empty()
     }
 
+    /// Advances over the bytes matching `pred`; slice iteration keeps the loop tight.
     fn take_while(&mut self, pred: impl Fn(u8) -> bool) -> Span {
         let from = self.pos;
-        while self.peek().is_some_and(&pred) {
-            self.pos += 1;
-        }
+        let rest = self.buf.get(from..self.end).unwrap_or(&[]);
+        self.pos = from + rest.iter().position(|&b| !pred(b)).unwrap_or(rest.len());
         Span::new(from, self.pos)
     }
 
