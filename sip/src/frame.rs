@@ -325,4 +325,56 @@ mod tests {
         assert_eq!(answer, Frame::TooLarge);
         assert!(buf.len() < 64 + 6);
     }
+
+    /// Bounded pseudo-random streams: framing never panics, never claims more bytes than the
+    /// buffer holds, and every message it cuts scans or is refused without a panic.
+    #[test]
+    fn random_streams_never_panic() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let pieces: [&[u8]; 8] = [
+            b"\r\n",
+            b"\r\n\r\n",
+            b"l: 3\r\n",
+            b"Content-Length: 99999\r\n",
+            b"\r",
+            b"abc",
+            INVITE,
+            b"l:x\r\n",
+        ];
+        for _ in 0..5_000 {
+            let mut stream = Vec::new();
+            for _ in 0..(next() % 6) {
+                stream.extend_from_slice(pieces[(next() % 8) as usize]);
+            }
+            let mut framer = Framer::new(200);
+            let mut buf = Vec::new();
+            for chunk in stream.chunks((next() % 17 + 1) as usize) {
+                buf.extend_from_slice(chunk);
+                loop {
+                    match framer.frame(&buf) {
+                        Frame::Message { len } => {
+                            assert!(len <= buf.len() && len <= 200);
+                            let _ = crate::scan::parse(&buf[..len]);
+                            buf.drain(..len);
+                        }
+                        Frame::Ping { len } | Frame::Pong { len } => {
+                            buf.drain(..len);
+                        }
+                        Frame::Incomplete => break,
+                        Frame::TooLarge | Frame::Invalid(_) => {
+                            buf.clear();
+                            framer = Framer::new(200);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -14,7 +14,12 @@
 //!   Content-Type/-Length, body.
 //! - [`rewrite`]: edits on a scanned message (own Via, `received`/`rport`, Max-Forwards,
 //!   Record-Route/Path, Route and Via removal, Request-URI) applied in one pass into one
-//!   buffer; the body is copied byte for byte.
+//!   buffer; the body is copied byte for byte and Content-Length left as it is.
+//!
+//! Errors: [`scan::ScanError`] names the first problem found in a message or a stream.
+//!
+//! Architecture invariant: `frame`, `scan` and `rewrite` do no I/O and never allocate per
+//! header; a message is searched a constant number of times, and no input makes them panic.
 //!
 //! ```
 //! use sipedge_sip::scan::parse;

@@ -7,7 +7,7 @@ use smallvec::SmallVec;
 
 use crate::scan::{HeaderName, Message, Param, Span};
 
-/// One edit: replace `range` of the input with `text` (a range of [`Rewrite::text`]).
+/// One edit: replace `range` of the input with `text` (a range of the rewrite's [`Text`]).
 #[derive(Debug, Clone, Copy)]
 struct Edit {
     /// Input bytes replaced; empty for an insertion.
@@ -21,6 +21,10 @@ struct Edit {
 /// Edits at the same position apply in the order they were made. An edit touching bytes that
 /// an earlier-positioned edit already removed or replaced is dropped: e.g. after
 /// [`Rewrite::remove_top_via`], parameter edits on that Via have nothing left to change.
+///
+/// Inserted names and values are written verbatim: they must not contain CR or LF, which would
+/// let them start header lines of their own (sipedge builds them itself, from addresses and
+/// tokens).
 #[derive(Debug)]
 pub struct Rewrite<'m, 'a> {
     /// The message being rewritten; edits refer to its buffer.
@@ -28,7 +32,7 @@ pub struct Rewrite<'m, 'a> {
     /// Edits in the order they were made.
     edits: SmallVec<[Edit; 8]>,
     /// Inserted bytes of all edits, so that edits need no allocation of their own.
-    text: SmallVec<[u8; 512]>,
+    text: Text,
 }
 
 impl<'a> Message<'a> {
@@ -37,7 +41,7 @@ impl<'a> Message<'a> {
         Rewrite {
             msg: self,
             edits: SmallVec::new(),
-            text: SmallVec::new(),
+            text: Text::default(),
         }
     }
 }
@@ -46,7 +50,7 @@ impl<'m, 'a> Rewrite<'m, 'a> {
     fn push(&mut self, range: Span, parts: &[&[u8]]) {
         let start = self.text.len();
         for part in parts {
-            self.text.extend_from_slice(part);
+            self.text.append(part);
         }
         let text = Span::new(start, self.text.len());
         self.edits.push(Edit { range, text });
@@ -242,7 +246,7 @@ impl<'m, 'a> Rewrite<'m, 'a> {
                 }
                 .get(buf),
             );
-            out.extend_from_slice(e.text.get(&self.text));
+            out.extend_from_slice(e.text.get(self.text.bytes()));
             cursor = e.range.end;
         }
         out.extend_from_slice(
@@ -252,6 +256,58 @@ impl<'m, 'a> Rewrite<'m, 'a> {
             }
             .get(buf),
         );
+    }
+}
+
+/// Bytes inserted by edits: inline up to [`Text::INLINE`] bytes (a proxy's edits are a few
+/// hundred), on the heap beyond. Appending is a plain copy, which matters at a few edits per
+/// message.
+#[derive(Debug)]
+struct Text {
+    /// Inline storage, used while everything fits.
+    inline: [u8; Text::INLINE],
+    /// Bytes used in `inline`.
+    len: usize,
+    /// All the bytes once they no longer fit inline.
+    spilled: Option<Vec<u8>>,
+}
+
+impl Text {
+    const INLINE: usize = 512;
+
+    fn len(&self) -> usize {
+        self.spilled.as_ref().map_or(self.len, Vec::len)
+    }
+
+    fn append(&mut self, part: &[u8]) {
+        if let Some(spilled) = self.spilled.as_mut() {
+            spilled.extend_from_slice(part);
+        } else if let Some(dst) = self.inline.get_mut(self.len..self.len + part.len()) {
+            dst.copy_from_slice(part);
+            self.len += part.len();
+        } else {
+            let mut spilled = Vec::with_capacity(2 * (self.len + part.len()));
+            spilled.extend_from_slice(self.inline.get(..self.len).unwrap_or(&[]));
+            spilled.extend_from_slice(part);
+            self.spilled = Some(spilled);
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.spilled {
+            Some(spilled) => spilled,
+            None => self.inline.get(..self.len).unwrap_or(&[]),
+        }
+    }
+}
+
+impl Default for Text {
+    fn default() -> Text {
+        Text {
+            inline: [0; Text::INLINE],
+            len: 0,
+            spilled: None,
+        }
     }
 }
 

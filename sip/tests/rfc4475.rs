@@ -64,6 +64,24 @@ fn check(name: &str, expected: Result<&str, ScanError>) {
             .set_max_forwards(69)
             .finish();
         assert!(out.ends_with(msg.body()), "{name}: body changed by rewrite");
+        // A valid message stays valid, with the same call fields, once relayed.
+        if msg.validate().is_ok() {
+            let relayed = parse(&out).unwrap_or_else(|e| panic!("{name}: rewrite broke it: {e}"));
+            assert_eq!(relayed.call_id(), msg.call_id(), "{name}");
+            assert_eq!(relayed.cseq(), msg.cseq(), "{name}");
+            assert_eq!(relayed.body(), msg.body(), "{name}");
+            assert_eq!(relayed.max_forwards(), Some(69), "{name}");
+            assert_eq!(
+                relayed.top_via().map(|v| v.host),
+                Some(&b"127.0.0.1"[..]),
+                "{name}"
+            );
+            let original = relayed
+                .vias()
+                .nth(1)
+                .map(|v| sipedge_sip::scan::Via::parse(v).map(|v| v.received));
+            assert_eq!(original, Some(Ok(Some(&b"127.0.0.2"[..]))), "{name}");
+        }
     }
 }
 

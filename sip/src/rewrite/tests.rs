@@ -298,3 +298,27 @@ fn numbers_are_written_in_decimal() {
         assert_eq!(&digits[..len], text.as_bytes());
     }
 }
+
+#[test]
+fn long_inserted_text_spills_to_the_heap() {
+    let input = crlf(REQUEST);
+    let msg = parse(&input).unwrap();
+    let long = vec![b'a'; 700];
+    let mut value = b"SIP/2.0/UDP h;x=".to_vec();
+    value.extend_from_slice(&long);
+    let out = msg
+        .rewrite()
+        .insert_via(b"SIP/2.0/UDP short")
+        .insert_via(&value)
+        .set_max_forwards(5)
+        .finish();
+    let relayed = parse(&out).unwrap();
+    let vias: Vec<&[u8]> = relayed.vias().collect();
+    assert_eq!(vias[0], b"SIP/2.0/UDP short");
+    assert_eq!(vias[1], &value[..]);
+    assert_eq!(relayed.max_forwards(), Some(5));
+    assert_eq!(
+        out.len(),
+        input.len() + 2 * "Via: \r\n".len() + 17 + value.len() - 1
+    );
+}

@@ -31,7 +31,8 @@ pub enum HeaderName {
     ReferredBy,
     SessionExpires,
     Expires,
-    /// Any header not listed above; its raw name is in [`crate::Header::raw_name`].
+    Identity,
+    /// Any header not listed above; its raw name is in [`crate::scan::Header::raw_name`].
     Other,
 }
 
@@ -58,43 +59,44 @@ impl HeaderName {
                 b'r' => HeaderName::ReferTo,
                 b'b' => HeaderName::ReferredBy,
                 b'x' => HeaderName::SessionExpires,
+                b'y' => HeaderName::Identity,
                 _ => HeaderName::Other,
             };
         }
-        // Candidates grouped by length so that a name is compared with at most a few strings.
-        let candidates: &[(&[u8], HeaderName)] = match name.len() {
-            2 => &[(b"to", HeaderName::To)],
-            3 => &[(b"via", HeaderName::Via)],
-            4 => &[
-                (b"from", HeaderName::From),
-                (b"cseq", HeaderName::CSeq),
-                (b"path", HeaderName::Path),
-            ],
-            5 => &[(b"route", HeaderName::Route), (b"event", HeaderName::Event)],
-            7 => &[
+        // Dispatch on length and first letter so that a name is compared with at most two
+        // candidates: this runs once per header line.
+        let first = name.first().map_or(0, u8::to_ascii_lowercase);
+        let candidates: &[(&[u8], HeaderName)] = match (name.len(), first) {
+            (2, b't') => &[(b"to", HeaderName::To)],
+            (3, b'v') => &[(b"via", HeaderName::Via)],
+            (4, b'f') => &[(b"from", HeaderName::From)],
+            (4, b'c') => &[(b"cseq", HeaderName::CSeq)],
+            (4, b'p') => &[(b"path", HeaderName::Path)],
+            (5, b'r') => &[(b"route", HeaderName::Route)],
+            (5, b'e') => &[(b"event", HeaderName::Event)],
+            (7, b'c') => &[
                 (b"call-id", HeaderName::CallId),
                 (b"contact", HeaderName::Contact),
-                (b"require", HeaderName::Require),
-                (b"subject", HeaderName::Subject),
-                (b"expires", HeaderName::Expires),
             ],
-            8 => &[(b"refer-to", HeaderName::ReferTo)],
-            9 => &[(b"supported", HeaderName::Supported)],
-            11 => &[(b"referred-by", HeaderName::ReferredBy)],
-            12 => &[
-                (b"max-forwards", HeaderName::MaxForwards),
-                (b"content-type", HeaderName::ContentType),
-                (b"record-route", HeaderName::RecordRoute),
-                (b"allow-events", HeaderName::AllowEvents),
-            ],
-            14 => &[(b"content-length", HeaderName::ContentLength)],
-            15 => &[(b"session-expires", HeaderName::SessionExpires)],
-            16 => &[(b"content-encoding", HeaderName::ContentEncoding)],
+            (7, b'r') => &[(b"require", HeaderName::Require)],
+            (7, b's') => &[(b"subject", HeaderName::Subject)],
+            (7, b'e') => &[(b"expires", HeaderName::Expires)],
+            (8, b'r') => &[(b"refer-to", HeaderName::ReferTo)],
+            (8, b'i') => &[(b"identity", HeaderName::Identity)],
+            (9, b's') => &[(b"supported", HeaderName::Supported)],
+            (11, b'r') => &[(b"referred-by", HeaderName::ReferredBy)],
+            (12, b'm') => &[(b"max-forwards", HeaderName::MaxForwards)],
+            (12, b'c') => &[(b"content-type", HeaderName::ContentType)],
+            (12, b'r') => &[(b"record-route", HeaderName::RecordRoute)],
+            (12, b'a') => &[(b"allow-events", HeaderName::AllowEvents)],
+            (14, b'c') => &[(b"content-length", HeaderName::ContentLength)],
+            (15, b's') => &[(b"session-expires", HeaderName::SessionExpires)],
+            (16, b'c') => &[(b"content-encoding", HeaderName::ContentEncoding)],
             _ => &[],
         };
         candidates
             .iter()
-            .find(|(long, _)| long.eq_ignore_ascii_case(name))
+            .find(|(long, _)| eq_lowercase(name, long))
             .map_or(HeaderName::Other, |&(_, known)| known)
     }
 
@@ -123,6 +125,7 @@ impl HeaderName {
             HeaderName::ReferredBy => "Referred-By",
             HeaderName::SessionExpires => "Session-Expires",
             HeaderName::Expires => "Expires",
+            HeaderName::Identity => "Identity",
             HeaderName::Other => "extension header",
         }
     }
@@ -179,13 +182,37 @@ impl Method {
     }
 }
 
-/// RFC 3261 `token` characters (header names, methods, parameter names).
+/// Case-insensitive comparison with a lowercase name: setting bit 5 lowercases an ASCII letter,
+/// and is applied only where `lower` has a letter, so the result is exact for any input. The
+/// branch-free fold compiles to a few vector instructions (this runs for every header line).
+fn eq_lowercase(name: &[u8], lower: &[u8]) -> bool {
+    name.len() == lower.len()
+        && name.iter().zip(lower).fold(0u8, |diff, (&a, &b)| {
+            let case_bit = if b.is_ascii_lowercase() { 0x20 } else { 0 };
+            diff | ((a | case_bit) ^ b)
+        }) == 0
+}
+
+/// RFC 3261 `token` characters (header names, methods, parameter names), as a table because
+/// the scanner tests every byte of every name and parameter.
+static TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        b += 1;
+    }
+    table
+};
+
+#[inline]
 pub(crate) fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        )
+    TOKEN[usize::from(b)]
 }
 
 #[cfg(test)]
@@ -219,6 +246,21 @@ mod tests {
             ("r", HeaderName::ReferTo),
             ("b", HeaderName::ReferredBy),
             ("x", HeaderName::SessionExpires),
+            ("y", HeaderName::Identity),
+            ("IDENTITY", HeaderName::Identity),
+            ("Session-Expires", HeaderName::SessionExpires),
+            ("Content-Encoding", HeaderName::ContentEncoding),
+            ("Allow-Events", HeaderName::AllowEvents),
+            ("Referred-By", HeaderName::ReferredBy),
+            ("Refer-To", HeaderName::ReferTo),
+            ("Supported", HeaderName::Supported),
+            ("Require", HeaderName::Require),
+            ("Event", HeaderName::Event),
+            ("Expires", HeaderName::Expires),
+            ("Contact", HeaderName::Contact),
+            ("Content-Type", HeaderName::ContentType),
+            ("From", HeaderName::From),
+            ("To", HeaderName::To),
             ("MaX-fOrWaRdS", HeaderName::MaxForwards),
             ("Record-Route", HeaderName::RecordRoute),
             ("route", HeaderName::Route),
@@ -227,9 +269,47 @@ mod tests {
             ("a", HeaderName::Other),
             ("X-Via", HeaderName::Other),
             ("", HeaderName::Other),
+            ("Content\rLength", HeaderName::Other),
+            ("Call_ID", HeaderName::Other),
+            ("C@ll-ID", HeaderName::Other),
         ];
         for (name, expected) in cases {
             check(name, expected);
+        }
+    }
+
+    #[test]
+    fn every_canonical_name_classifies_as_itself() {
+        use HeaderName::*;
+        let all = [
+            Via,
+            From,
+            To,
+            CallId,
+            CSeq,
+            MaxForwards,
+            Contact,
+            ContentLength,
+            ContentType,
+            Route,
+            RecordRoute,
+            Path,
+            Supported,
+            Require,
+            Subject,
+            ContentEncoding,
+            Event,
+            AllowEvents,
+            ReferTo,
+            ReferredBy,
+            SessionExpires,
+            Expires,
+            Identity,
+        ];
+        assert_eq!(all.len() + 1, HEADER_NAME_COUNT);
+        for name in all {
+            check(name.as_str(), name);
+            check(&name.as_str().to_ascii_uppercase(), name);
         }
     }
 

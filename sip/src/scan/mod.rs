@@ -79,14 +79,24 @@ pub enum ScanError {
 /// One indexed header line.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Entry {
-    /// Classified name, so lookups never compare strings again.
-    pub(crate) name: HeaderName,
-    /// The name as written, for extension headers and case-preserving output.
-    pub(crate) raw_name: Span,
-    /// The value, trimmed; spans folded continuation lines.
-    pub(crate) value: Span,
     /// The whole line from its first byte to after its final CRLF, so it can be removed.
     pub(crate) line: Span,
+    /// The value, trimmed; spans folded continuation lines.
+    pub(crate) value: Span,
+    /// Length of the name as written at the start of the line (extension headers are looked
+    /// up by it); a length rather than a span keeps the index small.
+    pub(crate) name_len: u16,
+    /// Classified name, so lookups never compare strings again.
+    pub(crate) name: HeaderName,
+}
+
+impl Entry {
+    fn raw_name(&self) -> Span {
+        Span {
+            start: self.line.start,
+            end: self.line.start + u32::from(self.name_len),
+        }
+    }
 }
 
 /// The parsed start line.
@@ -123,8 +133,8 @@ pub struct Message<'a> {
     headers: SmallVec<[Entry; 32]>,
     /// Index into `headers` of the first line with each name, for O(1) lookups.
     first: [u16; HEADER_NAME_COUNT],
-    /// How many lines carry each name, for the duplicate checks.
-    count: [u16; HEADER_NAME_COUNT],
+    /// How many lines carry each name (saturating), for the duplicate checks.
+    count: [u8; HEADER_NAME_COUNT],
     /// Start of the first header line: where headers are inserted "at the top".
     headers_start: u32,
     /// Start of the empty line ending the header section.
@@ -133,6 +143,10 @@ pub struct Message<'a> {
     body: Span,
     /// Top Via, parsed once because both the proxy and the rewriter use it.
     top_via: Option<ViaSpans>,
+    /// From, parsed once: call tracking reads its tag and user on every message.
+    from: Option<NameAddr<'a>>,
+    /// To, parsed once, for the same reason.
+    to: Option<NameAddr<'a>>,
     /// CSeq number and method token.
     cseq: Option<(u32, Span)>,
     /// Max-Forwards value when valid.
@@ -143,7 +157,7 @@ pub struct Message<'a> {
     defect: Option<ScanError>,
 }
 
-/// Scans and validates one message (a datagram or a frame cut by [`crate::frame`]).
+/// Scans and validates one message (a datagram or a frame cut by [`crate::frame::Framer`]).
 pub fn parse(buf: &[u8]) -> Result<Message<'_>, ScanError> {
     let msg = scan(buf)?;
     msg.validate()?;
@@ -171,7 +185,7 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
     let headers_start = pos;
     let mut headers: SmallVec<[Entry; 32]> = SmallVec::new();
     let mut first = [NONE; HEADER_NAME_COUNT];
-    let mut count = [0u16; HEADER_NAME_COUNT];
+    let mut count = [0u8; HEADER_NAME_COUNT];
     // Whether continuation lines belong to the last entry (false after a malformed line, whose
     // continuations are skipped with it).
     let mut folding_into_last = false;
@@ -198,7 +212,7 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
             if headers.len() >= MAX_HEADERS {
                 return Err(ScanError::TooManyHeaders);
             }
-            let raw_name = Span::new(pos, pos + name.len());
+            let name_len = u16::try_from(name.len()).map_err(|_| ScanError::HeadersTooLarge)?;
             let name = HeaderName::from_bytes(name);
             let slot = name as usize;
             if let Some(f) = first.get_mut(slot).filter(|f| **f == NONE) {
@@ -208,10 +222,10 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
                 *c = c.saturating_add(1);
             }
             headers.push(Entry {
-                name,
-                raw_name,
-                value: Span::new(pos + value_start, end),
                 line: Span::new(pos, next),
+                value: Span::new(pos + value_start, end),
+                name_len,
+                name,
             });
             folding_into_last = true;
         } else {
@@ -235,6 +249,8 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
         headers_end: offset(headers_end),
         body: Span::new(body_start, buf.len()),
         top_via: None,
+        from: None,
+        to: None,
         cseq: None,
         max_forwards: None,
         content_length: None,
@@ -456,14 +472,15 @@ impl<'a> Message<'a> {
                 Err(e) => note(e),
             }
         }
-        for name in [HeaderName::From, HeaderName::To] {
-            if self
-                .header(name)
-                .is_some_and(|v| NameAddr::parse(v).is_none())
-            {
+        let from = self.header(HeaderName::From).map(NameAddr::parse);
+        let to = self.header(HeaderName::To).map(NameAddr::parse);
+        for (name, parsed) in [(HeaderName::From, from), (HeaderName::To, to)] {
+            if parsed.is_some_and(|p| p.is_none()) {
                 note(ScanError::BadValue(name));
             }
         }
+        self.from = from.flatten();
+        self.to = to.flatten();
         for v in self.values(HeaderName::Contact) {
             if v != b"*" && NameAddr::parse(v).is_none() {
                 note(ScanError::BadValue(HeaderName::Contact));
@@ -563,12 +580,12 @@ impl<'a> Message<'a> {
 
     /// The From value, parsed.
     pub fn from(&self) -> Option<NameAddr<'a>> {
-        self.header(HeaderName::From).and_then(NameAddr::parse)
+        self.from
     }
 
     /// The To value, parsed.
     pub fn to(&self) -> Option<NameAddr<'a>> {
-        self.header(HeaderName::To).and_then(NameAddr::parse)
+        self.to
     }
 
     /// CSeq number and method.
@@ -630,7 +647,8 @@ impl<'a> Message<'a> {
         self.body.get(self.buf)
     }
 
-    /// The value of the first header with this name (whole line value, commas included).
+    /// The value of the first header with this name (whole line value, commas included);
+    /// for [`HeaderName::Other`], the first extension header (see [`Message::header_named`]).
     pub fn header(&self, name: HeaderName) -> Option<&'a [u8]> {
         self.first_entry(name).map(|e| e.value.get(self.buf))
     }
@@ -642,7 +660,7 @@ impl<'a> Message<'a> {
             HeaderName::Other => self
                 .headers
                 .iter()
-                .find(|e| e.raw_name.get(self.buf).eq_ignore_ascii_case(name))
+                .find(|e| e.raw_name().get(self.buf).eq_ignore_ascii_case(name))
                 .map(|e| e.value.get(self.buf)),
             known => self.header(known),
         }
@@ -662,7 +680,7 @@ impl<'a> Message<'a> {
     pub fn headers(&self) -> impl Iterator<Item = Header<'a>> + '_ {
         self.headers.iter().map(|e| Header {
             name: e.name,
-            raw_name: e.raw_name.get(self.buf),
+            raw_name: e.raw_name().get(self.buf),
             value: e.value.get(self.buf),
         })
     }
@@ -698,7 +716,7 @@ impl<'a> Message<'a> {
         self.top_via.as_ref()
     }
 
-    fn count_of(&self, name: HeaderName) -> u16 {
+    fn count_of(&self, name: HeaderName) -> u8 {
         self.count.get(name as usize).copied().unwrap_or(0)
     }
 

@@ -49,15 +49,17 @@ pub(crate) fn is_lws(b: u8) -> bool {
 
 /// Narrows `span` so that it neither starts nor ends with linear white space.
 pub(crate) fn trim(buf: &[u8], span: Span) -> Span {
-    let mut start = span.start as usize;
-    let mut end = span.end as usize;
-    while start < end && buf.get(start).is_some_and(|&b| is_lws(b)) {
-        start += 1;
-    }
-    while end > start && buf.get(end - 1).is_some_and(|&b| is_lws(b)) {
-        end -= 1;
-    }
-    Span::new(start, end)
+    let start = span.start as usize;
+    let bytes = buf.get(start..span.end as usize).unwrap_or(&[]);
+    let lead = bytes
+        .iter()
+        .position(|&b| !is_lws(b))
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|&b| !is_lws(b))
+        .map_or(lead, |i| i + 1);
+    Span::new(start + lead, start + end)
 }
 
 /// A read position inside one header value.
@@ -99,18 +101,14 @@ impl<'a> Cursor<'a> {
 
     /// Skips linear white space; says whether there was any.
     fn ws(&mut self) -> bool {
-        let from = self.pos;
-        while self.peek().is_some_and(is_lws) {
-            self.pos += 1;
-        }
-        self.pos > from
+        !self.take_while(is_lws).is_empty()
     }
 
+    /// Advances over the bytes matching `pred`; slice iteration keeps the loop tight.
     fn take_while(&mut self, pred: impl Fn(u8) -> bool) -> Span {
         let from = self.pos;
-        while self.peek().is_some_and(&pred) {
-            self.pos += 1;
-        }
+        let rest = self.buf.get(from..self.end).unwrap_or(&[]);
+        self.pos = from + rest.iter().position(|&b| !pred(b)).unwrap_or(rest.len());
         Span::new(from, self.pos)
     }
 
@@ -120,19 +118,17 @@ impl<'a> Cursor<'a> {
         if !self.eat(b'"') {
             return None;
         }
-        loop {
-            match self.peek()? {
-                b'"' => {
-                    self.pos += 1;
-                    return Some(Span::new(from, self.pos));
-                }
-                b'\\' => self.pos += 2,
-                _ => self.pos += 1,
-            }
-            if self.pos > self.end {
-                return None;
-            }
-        }
+        let close = closing_quote(self.buf.get(..self.end)?, self.pos)?;
+        self.pos = close + 1;
+        Some(Span::new(from, self.pos))
+    }
+
+    /// Reads up to (not including) the next `b`, leaving the cursor on it.
+    fn until(&mut self, b: u8) -> Option<Span> {
+        let from = self.pos;
+        let found = memchr::memchr(b, self.buf.get(from..self.end)?)?;
+        self.pos = from + found;
+        Some(Span::new(from, self.pos))
     }
 
     fn at_end(&self) -> bool {
@@ -494,9 +490,10 @@ fn name_addr(value: &[u8], require_brackets: bool) -> Option<NameAddr<'_>> {
         c.ws();
     } else {
         // `*(token LWS)` followed by '<' is a display name; anything else is an addr-spec.
+        // UTF-8 is accepted in unquoted names too: terminals send it, and it is unambiguous.
         let mut last_end = None;
         loop {
-            let token = c.take_while(is_token_byte);
+            let token = c.take_while(|b| is_token_byte(b) || b >= 0x80);
             if token.is_empty() {
                 break;
             }
@@ -510,10 +507,8 @@ fn name_addr(value: &[u8], require_brackets: bool) -> Option<NameAddr<'_>> {
         }
     }
     let uri = if c.eat(b'<') {
-        let uri = c.take_while(|b| b != b'>');
-        if !c.eat(b'>') {
-            return None;
-        }
+        let uri = c.until(b'>')?;
+        c.eat(b'>');
         let raw = uri.get(value);
         if raw.iter().any(|&b| is_lws(b) || b == b'<' || b == b'"') {
             return None;
@@ -727,34 +722,28 @@ impl Iterator for CommaSplit<'_> {
 
     fn next(&mut self) -> Option<Element> {
         let start = self.next?;
-        let mut in_quote = false;
-        let mut in_angle = false;
+        let value = self.buf.get(..self.end).unwrap_or(&[]);
+        // Jump between the bytes that matter instead of walking the value byte by byte.
         let mut i = start;
-        while i < self.end {
-            let b = self.buf.get(i).copied().unwrap_or(b',');
-            if in_quote {
-                match b {
-                    b'\\' => i += 1,
-                    b'"' => in_quote = false,
-                    _ => {}
-                }
-            } else if in_angle {
-                in_angle = b != b'>';
-            } else {
-                match b {
-                    b'"' => in_quote = true,
-                    b'<' => in_angle = true,
-                    b',' => break,
-                    _ => {}
+        let elem_end = loop {
+            let rest = value.get(i..).unwrap_or(&[]);
+            let Some(hit) = memchr::memchr3(b',', b'"', b'<', rest) else {
+                break self.end;
+            };
+            let at = i + hit;
+            match value.get(at) {
+                Some(b',') => break at,
+                Some(b'"') => i = closing_quote(value, at + 1).map_or(self.end, |q| q + 1),
+                _ => {
+                    let rest = value.get(at..).unwrap_or(&[]);
+                    i = memchr::memchr(b'>', rest).map_or(self.end, |g| at + g + 1);
                 }
             }
-            i += 1;
-        }
-        let elem_end = i.min(self.end);
+        };
         let span = trim(self.buf, Span::new(start, elem_end));
         self.next = if elem_end < self.end {
             let mut n = elem_end + 1;
-            while n < self.end && self.buf.get(n).is_some_and(|&b| is_lws(b)) {
+            while n < self.end && value.get(n).is_some_and(|&b| is_lws(b)) {
                 n += 1;
             }
             Some(n)
@@ -765,6 +754,19 @@ impl Iterator for CommaSplit<'_> {
             span,
             next: self.next.map(offset),
         })
+    }
+}
+
+/// Position of the quote closing a quoted string whose content starts at `from`, skipping
+/// quoted-pairs.
+fn closing_quote(value: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    loop {
+        let at = i + memchr::memchr2(b'"', b'\\', value.get(i..)?)?;
+        if value.get(at) == Some(&b'"') {
+            return Some(at);
+        }
+        i = at + 2;
     }
 }
 
@@ -940,6 +942,11 @@ mod tests {
             ("<user>", false, None),
             ("\"Joe\" <sip:joe@example.org>;;;;", false, None),
             ("Joe", false, None),
+            (
+                "Agent M\u{fc}ller <sip:m@h>",
+                false,
+                Some((Some("Agent M\u{fc}ller"), "sip:m@h", None)),
+            ),
             ("", false, None),
         ];
         for &(value, route, expected) in cases {
