@@ -180,7 +180,8 @@ for proxy in $PROXIES; do
 done
 
 echo
-echo "Per step (rate = target calls/s; achieved = passed calls / wall time of the step):"
+echo "Per step (rate = target calls/s; achieved = passed calls / wall time of the step, which"
+echo "includes waiting out SIPp's timeout when a call got stuck):"
 printf '%-9s %-9s %6s %6s %6s %7s %9s %12s\n' proxy transport rate calls passed failed achieved cpu_us/call
 awk -F'\t' '{ printf "%-9s %-9s %6s %6s %6s %7s %9s %12s\n", $1, $2, $3, $4, $5, $6, $7, $8 }' "$RESULTS"
 echo
