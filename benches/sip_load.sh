@@ -9,8 +9,10 @@
 # step's calls fail (a few failures on a busy machine do not end it, but they do disqualify
 # the step from "clean"). Reported per step: calls passed and failed, the rate achieved, and the proxy's
 # CPU time per call (utime+stime of the proxy's processes from /proc, before and after the
-# step, divided by the calls). Summary: the highest rate with 0 failed calls, and the CPU per
-# call at 1000 calls/s.
+# step, divided by the calls). Summary: the highest rate with 0 failed calls, the highest with
+# at most 0.1% failed (on a loaded machine a multi-worker UDP relay reorders a few 180/200
+# pairs, which SIPp's built-in uac counts as failed calls), and the CPU per call at 1000
+# calls/s.
 #
 # Usage: benches/sip_load.sh            (whole run, under ~10 minutes)
 # Environment (all optional):
@@ -131,7 +133,7 @@ for proxy in $PROXIES; do
         port=$(free_port)
         if ! pid=$(start_"$proxy" "$port") || ! wait_listening "$pid" "$port"; then
             echo "sip_load: $proxy did not start on 127.0.0.1:$port; see $WORK" >&2
-            printf '%s\t%s\tn/a\tn/a\n' "$proxy" "$transport" >>"$SUMMARY"
+            printf '%s\t%s\tn/a\tn/a\tn/a\n' "$proxy" "$transport" >>"$SUMMARY"
             continue
         fi
         PIDS+=("$pid")
@@ -141,6 +143,7 @@ for proxy in $PROXIES; do
         PIDS+=("$uas")
         sleep 0.5
         best=0
+        near=0
         cpu_at_1000=n/a
         for rate in $RATES; do
             calls=$((rate * STEP_SECONDS))
@@ -168,21 +171,23 @@ for proxy in $PROXIES; do
                 "$ok" "$failed" "$achieved" "$cpu_us" | tee -a "$RESULTS" >&2
             [ "$rate" = 1000 ] && cpu_at_1000=$cpu_us
             [ "$failed" -eq 0 ] && best=$rate
+            [ $((failed * 1000)) -le "$calls" ] && near=$rate
             if [ $((failed * 20)) -gt "$calls" ] || ! kill -0 "$pid" 2>/dev/null; then break; fi
         done
-        printf '%s\t%s\t%s\t%s\n' "$proxy" "$transport" "$best" "$cpu_at_1000" >>"$SUMMARY"
+        printf '%s\t%s\t%s\t%s\t%s\n' "$proxy" "$transport" "$best" "$near" "$cpu_at_1000" >>"$SUMMARY"
         kill -TERM "$uas" "$pid" 2>/dev/null || true
         wait "$uas" "$pid" 2>/dev/null || true
     done
 done
 
 echo
-echo "Per step (rate = target calls/s; achieved = passed calls / wall time of the step):"
+echo "Per step (rate = target calls/s; achieved = passed calls / wall time of the step, which"
+echo "includes waiting out SIPp's timeout when a call got stuck):"
 printf '%-9s %-9s %6s %6s %6s %7s %9s %12s\n' proxy transport rate calls passed failed achieved cpu_us/call
 awk -F'\t' '{ printf "%-9s %-9s %6s %6s %6s %7s %9s %12s\n", $1, $2, $3, $4, $5, $6, $7, $8 }' "$RESULTS"
 echo
 echo "Summary:"
-printf '%-9s %-9s %24s %22s\n' proxy transport "highest clean rate (c/s)" "cpu_us/call @1000 c/s"
-awk -F'\t' '{ printf "%-9s %-9s %24s %22s\n", $1, $2, $3, $4 }' "$SUMMARY"
+printf '%-9s %-9s %14s %16s %22s\n' proxy transport "0 failed (c/s)" "<=0.1% failed" "cpu_us/call @1000 c/s"
+awk -F'\t' '{ printf "%-9s %-9s %14s %16s %22s\n", $1, $2, $3, $4, $5 }' "$SUMMARY"
 echo
 echo "Logs and SIPp statistics: $WORK"
