@@ -329,11 +329,6 @@ impl Relay {
         let Some(next) = msg.vias().nth(1).and_then(|v| Via::parse(v).ok()) else {
             return Decision::Drop(DropReason::Unroutable);
         };
-        let transport = match next.transport {
-            scan::Transport::Udp => Transport::Udp,
-            scan::Transport::Tcp => Transport::Tcp,
-            _ => return Decision::Drop(DropReason::Unroutable),
-        };
         let Some(ip) = next.received.or(Some(next.host)).and_then(parse_ip) else {
             return Decision::Drop(DropReason::Unroutable);
         };
@@ -347,6 +342,18 @@ impl Relay {
             Direction::ToUpstream
         } else {
             Direction::ToTerminal
+        };
+        // Towards a terminal, the transport is the one sipedge forwarded its request on,
+        // which is the one the request arrived on: what a terminal writes in its Via is not
+        // trusted to make sipedge open connections. The Sipserver's Via is.
+        let via_transport = match direction {
+            Direction::ToTerminal => ours.transport,
+            Direction::ToUpstream => next.transport,
+        };
+        let transport = match via_transport {
+            scan::Transport::Udp => Transport::Udp,
+            scan::Transport::Tcp => Transport::Tcp,
+            _ => return Decision::Drop(DropReason::Unroutable),
         };
         let mut rewrite = msg.rewrite();
         rewrite.remove_top_via();
@@ -914,11 +921,12 @@ mod tests {
             &["SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bKabc;"],
             &["192.0.2.10"],
         );
-        // Without received/rport: sent-by; TCP Via keeps TCP.
+        // Without received/rport: sent-by; sipedge's TCP Via means TCP.
+        let ours_tcp = "Via: SIP/2.0/TCP 192.0.2.10:14501;branch=z9hG4bKsE0123\r\n";
         check(
             upstream(),
             &response(&format!(
-                "{ours}Via: SIP/2.0/TCP 198.51.100.4;branch=z9hG4bKx\r\n"
+                "{ours_tcp}Via: SIP/2.0/UDP 198.51.100.4;branch=z9hG4bKx\r\n"
             )),
             Decision::Forward {
                 target: Target::Address(Flow {
@@ -926,6 +934,22 @@ mod tests {
                     local_port: 14501,
                     remote: "198.51.100.4:5060".parse().unwrap(),
                     conn: 0,
+                }),
+                direction: Direction::ToTerminal,
+            },
+            &[],
+            &[],
+        );
+        // A terminal's Via claiming TCP does not turn a UDP flow into a TCP connect.
+        check(
+            upstream(),
+            &response(&format!(
+                "{ours}Via: SIP/2.0/TCP 198.51.100.4:5070;branch=z9hG4bKx\r\n"
+            )),
+            Decision::Forward {
+                target: Target::Address(Flow {
+                    remote: "198.51.100.4:5070".parse().unwrap(),
+                    ..terminal_flow()
                 }),
                 direction: Direction::ToTerminal,
             },
@@ -979,7 +1003,7 @@ mod tests {
         check(
             upstream(),
             &response(&format!(
-                "{ours}Via: SIP/2.0/SCTP 192.168.1.20;branch=z9hG4bKabc\r\n"
+                "{ours}Via: SIP/2.0/SCTP 10.0.0.5:14501;branch=z9hG4bKabc\r\n"
             )),
             unroutable,
             &[],
