@@ -119,6 +119,9 @@ async fn run(config: Config) -> Result<(), StartError> {
     for (name, first, last) in sip.iter().flat_map(sipedge_sip::Proxy::listening) {
         tracing::info!(listener = %name, addr = %format!("{first}-{}", last.port()), "listening");
     }
+    if let Some(proxy) = &sip {
+        tracing::info!(advertise = %proxy.advertise(), "SIP Via and Record-Route address");
+    }
     tracing::info!(node = %config.node.name, version = env!("CARGO_PKG_VERSION"), "sipedge started");
 
     let limits = ServerLimits::default();

@@ -396,7 +396,7 @@ impl Shared {
 /// Kernel receive buffer asked for each UDP socket: room for a few thousand datagrams, so a
 /// burst while the relay is briefly descheduled is absorbed instead of dropped (the kernel
 /// caps it at `net.core.rmem_max`, and only fills it under backlog).
-const UDP_RECV_BUFFER: usize = 1 << 20;
+const UDP_RECV_BUFFER: usize = 4 << 20;
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
