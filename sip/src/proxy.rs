@@ -362,7 +362,7 @@ impl Shared {
     }
 
     /// Hands one message to call tracking; never waits.
-    fn observe(
+    pub(crate) fn observe(
         &self,
         origin: Origin,
         direction: Direction,

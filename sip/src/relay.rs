@@ -45,6 +45,15 @@ const NOT_FOUND: Refusal<'static> = Refusal {
     otherwise: DropReason::Unroutable,
 };
 
+/// Why a TCP stream cannot be framed any further.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamProblem {
+    /// The next message is over `max_message_bytes` (or its header section never ends).
+    TooLarge,
+    /// Its Content-Length is missing or unusable, so its end is unknown.
+    Unframable(scan::ScanError),
+}
+
 /// Which side a connection or datagram source is on, as far as the transport can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -172,26 +181,39 @@ impl Relay {
         }
     }
 
-    /// A TCP stream whose next message exceeds `max_message_bytes`: 413 when the buffered
-    /// header section allows a reply, otherwise nothing (the connection closes either way).
-    pub fn refuse_oversized(
+    /// A TCP stream that cannot go on (`problem`): a 413 or 400 when the buffered header
+    /// section allows a reply, otherwise nothing. The connection closes either way, since
+    /// the stream cannot be resynchronised.
+    pub fn refuse_stream(
         &self,
         arrival: &Arrival,
         buffered: &[u8],
+        problem: StreamProblem,
         out: &mut Vec<u8>,
     ) -> Decision {
         out.clear();
-        let Ok(msg) = scan::scan(buffered) else {
-            return Decision::Drop(DropReason::TooLarge);
+        let (refusal, reason);
+        let refusal = match problem {
+            StreamProblem::TooLarge => &TOO_LARGE,
+            StreamProblem::Unframable(e) => {
+                reason = format!("Bad Request ({e})");
+                refusal = Refusal {
+                    status: 400,
+                    reason: reason.as_bytes(),
+                    otherwise: DropReason::Unparseable,
+                };
+                &refusal
+            }
         };
-        if !msg.is_request() {
-            return Decision::Drop(DropReason::TooLarge);
-        }
+        let msg = match scan::scan(buffered) {
+            Ok(msg) if msg.is_request() => msg,
+            _ => return Decision::Drop(refusal.otherwise),
+        };
         let back = match self.side_of(arrival, &msg) {
             Side::Upstream => Direction::ToUpstream,
             _ => Direction::ToTerminal,
         };
-        self.refuse(&msg, arrival, back, &TOO_LARGE, out)
+        self.refuse(&msg, arrival, back, refusal, out)
     }
 
     fn request(

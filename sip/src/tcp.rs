@@ -16,9 +16,10 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::flow::{Flow, Transport};
 use crate::frame::{Frame, Framer};
-use crate::observe::DropReason;
+use crate::observe::{DropReason, Origin};
 use crate::proxy::Shared;
-use crate::relay::{Arrival, Decision, Side};
+use crate::relay::Decision;
+use crate::relay::{Arrival, Side, StreamProblem};
 
 /// Messages queued for one connection's writer; a peer that stops reading loses messages
 /// beyond this instead of growing memory.
@@ -62,6 +63,7 @@ pub(crate) struct Conns {
 
 #[derive(Debug, Default)]
 struct Table {
+    /// Connections by id, as flow tokens name them.
     by_id: HashMap<u64, ConnHandle>,
     /// Latest connection per remote address.
     by_addr: HashMap<SocketAddr, u64>,
@@ -114,6 +116,31 @@ impl Conns {
 }
 
 impl Shared {
+    /// Answers a stream that cannot go on (413 / 400 when possible) before it is closed.
+    fn refuse_stream(
+        &self,
+        arrival: &Arrival,
+        buffered: &[u8],
+        problem: StreamProblem,
+        out: &mut Vec<u8>,
+    ) {
+        match self.relay.refuse_stream(arrival, buffered, problem, out) {
+            Decision::Reply { direction, .. } => {
+                let sent = self
+                    .conns
+                    .find(arrival.conn, arrival.src)
+                    .is_some_and(|c| self.send_tcp(&c, out));
+                if sent {
+                    self.observe(Origin::Local, direction, arrival, arrival.src, out);
+                } else {
+                    self.metrics.dropped(DropReason::SendFailed);
+                }
+            }
+            Decision::Drop(reason) => self.metrics.dropped(reason),
+            Decision::Forward { .. } => {}
+        }
+    }
+
     /// Queues `out` on a connection; false when its queue is full or it is closing.
     pub(crate) fn send_tcp(&self, conn: &ConnHandle, out: &[u8]) -> bool {
         conn.tx.try_send(Bytes::copy_from_slice(out)).is_ok()
@@ -320,20 +347,12 @@ async fn read_loop(shared: &Arc<Shared>, mut rd: tokio::net::tcp::OwnedReadHalf,
                 Frame::Pong { len } => buf.advance(len),
                 Frame::Incomplete => break,
                 Frame::TooLarge => {
-                    if let Decision::Reply { .. } =
-                        shared.relay.refuse_oversized(&arrival, &buf, &mut out)
-                    {
-                        if let Some(conn) = shared.conns.find(arrival.conn, arrival.src) {
-                            shared.send_tcp(&conn, &out);
-                        }
-                    } else {
-                        shared.metrics.dropped(DropReason::TooLarge);
-                    }
+                    shared.refuse_stream(&arrival, &buf, StreamProblem::TooLarge, &mut out);
                     return;
                 }
-                Frame::Invalid(_) => {
+                Frame::Invalid(e) => {
                     shared.metrics.parse_errors.fetch_add(1, Ordering::Relaxed);
-                    shared.metrics.dropped(DropReason::Unparseable);
+                    shared.refuse_stream(&arrival, &buf, StreamProblem::Unframable(e), &mut out);
                     return;
                 }
             }

@@ -369,6 +369,17 @@ async fn tcp_caps_and_timeouts() {
     assert!(resp.starts_with("SIP/2.0 413 "), "{resp}");
     assert!(closed(&mut t).await);
 
+    // No Content-Length on a stream: its end is unknown, so 400 and close.
+    let mut t = TcpStream::connect(("127.0.0.1", p.port)).await.unwrap();
+    let no_length = invite("SIP/2.0/TCP h", "ncl", "")
+        .replace("Content-Length: 5\r\n", "")
+        .replace("v=0\r\n", "");
+    t.write_all(no_length.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let resp = read_msg(&mut t, &mut buf).await;
+    assert!(resp.starts_with("SIP/2.0 400 Bad Request ("), "{resp}");
+    assert!(closed(&mut t).await);
+
     // An endless header section: closed at the cap, never answered.
     let mut t = TcpStream::connect(("127.0.0.1", p.port)).await.unwrap();
     let _ = t.write_all(b"INVITE sip:a@b SIP/2.0\r\n").await;
