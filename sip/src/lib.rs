@@ -64,6 +64,7 @@ pub mod limit;
 pub mod observe;
 pub mod proxy;
 pub mod relay;
+pub mod stun;
 mod tcp;
 mod udp;
 

@@ -8,6 +8,7 @@
 //! - [`crate::flow`]: flow tokens (RFC 5626 style, HMAC-SHA256, key file in the data dir) and
 //!   Via branch derivation.
 //! - `udp`, `tcp` (private): sockets, framing, connection table and upstream pool.
+//! - [`crate::stun`]: answers to STUN keep-alives on the UDP ports (RFC 5626).
 //! - [`crate::limit`]: per-source token buckets.
 //! - [`crate::observe`]: counters and the non-blocking hand-off of [`Relayed`] messages to call
 //!   tracking.

@@ -7,6 +7,7 @@ use tokio::net::UdpSocket;
 use crate::flow::Transport;
 use crate::proxy::Shared;
 use crate::relay::Arrival;
+use crate::stun;
 
 /// Receive buffer: the largest UDP payload plus one byte, so an oversized datagram is seen as
 /// such rather than silently cut.
@@ -35,6 +36,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, port: u16, sock: Arc<UdpSocket>) 
         }
         let side = shared.udp_side(src);
         if !shared.admit(side, src) {
+            continue;
+        }
+        if stun::is_stun(data) {
+            if stun::answer(data, src, &mut out) {
+                shared.send_udp(port, src, &out).await;
+            }
             continue;
         }
         let arrival = Arrival {

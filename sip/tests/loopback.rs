@@ -203,6 +203,25 @@ async fn udp_call_goes_through_and_callee_bye_finds_the_flow() {
 }
 
 #[tokio::test]
+async fn stun_keepalives_are_answered_with_the_public_address() {
+    let p = start(|_| {}).await;
+    let terminal = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut req = vec![0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42];
+    req.extend_from_slice(&[7; 12]);
+    terminal.send_to(&req, ("127.0.0.1", p.port)).await.unwrap();
+    let mut buf = [0u8; 512];
+    let (n, _) = timeout(WAIT, terminal.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let resp = &buf[..n];
+    assert_eq!(&resp[..2], &[1, 1], "Binding success: {resp:02x?}");
+    assert_eq!(&resp[8..20], &[7; 12]);
+    let port = u16::from_be_bytes([resp[26], resp[27]]) ^ 0x2112;
+    assert_eq!(port, terminal.local_addr().unwrap().port());
+}
+
+#[tokio::test]
 async fn udp_stateless_replies() {
     let p = start(|c| c.max_message_bytes = 1000).await;
     let sipedge: SocketAddr = ([127, 0, 0, 1], p.port).into();
