@@ -6,7 +6,9 @@
 //! "linear white space" these parsers skip is SP, HTAB, CR and LF.
 
 use super::ScanError;
-use super::header::{HeaderName, is_token_byte};
+/// Linear white space inside a header value (folds included).
+pub(crate) use super::header::is_lws_byte as is_lws;
+use super::header::{HeaderName, is_host_byte, is_param_value_byte, is_token_byte};
 
 /// A byte range of the scanned buffer. `u32` offsets keep the header index small; the scanner
 /// refuses inputs that do not fit.
@@ -42,14 +44,13 @@ pub(crate) fn offset(pos: usize) -> u32 {
     u32::try_from(pos).unwrap_or(u32::MAX)
 }
 
-/// Linear white space inside a header value (folds included).
-pub(crate) fn is_lws(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
-}
-
 /// Narrows `span` so that it neither starts nor ends with linear white space.
 pub(crate) fn trim(buf: &[u8], span: Span) -> Span {
     let start = span.start as usize;
+    let untouched = |at: usize| buf.get(at).is_some_and(|&b| !is_lws(b));
+    if span.start < span.end && untouched(start) && untouched(span.end as usize - 1) {
+        return span;
+    }
     let bytes = buf.get(start..span.end as usize).unwrap_or(&[]);
     let lead = bytes
         .iter()
@@ -100,8 +101,10 @@ impl<'a> Cursor<'a> {
     }
 
     /// Skips linear white space; says whether there was any.
+    #[inline]
     fn ws(&mut self) -> bool {
-        !self.take_while(is_lws).is_empty()
+        // Most calls find none: answer those without setting up a scan.
+        self.peek().is_some_and(is_lws) && !self.take_while(is_lws).is_empty()
     }
 
     /// Advances over the bytes matching `pred`; slice iteration keeps the loop tight.
@@ -145,12 +148,6 @@ pub(crate) struct Param {
     pub(crate) value: Option<Span>,
     /// From the name to the end of the value, so a rewrite can replace the whole parameter.
     pub(crate) whole: Span,
-}
-
-/// Characters of a parameter value that is not a quoted string: `token` plus what `host`
-/// adds (IPv6 references in `received` and `maddr`).
-fn is_param_value_byte(b: u8) -> bool {
-    is_token_byte(b) || matches!(b, b':' | b'[' | b']')
 }
 
 /// Reads `*( SEMI generic-param )` up to the end of the value, calling `each` per parameter.
@@ -268,7 +265,7 @@ fn host(c: &mut Cursor<'_>) -> Option<Span> {
         }
         return Some(Span::new(from, c.pos));
     }
-    let span = c.take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    let span = c.take_while(is_host_byte);
     (!span.is_empty()).then_some(span)
 }
 
@@ -509,8 +506,11 @@ fn name_addr(value: &[u8], require_brackets: bool) -> Option<NameAddr<'_>> {
     let uri = if c.eat(b'<') {
         let uri = c.until(b'>')?;
         c.eat(b'>');
-        let raw = uri.get(value);
-        if raw.iter().any(|&b| is_lws(b) || b == b'<' || b == b'"') {
+        if uri
+            .get(value)
+            .iter()
+            .any(|&b| is_lws(b) || b == b'<' || b == b'"')
+        {
             return None;
         }
         uri
@@ -546,7 +546,7 @@ fn name_addr(value: &[u8], require_brackets: bool) -> Option<NameAddr<'_>> {
         display_name: display.map(|d| d.get(value)),
         uri: uri_bytes,
         tag: tag.map(|t| t.get(value)),
-        params: trim(value, Span::new(params_start, value.len())).get(value),
+        params: Span::new(params_start, c.end).get(value),
     })
 }
 
