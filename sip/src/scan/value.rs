@@ -6,9 +6,10 @@
 //! "linear white space" these parsers skip is SP, HTAB, CR and LF.
 
 use super::ScanError;
+use super::header::{HeaderName, is_host_byte, is_param_value_byte, is_token_byte};
+
 /// Linear white space inside a header value (folds included).
 pub(crate) use super::header::is_lws_byte as is_lws;
-use super::header::{HeaderName, is_host_byte, is_param_value_byte, is_token_byte};
 
 /// A byte range of the scanned buffer. `u32` offsets keep the header index small; the scanner
 /// refuses inputs that do not fit.
