@@ -210,18 +210,26 @@ pub enum Transport {
 
 impl Transport {
     fn from_bytes(token: &[u8]) -> Transport {
-        let known: [(&[u8], Transport); 6] = [
-            (b"UDP", Transport::Udp),
-            (b"TCP", Transport::Tcp),
-            (b"TLS", Transport::Tls),
-            (b"SCTP", Transport::Sctp),
-            (b"WS", Transport::Ws),
-            (b"WSS", Transport::Wss),
-        ];
-        known
-            .iter()
+        // Upper case is what everybody writes; anything else takes the slow path.
+        match token {
+            b"UDP" => Transport::Udp,
+            b"TCP" => Transport::Tcp,
+            b"TLS" => Transport::Tls,
+            b"SCTP" => Transport::Sctp,
+            b"WS" => Transport::Ws,
+            b"WSS" => Transport::Wss,
+            _ => [
+                (&b"UDP"[..], Transport::Udp),
+                (b"TCP", Transport::Tcp),
+                (b"TLS", Transport::Tls),
+                (b"SCTP", Transport::Sctp),
+                (b"WS", Transport::Ws),
+                (b"WSS", Transport::Wss),
+            ]
+            .into_iter()
             .find(|(name, _)| name.eq_ignore_ascii_case(token))
-            .map_or(Transport::Other, |&(_, t)| t)
+            .map_or(Transport::Other, |(_, t)| t),
+        }
     }
 }
 
@@ -274,7 +282,14 @@ fn port_number(digits: &[u8]) -> Option<u16> {
     if digits.is_empty() || digits.len() > 5 {
         return None;
     }
-    decimal(digits).and_then(|n| u16::try_from(n).ok())
+    let mut n = 0u32;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u32::from(d - b'0');
+    }
+    u16::try_from(n).ok()
 }
 
 /// A decimal number of at most 19 digits (leading zeros allowed); `None` on anything else.
@@ -348,16 +363,12 @@ fn via_inner(buf: &[u8], value: Span) -> Option<ViaSpans> {
     };
     params(&mut c, |p| {
         let name = p.name.get(buf);
-        let slot = if name.eq_ignore_ascii_case(b"branch") {
-            &mut spans.branch
-        } else if name.eq_ignore_ascii_case(b"received") {
-            &mut spans.received
-        } else if name.eq_ignore_ascii_case(b"rport") {
-            &mut spans.rport
-        } else if name.eq_ignore_ascii_case(b"maddr") {
-            &mut spans.maddr
-        } else {
-            return;
+        let slot = match name.len() {
+            6 if name.eq_ignore_ascii_case(b"branch") => &mut spans.branch,
+            8 if name.eq_ignore_ascii_case(b"received") => &mut spans.received,
+            5 if name.eq_ignore_ascii_case(b"rport") => &mut spans.rport,
+            5 if name.eq_ignore_ascii_case(b"maddr") => &mut spans.maddr,
+            _ => return,
         };
         if slot.is_none() {
             *slot = Some(p);
