@@ -64,39 +64,40 @@ impl HeaderName {
             };
         }
         // Dispatch on length and first letter so that a name is compared with at most two
-        // candidates: this runs once per header line.
+        // candidates, written as senders usually write them so that an exact comparison
+        // (one `memcmp`) settles most lines: this runs once per header line.
         let first = name.first().map_or(0, u8::to_ascii_lowercase);
         let candidates: &[(&[u8], HeaderName)] = match (name.len(), first) {
-            (2, b't') => &[(b"to", HeaderName::To)],
-            (3, b'v') => &[(b"via", HeaderName::Via)],
-            (4, b'f') => &[(b"from", HeaderName::From)],
-            (4, b'c') => &[(b"cseq", HeaderName::CSeq)],
-            (4, b'p') => &[(b"path", HeaderName::Path)],
-            (5, b'r') => &[(b"route", HeaderName::Route)],
-            (5, b'e') => &[(b"event", HeaderName::Event)],
+            (2, b't') => &[(b"To", HeaderName::To)],
+            (3, b'v') => &[(b"Via", HeaderName::Via)],
+            (4, b'f') => &[(b"From", HeaderName::From)],
+            (4, b'c') => &[(b"CSeq", HeaderName::CSeq)],
+            (4, b'p') => &[(b"Path", HeaderName::Path)],
+            (5, b'r') => &[(b"Route", HeaderName::Route)],
+            (5, b'e') => &[(b"Event", HeaderName::Event)],
             (7, b'c') => &[
-                (b"call-id", HeaderName::CallId),
-                (b"contact", HeaderName::Contact),
+                (b"Call-ID", HeaderName::CallId),
+                (b"Contact", HeaderName::Contact),
             ],
-            (7, b'r') => &[(b"require", HeaderName::Require)],
-            (7, b's') => &[(b"subject", HeaderName::Subject)],
-            (7, b'e') => &[(b"expires", HeaderName::Expires)],
-            (8, b'r') => &[(b"refer-to", HeaderName::ReferTo)],
-            (8, b'i') => &[(b"identity", HeaderName::Identity)],
-            (9, b's') => &[(b"supported", HeaderName::Supported)],
-            (11, b'r') => &[(b"referred-by", HeaderName::ReferredBy)],
-            (12, b'm') => &[(b"max-forwards", HeaderName::MaxForwards)],
-            (12, b'c') => &[(b"content-type", HeaderName::ContentType)],
-            (12, b'r') => &[(b"record-route", HeaderName::RecordRoute)],
-            (12, b'a') => &[(b"allow-events", HeaderName::AllowEvents)],
-            (14, b'c') => &[(b"content-length", HeaderName::ContentLength)],
-            (15, b's') => &[(b"session-expires", HeaderName::SessionExpires)],
-            (16, b'c') => &[(b"content-encoding", HeaderName::ContentEncoding)],
+            (7, b'r') => &[(b"Require", HeaderName::Require)],
+            (7, b's') => &[(b"Subject", HeaderName::Subject)],
+            (7, b'e') => &[(b"Expires", HeaderName::Expires)],
+            (8, b'r') => &[(b"Refer-To", HeaderName::ReferTo)],
+            (8, b'i') => &[(b"Identity", HeaderName::Identity)],
+            (9, b's') => &[(b"Supported", HeaderName::Supported)],
+            (11, b'r') => &[(b"Referred-By", HeaderName::ReferredBy)],
+            (12, b'm') => &[(b"Max-Forwards", HeaderName::MaxForwards)],
+            (12, b'c') => &[(b"Content-Type", HeaderName::ContentType)],
+            (12, b'r') => &[(b"Record-Route", HeaderName::RecordRoute)],
+            (12, b'a') => &[(b"Allow-Events", HeaderName::AllowEvents)],
+            (14, b'c') => &[(b"Content-Length", HeaderName::ContentLength)],
+            (15, b's') => &[(b"Session-Expires", HeaderName::SessionExpires)],
+            (16, b'c') => &[(b"Content-Encoding", HeaderName::ContentEncoding)],
             _ => &[],
         };
         candidates
             .iter()
-            .find(|(long, _)| eq_lowercase(name, long))
+            .find(|(long, _)| name == *long || name.eq_ignore_ascii_case(long))
             .map_or(HeaderName::Other, |&(_, known)| known)
     }
 
@@ -182,37 +183,69 @@ impl Method {
     }
 }
 
-/// Case-insensitive comparison with a lowercase name: setting bit 5 lowercases an ASCII letter,
-/// and is applied only where `lower` has a letter, so the result is exact for any input. The
-/// branch-free fold compiles to a few vector instructions (this runs for every header line).
-fn eq_lowercase(name: &[u8], lower: &[u8]) -> bool {
-    name.len() == lower.len()
-        && name.iter().zip(lower).fold(0u8, |diff, (&a, &b)| {
-            let case_bit = if b.is_ascii_lowercase() { 0x20 } else { 0 };
-            diff | ((a | case_bit) ^ b)
-        }) == 0
-}
+/// Byte classes the parsers test on every byte, as one table: a lookup instead of a chain of
+/// comparisons in the innermost loops.
+const TOKEN: u8 = 1;
+const LWS: u8 = 2;
+const PARAM_VALUE: u8 = 4;
+const HOST: u8 = 8;
 
-/// RFC 3261 `token` characters (header names, methods, parameter names), as a table because
-/// the scanner tests every byte of every name and parameter.
-static TOKEN: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric()
+static CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        let token = c.is_ascii_alphanumeric()
             || matches!(
                 c,
                 b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
             );
-        b += 1;
+        let mut class = 0;
+        if token {
+            // RFC 3261 `token`: header names, methods, parameter names.
+            class |= TOKEN | PARAM_VALUE;
+        }
+        if matches!(c, b' ' | b'\t' | b'\r' | b'\n') {
+            // Linear white space inside a value (CR and LF only occur in folds there).
+            class |= LWS;
+        }
+        if matches!(c, b':' | b'[' | b']') {
+            // `gen-value` also allows a host, IPv6 references included (`received`, `maddr`).
+            class |= PARAM_VALUE;
+        }
+        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_') {
+            // Host names and IPv4 addresses (`_` tolerated, as senders use it).
+            class |= HOST;
+        }
+        table[i] = class;
+        i += 1;
     }
     table
 };
 
 #[inline]
+fn class(b: u8) -> u8 {
+    CLASS[usize::from(b)]
+}
+
+#[inline]
 pub(crate) fn is_token_byte(b: u8) -> bool {
-    TOKEN[usize::from(b)]
+    class(b) & TOKEN != 0
+}
+
+#[inline]
+pub(crate) fn is_lws_byte(b: u8) -> bool {
+    class(b) & LWS != 0
+}
+
+#[inline]
+pub(crate) fn is_param_value_byte(b: u8) -> bool {
+    class(b) & PARAM_VALUE != 0
+}
+
+#[inline]
+pub(crate) fn is_host_byte(b: u8) -> bool {
+    class(b) & HOST != 0
 }
 
 #[cfg(test)]

@@ -292,17 +292,23 @@ fn next_line(buf: &[u8], from: usize, escaped_nul: bool) -> Result<(usize, usize
 
 /// Splits `name HCOLON` off a header line; returns the name and where the value starts.
 fn header_name(line: &[u8]) -> Option<(&[u8], usize)> {
-    let colon = memchr::memchr(b':', line)?;
-    let before = line.get(..colon)?;
-    let name_len = before
+    let name_len = line
         .iter()
-        .rposition(|&b| b != b' ' && b != b'\t')
-        .map_or(0, |i| i + 1);
-    let name = before.get(..name_len)?;
-    if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
+        .position(|&b| !is_token_byte(b))
+        .unwrap_or(line.len());
+    let name = line.get(..name_len)?;
+    let is_blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let colon = name_len + line.get(name_len..)?.iter().position(|b| !is_blank(b))?;
+    if name.is_empty() || line.get(colon) != Some(&b':') {
         return None;
     }
-    Some((name, colon + 1))
+    // The value starts after the blanks following the colon, so that trimming it usually
+    // finds nothing to do.
+    let rest = line.get(colon + 1..)?;
+    Some((
+        name,
+        colon + 1 + rest.iter().position(|b| !is_blank(b)).unwrap_or(rest.len()),
+    ))
 }
 
 fn start_line(

@@ -6,7 +6,10 @@
 //! "linear white space" these parsers skip is SP, HTAB, CR and LF.
 
 use super::ScanError;
-use super::header::{HeaderName, is_token_byte};
+use super::header::{HeaderName, is_host_byte, is_param_value_byte, is_token_byte};
+
+/// Linear white space inside a header value (folds included).
+pub(crate) use super::header::is_lws_byte as is_lws;
 
 /// A byte range of the scanned buffer. `u32` offsets keep the header index small; the scanner
 /// refuses inputs that do not fit.
@@ -42,14 +45,13 @@ pub(crate) fn offset(pos: usize) -> u32 {
     u32::try_from(pos).unwrap_or(u32::MAX)
 }
 
-/// Linear white space inside a header value (folds included).
-pub(crate) fn is_lws(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
-}
-
 /// Narrows `span` so that it neither starts nor ends with linear white space.
 pub(crate) fn trim(buf: &[u8], span: Span) -> Span {
     let start = span.start as usize;
+    let untouched = |at: usize| buf.get(at).is_some_and(|&b| !is_lws(b));
+    if span.start < span.end && untouched(start) && untouched(span.end as usize - 1) {
+        return span;
+    }
     let bytes = buf.get(start..span.end as usize).unwrap_or(&[]);
     let lead = bytes
         .iter()
@@ -100,8 +102,10 @@ impl<'a> Cursor<'a> {
     }
 
     /// Skips linear white space; says whether there was any.
+    #[inline]
     fn ws(&mut self) -> bool {
-        !self.take_while(is_lws).is_empty()
+        // Most calls find none: answer those without setting up a scan.
+        self.peek().is_some_and(is_lws) && !self.take_while(is_lws).is_empty()
     }
 
     /// Advances over the bytes matching `pred`; slice iteration keeps the loop tight.
@@ -145,12 +149,6 @@ pub(crate) struct Param {
     pub(crate) value: Option<Span>,
     /// From the name to the end of the value, so a rewrite can replace the whole parameter.
     pub(crate) whole: Span,
-}
-
-/// Characters of a parameter value that is not a quoted string: `token` plus what `host`
-/// adds (IPv6 references in `received` and `maddr`).
-fn is_param_value_byte(b: u8) -> bool {
-    is_token_byte(b) || matches!(b, b':' | b'[' | b']')
 }
 
 /// Reads `*( SEMI generic-param )` up to the end of the value, calling `each` per parameter.
@@ -212,18 +210,26 @@ pub enum Transport {
 
 impl Transport {
     fn from_bytes(token: &[u8]) -> Transport {
-        let known: [(&[u8], Transport); 6] = [
-            (b"UDP", Transport::Udp),
-            (b"TCP", Transport::Tcp),
-            (b"TLS", Transport::Tls),
-            (b"SCTP", Transport::Sctp),
-            (b"WS", Transport::Ws),
-            (b"WSS", Transport::Wss),
-        ];
-        known
-            .iter()
+        // Upper case is what everybody writes; anything else takes the slow path.
+        match token {
+            b"UDP" => Transport::Udp,
+            b"TCP" => Transport::Tcp,
+            b"TLS" => Transport::Tls,
+            b"SCTP" => Transport::Sctp,
+            b"WS" => Transport::Ws,
+            b"WSS" => Transport::Wss,
+            _ => [
+                (&b"UDP"[..], Transport::Udp),
+                (b"TCP", Transport::Tcp),
+                (b"TLS", Transport::Tls),
+                (b"SCTP", Transport::Sctp),
+                (b"WS", Transport::Ws),
+                (b"WSS", Transport::Wss),
+            ]
+            .into_iter()
             .find(|(name, _)| name.eq_ignore_ascii_case(token))
-            .map_or(Transport::Other, |&(_, t)| t)
+            .map_or(Transport::Other, |(_, t)| t),
+        }
     }
 }
 
@@ -268,7 +274,7 @@ fn host(c: &mut Cursor<'_>) -> Option<Span> {
         }
         return Some(Span::new(from, c.pos));
     }
-    let span = c.take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    let span = c.take_while(is_host_byte);
     (!span.is_empty()).then_some(span)
 }
 
@@ -276,7 +282,14 @@ fn port_number(digits: &[u8]) -> Option<u16> {
     if digits.is_empty() || digits.len() > 5 {
         return None;
     }
-    decimal(digits).and_then(|n| u16::try_from(n).ok())
+    let mut n = 0u32;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u32::from(d - b'0');
+    }
+    u16::try_from(n).ok()
 }
 
 /// A decimal number of at most 19 digits (leading zeros allowed); `None` on anything else.
@@ -350,16 +363,12 @@ fn via_inner(buf: &[u8], value: Span) -> Option<ViaSpans> {
     };
     params(&mut c, |p| {
         let name = p.name.get(buf);
-        let slot = if name.eq_ignore_ascii_case(b"branch") {
-            &mut spans.branch
-        } else if name.eq_ignore_ascii_case(b"received") {
-            &mut spans.received
-        } else if name.eq_ignore_ascii_case(b"rport") {
-            &mut spans.rport
-        } else if name.eq_ignore_ascii_case(b"maddr") {
-            &mut spans.maddr
-        } else {
-            return;
+        let slot = match name.len() {
+            6 if name.eq_ignore_ascii_case(b"branch") => &mut spans.branch,
+            8 if name.eq_ignore_ascii_case(b"received") => &mut spans.received,
+            5 if name.eq_ignore_ascii_case(b"rport") => &mut spans.rport,
+            5 if name.eq_ignore_ascii_case(b"maddr") => &mut spans.maddr,
+            _ => return,
         };
         if slot.is_none() {
             *slot = Some(p);
@@ -509,8 +518,11 @@ fn name_addr(value: &[u8], require_brackets: bool) -> Option<NameAddr<'_>> {
     let uri = if c.eat(b'<') {
         let uri = c.until(b'>')?;
         c.eat(b'>');
-        let raw = uri.get(value);
-        if raw.iter().any(|&b| is_lws(b) || b == b'<' || b == b'"') {
+        if uri
+            .get(value)
+            .iter()
+            .any(|&b| is_lws(b) || b == b'<' || b == b'"')
+        {
             return None;
         }
         uri
@@ -546,7 +558,7 @@ fn name_addr(value: &[u8], require_brackets: bool) -> Option<NameAddr<'_>> {
         display_name: display.map(|d| d.get(value)),
         uri: uri_bytes,
         tag: tag.map(|t| t.get(value)),
-        params: trim(value, Span::new(params_start, value.len())).get(value),
+        params: Span::new(params_start, c.end).get(value),
     })
 }
 
