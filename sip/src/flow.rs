@@ -215,6 +215,12 @@ impl FlowKey {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// A Via port for hashing: absent and written ports never collide.
+fn port_bytes(port: Option<u16>) -> [u8; 3] {
+    let [hi, lo] = port.unwrap_or(0).to_be_bytes();
+    [u8::from(port.is_some()), hi, lo]
+}
+
 fn unhex(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
@@ -232,13 +238,17 @@ pub enum BranchInput<'a> {
     Rfc3261 {
         /// The incoming top Via's branch parameter.
         branch: &'a [u8],
-        /// The incoming top Via's sent-by (host[:port]).
+        /// The incoming top Via's sent-by host.
         sent_by: &'a [u8],
+        /// The incoming top Via's sent-by port, when written.
+        port: Option<u16>,
     },
     /// An RFC 2543 client: RFC 3261 §16.11 says to hash what identifies the transaction.
     Legacy {
-        /// The incoming top Via's sent-by.
+        /// The incoming top Via's sent-by host.
         sent_by: &'a [u8],
+        /// The incoming top Via's sent-by port, when written.
+        port: Option<u16>,
         /// The Call-ID.
         call_id: &'a [u8],
         /// The CSeq number (not the method, so a CANCEL matches its INVITE).
@@ -256,14 +266,20 @@ pub enum BranchInput<'a> {
 pub fn derive_branch(input: BranchInput<'_>, out: &mut Vec<u8>) {
     let mut h = Sha256::new();
     match input {
-        BranchInput::Rfc3261 { branch, sent_by } => {
+        BranchInput::Rfc3261 {
+            branch,
+            sent_by,
+            port,
+        } => {
             h.update([1]);
             h.update(branch);
             h.update([0]);
             h.update(sent_by);
+            h.update(port_bytes(port));
         }
         BranchInput::Legacy {
             sent_by,
+            port,
             call_id,
             cseq,
             from_tag,
@@ -275,6 +291,7 @@ pub fn derive_branch(input: BranchInput<'_>, out: &mut Vec<u8>) {
                 h.update([0]);
             }
             h.update(cseq.to_be_bytes());
+            h.update(port_bytes(port));
         }
     }
     let digest = h.finalize();
@@ -405,18 +422,22 @@ mod tests {
     fn branches_are_stable_and_distinct() {
         let a = BranchInput::Rfc3261 {
             branch: b"z9hG4bK776",
-            sent_by: b"10.0.0.1:5060",
+            sent_by: b"10.0.0.1",
+            port: Some(5060),
         };
         let b = BranchInput::Rfc3261 {
             branch: b"z9hG4bK777",
-            sent_by: b"10.0.0.1:5060",
+            sent_by: b"10.0.0.1",
+            port: Some(5060),
         };
         let c = BranchInput::Rfc3261 {
             branch: b"z9hG4bK776",
-            sent_by: b"10.0.0.2:5060",
+            sent_by: b"10.0.0.1",
+            port: Some(5061),
         };
         let legacy = |cseq| BranchInput::Legacy {
             sent_by: b"10.0.0.1",
+            port: None,
             call_id: b"abc",
             cseq,
             from_tag: b"1",

@@ -592,10 +592,16 @@ impl Relay {
 fn branch_input<'a>(msg: &Message<'a>) -> BranchInput<'a> {
     let via = msg.top_via();
     let sent_by = via.map(|v| v.host).unwrap_or_default();
+    let port = via.and_then(|v| v.port);
     match via.and_then(|v| v.branch) {
-        Some(branch) if branch.starts_with(b"z9hG4bK") => BranchInput::Rfc3261 { branch, sent_by },
+        Some(branch) if branch.starts_with(b"z9hG4bK") => BranchInput::Rfc3261 {
+            branch,
+            sent_by,
+            port,
+        },
         _ => BranchInput::Legacy {
             sent_by,
+            port,
             call_id: msg.call_id().unwrap_or_default(),
             cseq: msg.cseq().map_or(0, |c| c.number),
             from_tag: msg.from().and_then(|f| f.tag).unwrap_or_default(),
