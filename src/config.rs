@@ -20,6 +20,10 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The SIP edge proxy; without a `[sip]` table it is not started (the account responder
+    /// and API alone, as in their tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sip: Option<sipedge_sip::ProxyConfig>,
 }
 
 /// The `[node]` table: what identifies this node and where it keeps its state.
@@ -175,6 +179,9 @@ impl Config {
             problems.push("node.data_dir: must not be empty".to_owned());
         }
         problems.extend(self.account.problems());
+        if let Some(Err(err)) = self.sip.as_ref().map(sipedge_sip::ProxyConfig::validate) {
+            problems.push(err.to_string());
+        }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
                 "log.level: {:?} is not a level or filter: {err}",
