@@ -43,8 +43,9 @@ const SEEN_LEN: usize = 16;
 /// How many forked branches' early SDP answers are remembered.
 const MAX_BRANCHES: usize = 8;
 
-/// Default cap on tracked calls: far above a node's concurrent calls, small enough that a
-/// flood of INVITEs costs tens of megabytes at most.
+/// Default cap on tracked calls: far above a node's concurrent calls (and 110 new calls a
+/// second for all of Timer C), while a flood of INVITEs costs at most a few kilobytes each
+/// (about one for real calls, more only with every field at its cap).
 pub const DEFAULT_MAX_CALLS: usize = 20_000;
 
 /// What the tracker tells the rest of sipedge.
@@ -184,22 +185,32 @@ struct EarlyAnswer {
     at: UnixMs,
 }
 
-/// A request already seen; the same again is a retransmission.
+/// A request already seen; the same again is a retransmission. Each side numbers its own
+/// requests (RFC 3261 §12.2.1.1), so the side is part of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct SeenRequest {
+    /// Which side sent it.
     by_caller: bool,
+    /// Its CSeq number.
     cseq: u32,
+    /// Its method: an ACK or CANCEL shares the INVITE's CSeq number.
     method: Method,
 }
 
 /// A response already seen; the same again is a retransmission.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct SeenResponse {
+    /// Which side sent the request it answers.
     request_by_caller: bool,
+    /// CSeq number of that request.
     cseq: u32,
+    /// Method of that request.
     method: Method,
+    /// The status code.
     status: u16,
-    to_tag: String,
+    /// Hash of the To-tag: forked branches send the same status with different tags. A hash
+    /// keeps this history small whatever the tags' length.
+    to_tag: u64,
 }
 
 /// Everything known about one call in progress. It is serialisable so that the store keeps
@@ -475,7 +486,7 @@ impl CallSnapshot {
             cseq: ev.cseq,
             method: ev.cseq_method,
             status,
-            to_tag,
+            to_tag: stable_hash(&to_tag),
         };
         if self.seen_responses.contains(&seen) {
             // RFC 3261 §13.3.1.1: a callee still ringing repeats its 18x every minute so that
@@ -486,7 +497,6 @@ impl CallSnapshot {
             }
             return Effect::default();
         }
-        let to_tag = seen.to_tag.clone();
         push_bounded(&mut self.seen_responses, seen);
         if initial {
             if self.connected() {
@@ -648,12 +658,16 @@ fn disposition_of(status: u16) -> Disposition {
     }
 }
 
-/// How a call ends.
+/// How a call ends: the CDR fields only the end decides.
 #[derive(Debug, Clone, Copy)]
 struct Ending {
+    /// CDR `disposition`.
     disposition: Disposition,
+    /// CDR `ended_by`.
     ended_by: EndedBy,
+    /// CDR `sip_code`.
     sip_code: Option<u16>,
+    /// CDR `end_time`.
     at: UnixMs,
 }
 
@@ -668,12 +682,16 @@ impl Ending {
     }
 }
 
-/// What one message did to a call.
+/// What one message did to a call, turned into [`Output`]s by the tracker.
 #[derive(Debug, Default)]
 struct Effect {
+    /// The snapshot changed: the store must save it.
     changed: bool,
+    /// The first 18x: `call.ringing`.
     ringing: bool,
+    /// The 2xx to the initial INVITE: `call.answered`.
     answered: bool,
+    /// The call is over.
     ended: Option<Ending>,
 }
 
@@ -698,6 +716,13 @@ fn push_bounded<T>(list: &mut VecDeque<T>, item: T) {
         list.pop_front();
     }
     list.push_back(item);
+}
+
+/// FNV-1a: stable across builds, unlike std's hashers, since snapshots outlive a restart.
+fn stable_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// `s` cut to at most `max` bytes on a character boundary.
