@@ -1,1 +1,22 @@
+//! The HTTP side of sipedge. It is the only crate that knows hyper and axum.
+//!
+//! - [`server`]: the accept loop every listener shares (connection cap, slow-client deadline,
+//!   graceful drain).
+//! - [`account`]: the terminals' `POST /AgoraAccount` responder of the source document.
+//! - [`api`]: the listener on port 8068.
+//! - [`health`]: whether this node can serve calls, shown on `/healthz`.
 #![forbid(unsafe_code)]
+
+pub mod account;
+pub mod api;
+pub mod health;
+pub mod server;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// The error shape of every endpoint: `{"error":"…"}`.
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}

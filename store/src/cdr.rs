@@ -176,8 +176,14 @@ mod tests {
         let b = CdrId::new(UnixMs(1_700_000_000_001), "sh-01", "abc@host");
         assert!(a < b);
         assert_eq!(a.start(), UnixMs(1_700_000_000_000));
-        assert_eq!(a, CdrId::new(UnixMs(1_700_000_000_000), "sh-01", "abc@host"));
-        assert_ne!(a, CdrId::new(UnixMs(1_700_000_000_000), "sz-01", "abc@host"));
+        assert_eq!(
+            a,
+            CdrId::new(UnixMs(1_700_000_000_000), "sh-01", "abc@host")
+        );
+        assert_ne!(
+            a,
+            CdrId::new(UnixMs(1_700_000_000_000), "sz-01", "abc@host")
+        );
         let text = a.to_string();
         assert_eq!(text.len(), 32);
         assert_eq!(text.parse::<CdrId>(), Ok(a));

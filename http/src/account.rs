@@ -1,0 +1,461 @@
+//! The terminals' account responder (SPEC §3), the interface of the bank's source document:
+//! `POST /AgoraAccount` with `{"method","streamNumber","token","timestamp"}`, where `token` is
+//! the hex MD5 of `appid + timestamp`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use subtle::ConstantTimeEq;
+
+use crate::health::Health;
+use crate::json_error;
+
+/// The fixed value of `method` in requests and responses.
+const METHOD: &str = "getAgoraAccount";
+/// Larger bodies are refused with 413 before they are read further.
+const MAX_BODY_BYTES: usize = 4096;
+/// A client that trickles its body slower than this is cut off.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `[account]` table of the configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// The terminals' HTTP listener; the firewall plan puts it on 14700.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Every appid whose token is accepted; several allow an appid to be rotated.
+    pub appids: Vec<String>,
+    /// The Account this node hands out.
+    pub account: String,
+    /// Allowed distance between a request's timestamp and the server clock, either way.
+    #[serde(default = "default_skew", with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 14700))
+}
+
+fn default_skew() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl AccountConfig {
+    /// Problems a person must fix before the responder can run, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.appids.is_empty() {
+            problems.push("account.appids: at least one appid is needed".to_owned());
+        }
+        if self.appids.iter().any(|a| a.trim().is_empty()) {
+            problems.push("account.appids: an appid is empty".to_owned());
+        }
+        if self.account.trim().is_empty() {
+            problems.push("account.account: the Account handed out is empty".to_owned());
+        }
+        problems
+    }
+}
+
+/// What the responder needs at run time; the root swaps it on reload.
+#[derive(Debug)]
+pub struct AccountState {
+    pub config: AccountConfig,
+    /// Zone of the request timestamps (`node.timezone`).
+    pub timezone: Tz,
+    pub node: String,
+    pub health: Health,
+}
+
+/// The router of the account listener: `/AgoraAccount` and `/healthz`.
+pub fn router(state: Arc<AccountState>) -> Router {
+    Router::new()
+        .route("/AgoraAccount", post(agora_account))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<Arc<AccountState>>) -> Response {
+    state.health.response(&state.node)
+}
+
+async fn not_found() -> Response {
+    json_error(
+        StatusCode::NOT_FOUND,
+        "no such path; POST /AgoraAccount or GET /healthz",
+    )
+}
+
+/// The outcome of one request, as logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Granted,
+    Refused,
+    BadRequest,
+    TooLarge,
+    Unavailable,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Granted => "granted",
+            Outcome::Refused => "refused",
+            Outcome::BadRequest => "bad_request",
+            Outcome::TooLarge => "too_large",
+            Outcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+async fn agora_account(
+    State(state): State<Arc<AccountState>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> Response {
+    let (outcome, stream_number, response) = answer(&state, body).await;
+    tracing::info!(
+        stream_number = stream_number.as_deref().unwrap_or("-"),
+        %client,
+        outcome = outcome.as_str(),
+        "account request"
+    );
+    response
+}
+
+async fn answer(state: &AccountState, body: Body) -> (Outcome, Option<String>, Response) {
+    if let Some(reasons) = state.health.down_reasons() {
+        let msg = format!("this node cannot serve calls: {}", reasons.join("; "));
+        return (
+            Outcome::Unavailable,
+            None,
+            json_error(StatusCode::SERVICE_UNAVAILABLE, &msg),
+        );
+    }
+    let bytes = match read_body(body).await {
+        Ok(bytes) => bytes,
+        Err((outcome, response)) => return (outcome, None, response),
+    };
+    let request = match AccountRequest::parse(&bytes) {
+        Ok(request) => request,
+        Err(msg) => {
+            return (
+                Outcome::BadRequest,
+                None,
+                json_error(StatusCode::BAD_REQUEST, &msg),
+            );
+        }
+    };
+    let stream_number = Some(request.stream_number.clone());
+    let verdict = verify(
+        &state.config.appids,
+        &request.token,
+        &request.timestamp,
+        state.timezone,
+        Utc::now(),
+        state.config.max_clock_skew,
+    );
+    match verdict {
+        Err(msg) => (
+            Outcome::BadRequest,
+            stream_number,
+            json_error(StatusCode::BAD_REQUEST, &msg),
+        ),
+        Ok(granted) => {
+            let reply = AccountReply {
+                method: METHOD,
+                stream_number: &request.stream_number,
+                res_code: if granted { "0" } else { "1" },
+                account: granted.then_some(state.config.account.as_str()),
+            };
+            let outcome = if granted {
+                Outcome::Granted
+            } else {
+                Outcome::Refused
+            };
+            (outcome, stream_number, axum::Json(reply).into_response())
+        }
+    }
+}
+
+async fn read_body(body: Body) -> Result<Bytes, (Outcome, Response)> {
+    let too_large = || {
+        let msg = format!("the body is larger than {MAX_BODY_BYTES} bytes");
+        (
+            Outcome::TooLarge,
+            json_error(StatusCode::PAYLOAD_TOO_LARGE, &msg),
+        )
+    };
+    match tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        axum::body::to_bytes(body, MAX_BODY_BYTES),
+    )
+    .await
+    {
+        Err(_) => Err((
+            Outcome::BadRequest,
+            json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body did not arrive in time",
+            ),
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(err)) => {
+            // to_bytes reports the limit as a boxed LengthLimitError somewhere in the chain.
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+            while let Some(e) = source {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    return Err(too_large());
+                }
+                source = e.source();
+            }
+            Err((
+                Outcome::BadRequest,
+                json_error(StatusCode::BAD_REQUEST, "the body could not be read"),
+            ))
+        }
+    }
+}
+
+/// The response body, fields in the document's order.
+#[derive(Serialize)]
+struct AccountReply<'a> {
+    method: &'static str,
+    #[serde(rename = "streamNumber")]
+    stream_number: &'a str,
+    #[serde(rename = "resCode")]
+    res_code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account: Option<&'a str>,
+}
+
+/// A request whose fields are all present and of the right kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRequest {
+    pub stream_number: String,
+    pub token: String,
+    pub timestamp: String,
+}
+
+impl AccountRequest {
+    /// Reads the body; the error text names the problem for the 400 answer.
+    pub fn parse(body: &[u8]) -> Result<AccountRequest, String> {
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| format!("the body is not valid JSON: {e}"))?;
+        let Value::Object(fields) = value else {
+            return Err("the body must be a JSON object".to_owned());
+        };
+        let method = text_field(&fields, "method", "Method")?;
+        if method.trim() != METHOD {
+            return Err(format!("method must be \"{METHOD}\", got {method:?}"));
+        }
+        let stream_number = match field(&fields, "streamNumber", "StreamNumber")? {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => return Err("streamNumber must be a string or a number".to_owned()),
+        };
+        Ok(AccountRequest {
+            stream_number,
+            token: text_field(&fields, "token", "Token")?.to_owned(),
+            timestamp: text_field(&fields, "timestamp", "Timestamp")?.to_owned(),
+        })
+    }
+}
+
+fn field<'a>(
+    fields: &'a Map<String, Value>,
+    name: &str,
+    capitalised: &str,
+) -> Result<&'a Value, String> {
+    fields
+        .get(name)
+        .or_else(|| fields.get(capitalised))
+        .ok_or_else(|| format!("the field {name} is missing"))
+}
+
+fn text_field<'a>(
+    fields: &'a Map<String, Value>,
+    name: &str,
+    capitalised: &str,
+) -> Result<&'a str, String> {
+    field(fields, name, capitalised)?
+        .as_str()
+        .ok_or_else(|| format!("the field {name} must be a string"))
+}
+
+/// Whether `token` is the MD5 of some appid followed by `timestamp`, and the timestamp lies
+/// within `skew` of `now`. `Err` when the timestamp is not a real `YYYYMMDDhhmmss` time.
+pub fn verify(
+    appids: &[String],
+    token: &str,
+    timestamp: &str,
+    timezone: Tz,
+    now: DateTime<Utc>,
+    skew: Duration,
+) -> Result<bool, String> {
+    let at = parse_timestamp(timestamp.trim(), timezone)?;
+    let distance = (now - at).abs();
+    let in_window = distance.to_std().map(|d| d <= skew).unwrap_or(false);
+    let presented = decode_token(token);
+    // Every appid is hashed and compared, and a malformed token is compared like a wrong one,
+    // so the time taken says nothing about which appid or how many bytes matched.
+    let mut matched = subtle::Choice::from(0u8);
+    for appid in appids {
+        let mut hasher = Md5::new();
+        hasher.update(appid.as_bytes());
+        hasher.update(timestamp.trim().as_bytes());
+        let expected: [u8; 16] = hasher.finalize().into();
+        matched |= expected.ct_eq(&presented);
+    }
+    Ok(bool::from(matched) && in_window)
+}
+
+/// The 16 bytes of a hex token, ignoring case and surrounding white space; anything else
+/// becomes bytes that no digest equals in practice, so it is simply refused.
+fn decode_token(token: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    if hex::decode_to_slice(token.trim(), &mut out).is_err() {
+        out = [0xff; 16];
+    }
+    out
+}
+
+fn parse_timestamp(text: &str, timezone: Tz) -> Result<DateTime<Utc>, String> {
+    if text.len() != 14 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("timestamp must be YYYYMMDDhhmmss, got {text:?}"));
+    }
+    let naive = NaiveDateTime::parse_from_str(text, "%Y%m%d%H%M%S")
+        .map_err(|_| format!("timestamp {text:?} is not a real date and time"))?;
+    timezone
+        .from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| format!("timestamp {text:?} does not exist in {timezone}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn md5_hex(s: &str) -> String {
+        hex::encode(Md5::digest(s.as_bytes()))
+    }
+
+    fn now() -> DateTime<Utc> {
+        // 2019-06-01 12:00:00 in Shanghai.
+        Utc.with_ymd_and_hms(2019, 6, 1, 4, 0, 0).single().unwrap()
+    }
+
+    #[test]
+    fn verify_table() {
+        let appids = vec!["app-one".to_owned(), "app-two".to_owned()];
+        let skew = Duration::from_secs(3600);
+        let ts = "20190601120000";
+        let good = md5_hex(&format!("app-one{ts}"));
+        let cases: Vec<(String, &str, Result<bool, ()>)> = vec![
+            (good.clone(), ts, Ok(true)),
+            (format!("  {}  ", good.to_uppercase()), ts, Ok(true)),
+            (md5_hex(&format!("app-two{ts}")), ts, Ok(true)),
+            (md5_hex(&format!("app-three{ts}")), ts, Ok(false)),
+            ("not hex".to_owned(), ts, Ok(false)),
+            (String::new(), ts, Ok(false)),
+            (md5_hex("app-one20190601125959"), "20190601125959", Ok(true)),
+            (md5_hex("app-one20190601130000"), "20190601130000", Ok(true)),
+            (
+                md5_hex("app-one20190601130001"),
+                "20190601130001",
+                Ok(false),
+            ),
+            (md5_hex("app-one20190601110000"), "20190601110000", Ok(true)),
+            (
+                md5_hex("app-one20190601105959"),
+                "20190601105959",
+                Ok(false),
+            ),
+            (good.clone(), "20190231120000", Err(())),
+            (good.clone(), "2019060112000", Err(())),
+            (good.clone(), "2019-06-01 12:00", Err(())),
+            (good.clone(), "20191301120000", Err(())),
+        ];
+        for (token, timestamp, expected) in cases {
+            let got = verify(
+                &appids,
+                &token,
+                timestamp,
+                chrono_tz::Asia::Shanghai,
+                now(),
+                skew,
+            )
+            .map_err(|_| ());
+            assert_eq!(got, expected, "token {token:?} timestamp {timestamp}");
+        }
+    }
+
+    #[test]
+    fn parse_table() {
+        let ok = |sn: &str| {
+            Ok(AccountRequest {
+                stream_number: sn.to_owned(),
+                token: "t".to_owned(),
+                timestamp: "20190601120000".to_owned(),
+            })
+        };
+        let cases: Vec<(&str, Result<AccountRequest, &str>)> = vec![
+            (
+                r#"{"method":"getAgoraAccount","streamNumber":"89567","token":"t","timestamp":"20190601120000"}"#,
+                ok("89567"),
+            ),
+            (
+                r#"{"Method":"getAgoraAccount","StreamNumber":89567,"Token":"t","Timestamp":"20190601120000"}"#,
+                ok("89567"),
+            ),
+            (
+                r#"{"method":"getAgoraAccount","streamNumber":"1","token":"t"}"#,
+                Err("timestamp"),
+            ),
+            (
+                r#"{"method":"other","streamNumber":"1","token":"t","timestamp":"x"}"#,
+                Err("method"),
+            ),
+            (
+                r#"{"streamNumber":"1","token":"t","timestamp":"x"}"#,
+                Err("method"),
+            ),
+            (
+                r#"{"method":"getAgoraAccount","streamNumber":[],"token":"t","timestamp":"x"}"#,
+                Err("streamNumber"),
+            ),
+            (
+                r#"{"method":"getAgoraAccount","streamNumber":"1","token":5,"timestamp":"x"}"#,
+                Err("token"),
+            ),
+            (r#"["method"]"#, Err("object")),
+            ("not json", Err("JSON")),
+            ("", Err("JSON")),
+        ];
+        for (body, expected) in cases {
+            let got = AccountRequest::parse(body.as_bytes());
+            match expected {
+                Ok(want) => assert_eq!(got, Ok(want), "{body}"),
+                Err(word) => {
+                    let err = got.expect_err(body);
+                    assert!(err.contains(word), "{body}: {err:?} should name {word}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,611 @@
+//! The stateless proxy core (RFC 3261 §16.11): for one received message, decide where it goes
+//! and write what goes there. No I/O: the transports call [`Relay::handle`] and carry out the
+//! [`Decision`], so every routing rule is tested here with plain bytes.
+
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::PortRange;
+use crate::flow::{self, BranchInput, Flow, FlowKey, Transport};
+use crate::observe::{Direction, DropReason, Metrics};
+use crate::scan::{self, HeaderName, Message, Method, RPort, Uri, Via};
+
+/// Max-Forwards written when a request has none (RFC 3261 §16.6 step 3).
+const DEFAULT_MAX_FORWARDS: u8 = 70;
+
+/// Which side a connection or datagram source is on, as far as the transport can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The Sipserver: its requests go to the terminal's flow.
+    Upstream,
+    /// A terminal: its requests go only to the upstream.
+    Terminal,
+    /// An inbound TCP connection from the upstream's IP when that IP is a loopback address
+    /// (terminals may share it on a test host): a request carrying a valid flow token that
+    /// names another flow is the upstream's, anything else is a terminal's.
+    Ambiguous,
+}
+
+/// Where and how a message arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// UDP or TCP.
+    pub transport: Transport,
+    /// The sipedge port it arrived on.
+    pub local_port: u16,
+    /// The sender's address (after NAT).
+    pub src: SocketAddr,
+    /// The TCP connection's id; 0 for UDP.
+    pub conn: u64,
+    /// What the transport knows about the sender.
+    pub side: Side,
+}
+
+/// Where a forwarded message goes; the transport layer turns it into a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The Sipserver, over `transport`, from sipedge port `local_port`.
+    Upstream {
+        /// The transport the request arrived on (UDP stays UDP, TCP stays TCP).
+        transport: Transport,
+        /// The port it arrived on; with a `host` upstream, also the port there.
+        local_port: u16,
+    },
+    /// A terminal's flow named by a verified flow token.
+    Flow(Flow),
+    /// An address taken from a Via (responses) or a Request-URI / Route (upstream requests).
+    Address(Flow),
+}
+
+/// What to do with one received message. The bytes to send are in the caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Send the rewritten message to `target`.
+    Forward {
+        /// Where it goes.
+        target: Target,
+        /// Towards the upstream or a terminal (for metrics and call tracking).
+        direction: Direction,
+    },
+    /// Send the stateless reply back to the sender, the way the request came.
+    Reply {
+        /// Towards the sender's side.
+        direction: Direction,
+        /// The reply's status, e.g. 483.
+        status: u16,
+    },
+    /// Nothing is sent.
+    Drop(DropReason),
+}
+
+/// Static facts the routing rules need, shared by every transport task.
+#[derive(Debug)]
+pub struct Relay {
+    /// Authenticates flow tokens.
+    pub key: FlowKey,
+    /// Host written into Via and Record-Route (IPv6 in brackets).
+    pub advertise_host: Vec<u8>,
+    /// Other host spellings that mean sipedge in a Route or Request-URI (the bound address).
+    pub own_hosts: Vec<Vec<u8>>,
+    /// sipedge's ports: a Route or Via naming one of them (on an own host) names sipedge.
+    pub ports: PortRange,
+    /// The Sipserver's address.
+    pub upstream_ip: IpAddr,
+    /// The Sipserver's port when fixed; `None` = same port as the sipedge port.
+    pub upstream_port: Option<u16>,
+    /// Larger messages get 413 or are dropped.
+    pub max_message_bytes: usize,
+    /// Counters updated for every message decided here.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Relay {
+    /// The upstream address used from sipedge port `local_port`.
+    pub fn upstream_addr(&self, local_port: u16) -> SocketAddr {
+        SocketAddr::new(self.upstream_ip, self.upstream_port.unwrap_or(local_port))
+    }
+
+    /// Whether `addr` is the Sipserver sending from one of its SIP ports.
+    pub fn is_upstream_addr(&self, addr: SocketAddr) -> bool {
+        addr.ip() == self.upstream_ip
+            && match self.upstream_port {
+                Some(p) => addr.port() == p,
+                None => self.ports.contains(addr.port()),
+            }
+    }
+
+    /// Decides what to do with `data` (one datagram or one TCP frame) and writes the bytes
+    /// to send into `out` (cleared first).
+    pub fn handle(&self, arrival: &Arrival, data: &[u8], out: &mut Vec<u8>) -> Decision {
+        out.clear();
+        let msg = match scan::scan(data) {
+            Ok(msg) => msg,
+            Err(_) => {
+                self.metrics
+                    .parse_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Decision::Drop(DropReason::Unparseable);
+            }
+        };
+        if msg.is_request() {
+            self.request(arrival, &msg, data.len(), out)
+        } else {
+            self.response(&msg, out)
+        }
+    }
+
+    /// A TCP stream whose next message exceeds `max_message_bytes`: 413 when the buffered
+    /// header section allows a reply, otherwise nothing (the connection closes either way).
+    pub fn refuse_oversized(
+        &self,
+        arrival: &Arrival,
+        buffered: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Decision {
+        out.clear();
+        let Ok(msg) = scan::scan(buffered) else {
+            return Decision::Drop(DropReason::TooLarge);
+        };
+        if !msg.is_request() {
+            return Decision::Drop(DropReason::TooLarge);
+        }
+        let back = match self.side_of(arrival, &msg) {
+            Side::Upstream => Direction::ToUpstream,
+            _ => Direction::ToTerminal,
+        };
+        self.refuse(
+            &msg,
+            arrival,
+            back,
+            413,
+            b"Request Entity Too Large",
+            DropReason::TooLarge,
+            out,
+        )
+    }
+
+    fn request(
+        &self,
+        arrival: &Arrival,
+        msg: &Message<'_>,
+        len: usize,
+        out: &mut Vec<u8>,
+    ) -> Decision {
+        let method = msg.method_bytes().unwrap_or_default();
+        let side = self.side_of(arrival, msg);
+        let back = match side {
+            Side::Upstream => Direction::ToUpstream,
+            _ => Direction::ToTerminal,
+        };
+        let is_ack = msg.method() == Some(Method::Ack);
+        if len > self.max_message_bytes {
+            return self.refuse(
+                msg,
+                arrival,
+                back,
+                413,
+                b"Request Entity Too Large",
+                DropReason::TooLarge,
+                out,
+            );
+        }
+        if let Err(e) = msg.validate() {
+            self.metrics
+                .parse_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let reason = format!("Bad Request ({e})");
+            return self.refuse(
+                msg,
+                arrival,
+                back,
+                400,
+                reason.as_bytes(),
+                DropReason::Unparseable,
+                out,
+            );
+        }
+        let max_forwards = msg.max_forwards().unwrap_or(DEFAULT_MAX_FORWARDS);
+        let is_options = msg.method() == Some(Method::Options);
+        if is_options && (max_forwards == 0 || self.is_options_for_us(msg)) {
+            self.metrics.request(back.reverse(), method);
+            self.reply(msg, arrival, 200, b"OK", out);
+            self.metrics.response(back, method, 200);
+            return Decision::Reply {
+                direction: back,
+                status: 200,
+            };
+        }
+        if max_forwards == 0 {
+            return self.refuse(
+                msg,
+                arrival,
+                back,
+                483,
+                b"Too Many Hops",
+                DropReason::Unroutable,
+                out,
+            );
+        }
+        let (target, pop_route) = match side {
+            Side::Upstream => match self.upstream_target(arrival, msg) {
+                Some(t) => t,
+                None if is_ack => return Decision::Drop(DropReason::Unroutable),
+                None => {
+                    return self.refuse(
+                        msg,
+                        arrival,
+                        back,
+                        404,
+                        b"Not Found (no flow or address)",
+                        DropReason::Unroutable,
+                        out,
+                    );
+                }
+            },
+            _ => (
+                Target::Upstream {
+                    transport: arrival.transport,
+                    local_port: arrival.local_port,
+                },
+                self.top_route_is_ours(msg),
+            ),
+        };
+        let out_flow = match target {
+            Target::Upstream {
+                transport,
+                local_port,
+            } => Flow {
+                transport,
+                local_port,
+                remote: self.upstream_addr(local_port),
+                conn: 0,
+            },
+            Target::Flow(f) | Target::Address(f) => f,
+        };
+
+        let mut via = Vec::with_capacity(96);
+        let _ = write!(via, "SIP/2.0/{} ", out_flow.transport.via_name());
+        via.extend_from_slice(&self.advertise_host);
+        let _ = write!(via, ":{};branch=", out_flow.local_port);
+        flow::derive_branch(branch_input(msg), &mut via);
+
+        let mut received = Vec::with_capacity(40);
+        let _ = write!(received, "{}", arrival.src.ip());
+
+        let mut rewrite = msg.rewrite();
+        rewrite
+            .set_top_via_received(&received)
+            .set_top_via_rport(arrival.src.port())
+            .set_max_forwards(max_forwards - 1);
+        if pop_route {
+            rewrite.remove_top_route();
+        }
+        let mut rr = Vec::new();
+        let creates_dialog = matches!(
+            msg.method(),
+            Some(Method::Invite | Method::Subscribe | Method::Refer)
+        ) && msg.to().is_some_and(|t| t.tag.is_none());
+        let is_register = msg.method() == Some(Method::Register);
+        if creates_dialog || is_register {
+            // The token names the terminal's flow: the arrival one for a terminal's request,
+            // the chosen one for the Sipserver's.
+            let terminal_flow = match side {
+                Side::Upstream => out_flow,
+                _ => Flow {
+                    transport: arrival.transport,
+                    local_port: arrival.local_port,
+                    remote: arrival.src,
+                    conn: arrival.conn,
+                },
+            };
+            self.route_uri(&terminal_flow, &mut rr);
+            if is_register {
+                rewrite.insert_path(&rr);
+            } else {
+                rewrite.insert_record_route(&rr);
+            }
+        }
+        rewrite.insert_via(&via);
+        rewrite.write_into(out);
+
+        let direction = back.reverse();
+        self.metrics.request(direction, method);
+        Decision::Forward { target, direction }
+    }
+
+    fn response(&self, msg: &Message<'_>, out: &mut Vec<u8>) -> Decision {
+        if msg.validate().is_err() {
+            self.metrics
+                .parse_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Decision::Drop(DropReason::Unparseable);
+        }
+        let Some(ours) = msg.top_via().filter(|v| self.is_own_via(v)) else {
+            return Decision::Drop(DropReason::Unroutable);
+        };
+        let Some(next) = msg.vias().nth(1).and_then(|v| Via::parse(v).ok()) else {
+            return Decision::Drop(DropReason::Unroutable);
+        };
+        let transport = match next.transport {
+            scan::Transport::Udp => Transport::Udp,
+            scan::Transport::Tcp => Transport::Tcp,
+            _ => return Decision::Drop(DropReason::Unroutable),
+        };
+        let Some(ip) = next.received.or(Some(next.host)).and_then(parse_ip) else {
+            return Decision::Drop(DropReason::Unroutable);
+        };
+        let port = match next.rport {
+            RPort::Port(p) => p,
+            _ => next.port.unwrap_or(5060),
+        };
+        let remote = SocketAddr::new(ip, port);
+        let local_port = ours.port.unwrap_or(5060);
+        let direction = if self.is_upstream_addr(remote) {
+            Direction::ToUpstream
+        } else {
+            Direction::ToTerminal
+        };
+        let mut rewrite = msg.rewrite();
+        rewrite.remove_top_via();
+        rewrite.write_into(out);
+        if let (Some(cseq), Some(status)) = (msg.cseq(), msg.status()) {
+            self.metrics.response(direction, cseq.method_raw, status);
+        }
+        Decision::Forward {
+            target: Target::Address(Flow {
+                transport,
+                local_port,
+                remote,
+                conn: 0,
+            }),
+            direction,
+        }
+    }
+
+    /// The arrival's side, resolving [`Side::Ambiguous`] by the request's flow token.
+    fn side_of(&self, arrival: &Arrival, msg: &Message<'_>) -> Side {
+        match arrival.side {
+            Side::Ambiguous => {
+                let names_other_flow = self
+                    .token_flow(msg)
+                    .is_some_and(|f| f.transport != arrival.transport || f.conn != arrival.conn);
+                if names_other_flow {
+                    Side::Upstream
+                } else {
+                    Side::Terminal
+                }
+            }
+            side => side,
+        }
+    }
+
+    /// Target of a request from the Sipserver: the flow its token names, else the next loose
+    /// router, else the Request-URI's address. The bool says whether the top Route is
+    /// sipedge's and must be removed.
+    fn upstream_target(&self, arrival: &Arrival, msg: &Message<'_>) -> Option<(Target, bool)> {
+        let pop = self.top_route_is_ours(msg);
+        if let Some(flow) = self.token_flow(msg) {
+            return Some((Target::Flow(flow), pop));
+        }
+        let mut routes = msg.routes();
+        if pop {
+            routes.next();
+        }
+        let next_hop = match routes.next() {
+            Some(route) => route.sip_uri()?,
+            None => Uri::parse(msg.request_uri()?)?,
+        };
+        if self.names_us(&next_hop) {
+            return None;
+        }
+        let ip = parse_ip(next_hop.host)?;
+        let transport = match next_hop.param(b"transport") {
+            Some(t) if t.eq_ignore_ascii_case(b"tcp") => Transport::Tcp,
+            Some(t) if t.eq_ignore_ascii_case(b"udp") => Transport::Udp,
+            Some(_) => return None,
+            None => arrival.transport,
+        };
+        Some((
+            Target::Address(Flow {
+                transport,
+                local_port: arrival.local_port,
+                remote: SocketAddr::new(ip, next_hop.port.unwrap_or(5060)),
+                conn: 0,
+            }),
+            pop,
+        ))
+    }
+
+    /// The flow named by a valid token in the top Route (when it names sipedge) or, for a
+    /// strict-routing previous hop, in the Request-URI.
+    fn token_flow(&self, msg: &Message<'_>) -> Option<Flow> {
+        let top_route = msg.routes().next().and_then(|r| r.sip_uri());
+        let uri = match top_route {
+            Some(u) if self.names_us(&u) => u,
+            _ => Uri::parse(msg.request_uri()?).filter(|u| self.names_us(u))?,
+        };
+        let flow = self.key.decode(uri.user?)?;
+        self.ports.contains(flow.local_port).then_some(flow)
+    }
+
+    fn top_route_is_ours(&self, msg: &Message<'_>) -> bool {
+        msg.routes()
+            .next()
+            .and_then(|r| r.sip_uri())
+            .is_some_and(|u| self.names_us(&u))
+    }
+
+    fn is_options_for_us(&self, msg: &Message<'_>) -> bool {
+        msg.routes().next().is_none()
+            && msg
+                .request_uri()
+                .and_then(Uri::parse)
+                .is_some_and(|u| u.user.is_none() && self.names_us(&u))
+    }
+
+    /// Whether a SIP URI names sipedge: one of its hosts and one of its ports.
+    fn names_us(&self, uri: &Uri<'_>) -> bool {
+        self.is_own_host(uri.host) && self.ports.contains(uri.port.unwrap_or(5060))
+    }
+
+    fn is_own_host(&self, host: &[u8]) -> bool {
+        host.eq_ignore_ascii_case(&self.advertise_host)
+            || self.own_hosts.iter().any(|h| host.eq_ignore_ascii_case(h))
+    }
+
+    fn is_own_via(&self, via: &Via<'_>) -> bool {
+        self.is_own_host(via.host)
+            && self.ports.contains(via.port.unwrap_or(5060))
+            && via
+                .branch
+                .is_some_and(|b| b.starts_with(flow::BRANCH_PREFIX))
+    }
+
+    /// `<sip:TOKEN@host:port;transport=tcp;lr>` for Record-Route and Path.
+    fn route_uri(&self, flow: &Flow, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"<sip:");
+        self.key.encode(flow, out);
+        out.push(b'@');
+        out.extend_from_slice(&self.advertise_host);
+        let _ = write!(out, ":{}", flow.local_port);
+        if flow.transport == Transport::Tcp {
+            out.extend_from_slice(b";transport=tcp");
+        }
+        out.extend_from_slice(b";lr>");
+    }
+
+    /// Answers a request that cannot be forwarded with `status`, or drops it when no reply
+    /// is possible (an ACK, or the headers a reply needs are missing).
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
+        &self,
+        msg: &Message<'_>,
+        arrival: &Arrival,
+        back: Direction,
+        status: u16,
+        reason: &[u8],
+        otherwise: DropReason,
+        out: &mut Vec<u8>,
+    ) -> Decision {
+        if msg.method() == Some(Method::Ack) || !msg.is_mandatory_complete() {
+            return Decision::Drop(otherwise);
+        }
+        self.reply(msg, arrival, status, reason, out);
+        let method = msg.method_bytes().unwrap_or_default();
+        self.metrics.response(back, method, status);
+        Decision::Reply {
+            direction: back,
+            status,
+        }
+    }
+
+    /// Writes a stateless response to `msg` (RFC 3261 §8.2.6): its Vias (the top one with
+    /// `received`/`rport`), From, To with a tag, Call-ID and CSeq copied byte for byte.
+    pub fn reply(
+        &self,
+        msg: &Message<'_>,
+        arrival: &Arrival,
+        status: u16,
+        reason: &[u8],
+        out: &mut Vec<u8>,
+    ) {
+        out.clear();
+        let _ = write!(out, "SIP/2.0 {status} ");
+        out.extend(
+            reason
+                .iter()
+                .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+        );
+        out.extend_from_slice(b"\r\n");
+        for (i, via) in msg.vias().enumerate() {
+            out.extend_from_slice(b"Via: ");
+            out.extend_from_slice(via);
+            if i == 0 {
+                let _ = write!(
+                    out,
+                    ";received={};rport={}",
+                    arrival.src.ip(),
+                    arrival.src.port()
+                );
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        for (name, header) in [
+            (&b"From: "[..], HeaderName::From),
+            (b"To: ", HeaderName::To),
+        ] {
+            if let Some(v) = msg.header(header) {
+                out.extend_from_slice(name);
+                out.extend_from_slice(v);
+                let needs_tag =
+                    header == HeaderName::To && msg.to().is_some_and(|t| t.tag.is_none());
+                if needs_tag {
+                    out.extend_from_slice(b";tag=");
+                    local_tag(msg, out);
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        for (name, header) in [
+            (&b"Call-ID: "[..], HeaderName::CallId),
+            (b"CSeq: ", HeaderName::CSeq),
+        ] {
+            if let Some(v) = msg.header(header) {
+                out.extend_from_slice(name);
+                out.extend_from_slice(v);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        out.extend_from_slice(b"Server: sipedge\r\nContent-Length: 0\r\n\r\n");
+    }
+}
+
+impl Direction {
+    /// The other way.
+    pub fn reverse(self) -> Direction {
+        match self {
+            Direction::ToUpstream => Direction::ToTerminal,
+            Direction::ToTerminal => Direction::ToUpstream,
+        }
+    }
+}
+
+fn branch_input<'a>(msg: &Message<'a>) -> BranchInput<'a> {
+    let via = msg.top_via();
+    let sent_by = via.map(|v| v.host).unwrap_or_default();
+    match via.and_then(|v| v.branch) {
+        Some(branch) if branch.starts_with(b"z9hG4bK") => BranchInput::Rfc3261 { branch, sent_by },
+        _ => BranchInput::Legacy {
+            sent_by,
+            call_id: msg.call_id().unwrap_or_default(),
+            cseq: msg.cseq().map_or(0, |c| c.number),
+            from_tag: msg.from().and_then(|f| f.tag).unwrap_or_default(),
+            request_uri: msg.request_uri().unwrap_or_default(),
+        },
+    }
+}
+
+/// A To tag for a stateless reply: the same for every retransmission of the request.
+fn local_tag(msg: &Message<'_>, out: &mut Vec<u8>) {
+    let mut h = Sha256::new();
+    h.update(msg.top_via().and_then(|v| v.branch).unwrap_or_default());
+    h.update(msg.call_id().unwrap_or_default());
+    h.update(msg.from().and_then(|f| f.tag).unwrap_or_default());
+    for b in h.finalize().iter().take(6) {
+        let _ = write!(out, "{b:02x}");
+    }
+}
+
+/// An IP literal (IPv6 with or without brackets); host names are not resolved on the relay
+/// path.
+fn parse_ip(host: &[u8]) -> Option<IpAddr> {
+    let s = std::str::from_utf8(host).ok()?;
+    let s = s
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(s);
+    s.parse().ok()
+}

@@ -1,0 +1,296 @@
+//! The one TOML file that configures sipedge (SPEC §2): loaded, validated, and shown.
+//! Each crate owns the table of its part; this file composes them and adds `[node]` and
+//! `[log]`, which belong to the process as a whole.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use chrono_tz::Tz;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sipedge_http::account::AccountConfig;
+use sipedge_http::api::ApiConfig;
+
+/// The whole configuration file. Unknown keys anywhere are an error naming the key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub account: AccountConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// The `[node]` table: what identifies this node and where it keeps its state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Stamped on every CDR and alarm, so the two data centres' records can be merged.
+    pub name: String,
+    /// Zone of `YYYYMMDDhhmmss` times, of "today" and of chart buckets, whatever the host's.
+    #[serde(default = "default_timezone")]
+    pub timezone: Zone,
+    /// Where the embedded store and the flow-token key live.
+    pub data_dir: PathBuf,
+}
+
+fn default_timezone() -> Zone {
+    Zone(chrono_tz::Asia::Shanghai)
+}
+
+/// An IANA time zone, written by name in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Zone(pub Tz);
+
+impl Serialize for Zone {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Zone {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse::<Tz>().map(Zone).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "unknown time zone {name:?}; use an IANA name such as \"Asia/Shanghai\""
+            ))
+        })
+    }
+}
+
+/// The `[log]` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: a level such as `info`, or per-module directives.
+    #[serde(default = "default_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".to_owned()
+}
+
+/// `text` for people, `json` for the bank's log platform.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Why a configuration cannot be used; always one line naming the file and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}{location}: {message}")]
+    Parse {
+        path: PathBuf,
+        location: Location,
+        message: String,
+    },
+    #[error("{path}: {problem}")]
+    Invalid { path: PathBuf, problem: String },
+}
+
+/// Where in the file a parse error is, when the parser knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location(pub Option<(usize, usize)>);
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some((line, column)) => write!(f, " line {line} column {column}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Config::parse(&text).map_err(|(location, message)| ConfigError::Parse {
+            path: path.to_owned(),
+            location,
+            message,
+        })?;
+        if let Some(problem) = config.problems().into_iter().next() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problem,
+            });
+        }
+        Ok(config)
+    }
+
+    fn parse(text: &str) -> Result<Config, (Location, String)> {
+        let locate =
+            |err: &toml::de::Error| Location(err.span().map(|span| line_column(text, span.start)));
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|err| (locate(&err), one_line(err.message())))?;
+        serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            let message = one_line(inner.message());
+            // The path names the key whose value is wrong; for an unknown key the message
+            // names it and the path its table.
+            let message = if path == "." {
+                message
+            } else {
+                format!("{path}: {message}")
+            };
+            (locate(&inner), message)
+        })
+    }
+
+    /// Every problem a person must fix, one line each; empty when the config can run.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.node.name.trim().is_empty() {
+            problems.push("node.name: must not be empty".to_owned());
+        }
+        if self.node.data_dir.as_os_str().is_empty() {
+            problems.push("node.data_dir: must not be empty".to_owned());
+        }
+        problems.extend(self.account.problems());
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problems.push(format!(
+                "log.level: {:?} is not a level or filter: {err}",
+                self.log.level
+            ));
+        }
+        problems
+    }
+
+    /// The effective configuration, defaults filled in, as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot show: {err}\n"))
+    }
+}
+
+/// toml's own Display draws the offending line over several lines; ops read journald one
+/// line per event.
+fn one_line(message: &str) -> String {
+    message.trim().replace('\n', " ")
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[node]
+name = "sh-01"
+data_dir = "/tmp/x"
+[account]
+appids = ["a"]
+account = "sipserver"
+"#;
+
+    fn check(text: &str, expected: Result<(), &str>) {
+        let got = Config::parse(text)
+            .map_err(|(loc, msg)| format!("{loc}: {msg}"))
+            .and_then(|config| match config.problems().into_iter().next() {
+                Some(problem) => Err(problem),
+                None => Ok(()),
+            });
+        match expected {
+            Ok(()) => assert!(got.is_ok(), "{text}\n=> {got:?}"),
+            Err(word) => {
+                let err = got.expect_err(text);
+                assert!(err.contains(word), "{err:?} should mention {word:?}");
+                assert!(!err.contains('\n'), "one line: {err:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn table() {
+        check(MINIMAL, Ok(()));
+        check(
+            &format!("{MINIMAL}\n[log]\nlevel = \"debug\"\nformat = \"json\"\n"),
+            Ok(()),
+        );
+        check(
+            &MINIMAL.replace("[account]", "[account]\nmax_clock_skew = \"3600s\""),
+            Ok(()),
+        );
+        check(
+            &MINIMAL.replace("[account]", "[account]\nmax_clock_skew = \"an hour\""),
+            Err("line 6"),
+        );
+        check(
+            &MINIMAL.replace("[account]", "[account]\ncolour = 1"),
+            Err("colour"),
+        );
+        check(&format!("{MINIMAL}\n[nodes]\n"), Err("nodes"));
+        check(
+            &MINIMAL.replace(
+                "name = \"sh-01\"",
+                "name = \"sh-01\"\ntimezone = \"Mars/Base\"",
+            ),
+            Err("Mars/Base"),
+        );
+        check(
+            &MINIMAL.replace("name = \"sh-01\"", "name = \"\""),
+            Err("node.name"),
+        );
+        check(
+            &MINIMAL.replace("appids = [\"a\"]", "appids = []"),
+            Err("account.appids"),
+        );
+        check(
+            &MINIMAL.replace("account = \"sipserver\"", ""),
+            Err("account"),
+        );
+        check(&format!("{MINIMAL}\n[log]\nformat = \"xml\"\n"), Err("xml"));
+        check(
+            &format!("{MINIMAL}\n[log]\nlevel = \"loud=[\"\n"),
+            Err("log.level"),
+        );
+        check(
+            &MINIMAL.replace("[account]", "[account]\nlisten = \"nowhere\""),
+            Err("listen"),
+        );
+        check("this is = not = toml", Err("line 1"));
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let config = Config::parse(MINIMAL).unwrap();
+        let shown = config.to_toml();
+        let again = Config::parse(&shown).unwrap();
+        assert_eq!(again.to_toml(), shown);
+        assert!(shown.contains("timezone = \"Asia/Shanghai\""), "{shown}");
+        assert!(shown.contains("max_clock_skew = \"1h\""), "{shown}");
+    }
+}

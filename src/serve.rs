@@ -1,0 +1,135 @@
+//! `sipedge serve`: load the config, bind every listener (so nothing half-starts), run every
+//! part until a signal, then drain.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use sipedge_http::account::{self, AccountState};
+use sipedge_http::api::{self, ApiState};
+use sipedge_http::health::Health;
+use sipedge_http::server::{self, ServerLimits};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::EXIT_CONFIG;
+use crate::config::Config;
+
+/// Why the service could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("cannot listen on {addr} for the {what}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot use the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot watch signals: {0}")]
+    Signals(std::io::Error),
+}
+
+pub fn main(config_path: &Path) -> ExitCode {
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("sipedge: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    crate::logging::init(&config.log);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => return fail(&StartError::Runtime(err)),
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&err),
+    }
+}
+
+fn fail(err: &StartError) -> ExitCode {
+    tracing::error!("{err}");
+    // Also on plain stderr: the logger may be filtered, and this line must reach the operator.
+    eprintln!("sipedge: {err}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+fn prepare_data_dir(path: &Path) -> Result<(), StartError> {
+    let err = |source| StartError::DataDir {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(err)?;
+    // Creating the directory succeeds on a read-only mount that already has it; a probe file
+    // finds that now rather than at the first CDR.
+    let probe = path.join(".sipedge-write-probe");
+    std::fs::write(&probe, b"ok").map_err(err)?;
+    std::fs::remove_file(&probe).map_err(err)
+}
+
+async fn run(config: Config) -> Result<(), StartError> {
+    prepare_data_dir(&config.node.data_dir)?;
+    let account_listener = bind("account responder", config.account.listen).await?;
+    let api_listener = bind("CDR API", config.api.listen).await?;
+
+    let shutdown = CancellationToken::new();
+    crate::shutdown::watch(shutdown.clone()).map_err(StartError::Signals)?;
+    let health = Health::default();
+
+    let account_router = account::router(Arc::new(AccountState {
+        config: config.account.clone(),
+        timezone: config.node.timezone.0,
+        node: config.node.name.clone(),
+        health: health.clone(),
+    }));
+    let api_router = api::router(Arc::new(ApiState {
+        node: config.node.name.clone(),
+        health: health.clone(),
+    }));
+
+    for (name, listener) in [("account", &account_listener), ("api", &api_listener)] {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(listener = %name, addr = %addr, "listening");
+        }
+    }
+    tracing::info!(node = %config.node.name, version = env!("CARGO_PKG_VERSION"), "sipedge started");
+
+    let limits = ServerLimits::default();
+    let tasks = [
+        tokio::spawn(server::serve(
+            "account",
+            account_listener,
+            account_router,
+            limits,
+            shutdown.clone(),
+        )),
+        tokio::spawn(server::serve(
+            "api",
+            api_listener,
+            api_router,
+            limits,
+            shutdown.clone(),
+        )),
+    ];
+    for task in tasks {
+        if let Err(err) = task.await {
+            tracing::error!(error = %err, "a listener task failed");
+        }
+    }
+    tracing::info!("sipedge stopped");
+    Ok(())
+}
