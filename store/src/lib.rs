@@ -1,6 +1,326 @@
 //! The embedded store of sipedge. It is the only crate that knows the storage engines.
 //!
 //! - [`cdr`]: the call detail record model shared by call tracking, the store and the API.
+//! - [`log`]: the per-call log entries (SIP messages byte for byte, sipedge's events).
+//! - [`alarm`]: the alarm type of SPEC §11.
+//! - [`query`]: filters, newest-first pages, statistics, and how each filter picks an index.
+//! - [`writer`]: the non-blocking write queue, its background batching thread and retention.
+//! - [`config`]: `[store]` settings.
+//! - `engine`: the ordered key-value seam and its redb and sled implementations (private).
+//! - `keys`, `codec`: key layouts and the versioned value encodings (private, pure).
+//!
+//! Architecture invariant: no type of redb or sled appears in this crate's public API, so the
+//! rest of sipedge cannot depend on either engine.
 #![forbid(unsafe_code)]
 
+pub mod alarm;
 pub mod cdr;
+mod codec;
+pub mod config;
+mod engine;
+mod error;
+mod keys;
+pub mod log;
+pub mod query;
+pub mod writer;
+
+use std::ops::{Bound, ControlFlow};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use alarm::{Alarm, AlarmId, AlarmKind, Severity};
+pub use cdr::{CallStatus, CallType, Cdr, CdrId, Disposition, EndedBy, Transport, UnixMs};
+pub use config::StoreConfig;
+pub use engine::Engine;
+pub use error::StoreError;
+pub use log::{Direction, LogEntry, LogKind};
+pub use query::{CdrFilter, Counters, NumberMatch, StatsBucket, StatsResult, TypeCounters};
+pub use writer::{Purged, WriteOp, Writer, WriterStats};
+
+use engine::{Kv, Table, prefix_range};
+
+/// The schema this build writes and reads; bumped when a key layout or table changes.
+const SCHEMA_VERSION: u32 = 1;
+/// How long closing waits for the last batch to be committed.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An open store: cheap to clone (all clones share one database and one writer thread).
+#[derive(Clone)]
+pub struct Store {
+    /// Shared by the clones; the writer thread stops when the last one goes.
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("engine", &self.inner.engine)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    /// Read side of the database (the writer thread holds the other reference).
+    kv: Arc<dyn Kv>,
+    /// For `Debug` and error messages.
+    engine: Engine,
+    /// The write queue.
+    writer: Writer,
+    /// Joined on close, so that the database is released when the last handle is dropped.
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(e) = self.writer.stop(CLOSE_TIMEOUT) {
+            tracing::error!(error = %e, "closing the store did not finish its last commit");
+            return;
+        }
+        let handle = self
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!("the store's writer thread failed while closing");
+        }
+    }
+}
+
+impl Store {
+    /// Opens the store under `dir` (created if missing) with `engine`, and starts its writer
+    /// thread. Dropping the last clone commits what is queued and closes the database.
+    pub fn open(dir: &Path, engine: Engine, cfg: StoreConfig) -> Result<Store, StoreError> {
+        let kv: Arc<dyn Kv> = Arc::from(engine::open(dir, engine)?);
+        check_schema(kv.as_ref())?;
+        let (writer, thread) = writer::spawn(kv.clone(), cfg)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                kv,
+                engine,
+                writer,
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// The write queue; clones of it may live anywhere, but stop working once the store is
+    /// dropped.
+    pub fn writer(&self) -> Writer {
+        self.inner.writer.clone()
+    }
+
+    /// Blocks until everything submitted before is durable, at most `timeout`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), StoreError> {
+        self.inner.writer.flush(timeout)
+    }
+
+    /// Deletes what is past its retention now, instead of at the next background run.
+    pub fn purge_expired(&self, timeout: Duration) -> Result<Purged, StoreError> {
+        self.inner.writer.purge(timeout)
+    }
+
+    pub fn writer_stats(&self) -> WriterStats {
+        self.inner.writer.stats()
+    }
+
+    pub fn get_cdr(&self, id: CdrId) -> Result<Option<Cdr>, StoreError> {
+        let mut snap = self.inner.kv.snapshot()?;
+        match snap.get(Table::Cdrs, &keys::id_key(id))? {
+            Some(value) => codec::decode_cdr(id, &value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// One page of matching CDRs, newest first, with ids below `after` (the cursor a previous
+    /// page returned). The cursor returned is the last id of this page, or `None` when
+    /// nothing matches after it.
+    pub fn cdrs_page(
+        &self,
+        filter: &CdrFilter,
+        after: Option<CdrId>,
+        limit: usize,
+    ) -> Result<(Vec<Cdr>, Option<CdrId>), StoreError> {
+        let mut snap = self.inner.kv.snapshot()?;
+        let mut page = query::newest_first(snap.as_mut(), filter, after, limit.saturating_add(1))?;
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let cursor = if more {
+            page.last().map(|c| c.id)
+        } else {
+            None
+        };
+        Ok((page, cursor))
+    }
+
+    /// Every matching CDR, newest first, in batches of `batch_size`: memory stays flat
+    /// whatever the number of rows (for the CSV export).
+    pub fn cdrs_batches(&self, filter: CdrFilter, batch_size: usize) -> CdrBatches {
+        CdrBatches {
+            store: self.clone(),
+            filter,
+            batch_size: batch_size.max(1),
+            after: None,
+            done: false,
+        }
+    }
+
+    /// Statistics of `filter` per bucket `[edges[i], edges[i+1])` and per call type; the API
+    /// passes the edges (local hours or days), the totals are the sum of the buckets.
+    pub fn stats(&self, filter: &CdrFilter, edges: &[UnixMs]) -> Result<StatsResult, StoreError> {
+        let mut snap = self.inner.kv.snapshot()?;
+        query::stats(snap.as_mut(), filter, edges)
+    }
+
+    /// The call's log in the order it was written.
+    pub fn cdr_log(&self, id: CdrId) -> Result<Vec<LogEntry>, StoreError> {
+        let mut snap = self.inner.kv.snapshot()?;
+        let mut out = Vec::new();
+        snap.scan(
+            Table::Logs,
+            prefix_range(&keys::id_key(id)),
+            engine::Direction::Forward,
+            &mut |_, v| {
+                out.push(codec::decode_log(v)?);
+                Ok(ControlFlow::Continue(()))
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// The saved calls in progress, oldest first, as call tracking wrote them.
+    pub fn calls_in_progress(&self) -> Result<Vec<(CdrId, Vec<u8>)>, StoreError> {
+        let mut snap = self.inner.kv.snapshot()?;
+        let mut out = Vec::new();
+        snap.scan(
+            Table::Calls,
+            (Bound::Unbounded, Bound::Unbounded),
+            engine::Direction::Forward,
+            &mut |k, v| {
+                let id = keys::id_of(k).ok_or_else(|| StoreError::Corrupt {
+                    what: "call key",
+                    detail: format!("{} bytes", k.len()),
+                })?;
+                out.push((id, v.to_vec()));
+                Ok(ControlFlow::Continue(()))
+            },
+        )?;
+        Ok(out)
+    }
+
+    pub fn get_alarm(&self, id: AlarmId) -> Result<Option<Alarm>, StoreError> {
+        let mut snap = self.inner.kv.snapshot()?;
+        match snap.get(Table::Alarms, &id.0.to_be_bytes())? {
+            Some(value) => codec::decode_alarm(id, &value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` alarms, newest raised first; only those not cleared if `active_only`.
+    pub fn alarms(&self, active_only: bool, limit: usize) -> Result<Vec<Alarm>, StoreError> {
+        let mut snap = self.inner.kv.snapshot()?;
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        snap.scan(
+            Table::Alarms,
+            (Bound::Unbounded, Bound::Unbounded),
+            engine::Direction::Backward,
+            &mut |k, v| {
+                let id = <[u8; 16]>::try_from(k).map_err(|_| StoreError::Corrupt {
+                    what: "alarm key",
+                    detail: format!("{} bytes", k.len()),
+                })?;
+                let alarm = codec::decode_alarm(AlarmId(u128::from_be_bytes(id)), v)?;
+                if !active_only || alarm.is_active() {
+                    out.push(alarm);
+                }
+                Ok(if out.len() >= limit {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
+            },
+        )?;
+        Ok(out)
+    }
+}
+
+/// Refuses a store written with another schema, and stamps a new one.
+fn check_schema(kv: &dyn Kv) -> Result<(), StoreError> {
+    let stored = kv.snapshot()?.get(Table::Meta, keys::SCHEMA_KEY)?;
+    match stored {
+        Some(bytes) => {
+            let found = <[u8; 4]>::try_from(bytes.as_slice())
+                .map(u32::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt {
+                    what: "schema version",
+                    detail: format!("{} bytes", bytes.len()),
+                })?;
+            if found != SCHEMA_VERSION {
+                return Err(StoreError::SchemaVersion {
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            Ok(())
+        }
+        None => {
+            let mut batch = engine::Batch::default();
+            batch.put(
+                Table::Meta,
+                keys::SCHEMA_KEY.to_vec(),
+                SCHEMA_VERSION.to_be_bytes().to_vec(),
+            );
+            kv.commit(&batch)
+        }
+    }
+}
+
+/// Batches of matching CDRs, newest first; see [`Store::cdrs_batches`].
+#[derive(Debug)]
+pub struct CdrBatches {
+    /// Each batch reads a fresh snapshot, so no read transaction stays open across batches.
+    store: Store,
+    /// What to export.
+    filter: CdrFilter,
+    /// Rows per batch.
+    batch_size: usize,
+    /// Where the next batch starts.
+    after: Option<CdrId>,
+    /// Set after the last batch or an error.
+    done: bool,
+}
+
+impl Iterator for CdrBatches {
+    type Item = Result<Vec<Cdr>, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self
+            .store
+            .cdrs_page(&self.filter, self.after, self.batch_size)
+        {
+            Ok((rows, cursor)) => {
+                self.after = cursor;
+                self.done = cursor.is_none();
+                if rows.is_empty() {
+                    None
+                } else {
+                    Some(Ok(rows))
+                }
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}

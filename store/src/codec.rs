@@ -1,0 +1,646 @@
+//! Value encodings: a leading version byte, then a compact hand-written layout (varints,
+//! times as deltas from the call's start). Pure: no I/O, every decode error is a
+//! [`StoreError::Corrupt`], never a panic.
+//!
+//! CDR value, version 1 (the id is the key, so it is not repeated):
+//! `1 ‖ kind ‖ disposition ‖ ended_by ‖ transport ‖ start Δ ‖ end Δ ‖ video_started_at Δ? ‖
+//! ring_time Δ? ‖ answer_time Δ? ‖ sip_code? ‖ node ‖ call_id ‖ caller ‖ called ‖ caller_uri ‖
+//! called_uri ‖ terminal`, where `kind` at offset 1 lets scans filter on type and status
+//! without decoding the rest.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::StoreError;
+use crate::alarm::{Alarm, AlarmId, AlarmKind, Severity};
+use crate::cdr::{CallStatus, CallType, Cdr, CdrId, Disposition, EndedBy, Transport, UnixMs};
+use crate::log::{Direction, LogEntry, LogKind};
+
+/// The version byte every value written by this build starts with.
+pub(crate) const VERSION: u8 = 1;
+
+/// Call type and status in two bits: the unit of the kind index and of the rollups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Kind(pub(crate) u8);
+
+impl Kind {
+    pub(crate) const ALL: [Kind; 4] = [Kind(0), Kind(1), Kind(2), Kind(3)];
+
+    pub(crate) fn new(call_type: CallType, status: CallStatus) -> Self {
+        let video = u8::from(call_type == CallType::Video);
+        let connected = u8::from(status == CallStatus::Connected);
+        Kind(video | connected << 1)
+    }
+
+    pub(crate) fn of(cdr: &Cdr) -> Self {
+        Kind::new(cdr.call_type, cdr.status)
+    }
+
+    pub(crate) fn call_type(self) -> CallType {
+        if self.0 & 1 == 1 {
+            CallType::Video
+        } else {
+            CallType::Audio
+        }
+    }
+
+    pub(crate) fn status(self) -> CallStatus {
+        if self.0 & 2 == 2 {
+            CallStatus::Connected
+        } else {
+            CallStatus::NotConnected
+        }
+    }
+
+    fn decode(byte: u8, what: &'static str) -> Result<Self, StoreError> {
+        if byte < 4 {
+            Ok(Kind(byte))
+        } else {
+            Err(corrupt(what, format!("kind byte {byte}")))
+        }
+    }
+}
+
+/// The talk time a CDR adds to totals, in ms: what [`Cdr::talk_s`] says, kept in integers so
+/// that sums are exact.
+pub(crate) fn talk_ms(cdr: &Cdr) -> u64 {
+    match (cdr.status, cdr.answer_time) {
+        (CallStatus::Connected, Some(answer)) => {
+            cdr.end_time.0.saturating_sub(answer.0).max(0) as u64
+        }
+        _ => 0,
+    }
+}
+
+fn corrupt(what: &'static str, detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        detail: detail.into(),
+    }
+}
+
+#[derive(Default)]
+struct Enc(Vec<u8>);
+
+impl Enc {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+    }
+
+    fn signed(&mut self, v: i64) {
+        self.varint(((v << 1) ^ (v >> 63)) as u64);
+    }
+
+    /// An optional time as a delta from `base`, 0 meaning none.
+    fn opt_delta(&mut self, v: Option<UnixMs>, base: UnixMs) {
+        match v {
+            None => self.varint(0),
+            Some(t) => {
+                let d = t.0.wrapping_sub(base.0);
+                self.varint((((d << 1) ^ (d >> 63)) as u64).wrapping_add(1));
+            }
+        }
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.varint(b.len() as u64);
+        self.0.extend_from_slice(b);
+    }
+
+    fn addr(&mut self, a: SocketAddr) {
+        match a.ip() {
+            IpAddr::V4(ip) => {
+                self.u8(4);
+                self.0.extend_from_slice(&ip.octets());
+            }
+            IpAddr::V6(ip) => {
+                self.u8(6);
+                self.0.extend_from_slice(&ip.octets());
+            }
+        }
+        self.0.extend_from_slice(&a.port().to_be_bytes());
+    }
+}
+
+struct Dec<'a> {
+    /// What is left to read.
+    buf: &'a [u8],
+    /// Names the value in errors.
+    what: &'static str,
+}
+
+impl<'a> Dec<'a> {
+    /// Checks the version byte and positions after it.
+    fn new(buf: &'a [u8], what: &'static str) -> Result<Self, StoreError> {
+        match buf.split_first() {
+            Some((&VERSION, rest)) => Ok(Dec { buf: rest, what }),
+            Some((v, _)) => Err(corrupt(what, format!("unknown encoding version {v}"))),
+            None => Err(corrupt(what, "empty value")),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.buf.len() < n {
+            return Err(corrupt(self.what, "truncated"));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, StoreError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn varint(&mut self) -> Result<u64, StoreError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(corrupt(self.what, "varint too long"))
+    }
+
+    fn signed(&mut self) -> Result<i64, StoreError> {
+        let v = self.varint()?;
+        Ok((v >> 1) as i64 ^ -((v & 1) as i64))
+    }
+
+    fn delta(&mut self, base: UnixMs) -> Result<UnixMs, StoreError> {
+        Ok(UnixMs(base.0.wrapping_add(self.signed()?)))
+    }
+
+    fn opt_delta(&mut self, base: UnixMs) -> Result<Option<UnixMs>, StoreError> {
+        match self.varint()? {
+            0 => Ok(None),
+            v => {
+                let v = v - 1;
+                let d = (v >> 1) as i64 ^ -((v & 1) as i64);
+                Ok(Some(UnixMs(base.0.wrapping_add(d))))
+            }
+        }
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], StoreError> {
+        let len = usize::try_from(self.varint()?).map_err(|_| corrupt(self.what, "length"))?;
+        self.take(len)
+    }
+
+    fn string(&mut self) -> Result<String, StoreError> {
+        let b = self.bytes()?;
+        String::from_utf8(b.to_vec()).map_err(|_| corrupt(self.what, "text is not UTF-8"))
+    }
+
+    fn addr(&mut self) -> Result<SocketAddr, StoreError> {
+        let ip = match self.u8()? {
+            4 => {
+                let o: [u8; 4] = self
+                    .take(4)?
+                    .try_into()
+                    .map_err(|_| corrupt(self.what, "ipv4"))?;
+                IpAddr::V4(Ipv4Addr::from(o))
+            }
+            6 => {
+                let o: [u8; 16] = self
+                    .take(16)?
+                    .try_into()
+                    .map_err(|_| corrupt(self.what, "ipv6"))?;
+                IpAddr::V6(Ipv6Addr::from(o))
+            }
+            t => return Err(corrupt(self.what, format!("address family {t}"))),
+        };
+        let p: [u8; 2] = self
+            .take(2)?
+            .try_into()
+            .map_err(|_| corrupt(self.what, "port"))?;
+        Ok(SocketAddr::new(ip, u16::from_be_bytes(p)))
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, StoreError> {
+        if self.buf.is_empty() {
+            Ok(value)
+        } else {
+            Err(corrupt(self.what, "trailing bytes"))
+        }
+    }
+}
+
+/// Maps an enum to its byte and back; the byte values are part of the file format.
+macro_rules! byte_enum {
+    ($name:ident, $what:literal, $enc:ident, $dec:ident, [$($variant:path = $byte:literal),+ $(,)?]) => {
+        fn $enc(v: $name) -> u8 {
+            match v { $($variant => $byte),+ }
+        }
+        fn $dec(b: u8) -> Result<$name, StoreError> {
+            match b {
+                $($byte => Ok($variant),)+
+                other => Err(corrupt($what, format!("unknown {} {other}", stringify!($name)))),
+            }
+        }
+    };
+}
+
+byte_enum!(
+    Disposition,
+    "CDR",
+    disposition_byte,
+    disposition_of,
+    [
+        Disposition::Answered = 0,
+        Disposition::Busy = 1,
+        Disposition::Declined = 2,
+        Disposition::NoAnswer = 3,
+        Disposition::Cancelled = 4,
+        Disposition::Failed = 5,
+        Disposition::Timeout = 6,
+    ]
+);
+byte_enum!(
+    EndedBy,
+    "CDR",
+    ended_by_byte,
+    ended_by_of,
+    [
+        EndedBy::Caller = 0,
+        EndedBy::Callee = 1,
+        EndedBy::Sipedge = 2,
+    ]
+);
+byte_enum!(
+    Transport,
+    "record",
+    transport_byte,
+    transport_of,
+    [Transport::Udp = 0, Transport::Tcp = 1,]
+);
+byte_enum!(
+    Direction,
+    "log entry",
+    direction_byte,
+    direction_of,
+    [Direction::Received = 0, Direction::Sent = 1,]
+);
+byte_enum!(
+    Severity,
+    "alarm",
+    severity_byte,
+    severity_of,
+    [
+        Severity::Warning = 0,
+        Severity::Minor = 1,
+        Severity::Major = 2,
+        Severity::Critical = 3,
+    ]
+);
+byte_enum!(
+    AlarmKind,
+    "alarm",
+    alarm_kind_byte,
+    alarm_kind_of,
+    [
+        AlarmKind::ProcessMissing = 0,
+        AlarmKind::ProcessRestarted = 1,
+        AlarmKind::ProcessCpu = 2,
+        AlarmKind::ProcessMemory = 3,
+        AlarmKind::UpstreamDown = 4,
+        AlarmKind::DiskLow = 5,
+        AlarmKind::StoreError = 6,
+    ]
+);
+
+pub(crate) fn encode_cdr(cdr: &Cdr) -> Vec<u8> {
+    let mut e = Enc(Vec::with_capacity(
+        64 + cdr.caller_uri.len() + cdr.called_uri.len() + cdr.call_id.len(),
+    ));
+    let base = cdr.id.start();
+    e.u8(VERSION);
+    e.u8(Kind::of(cdr).0);
+    e.u8(disposition_byte(cdr.disposition));
+    e.u8(ended_by_byte(cdr.ended_by));
+    e.u8(transport_byte(cdr.transport));
+    e.signed(cdr.start_time.0.wrapping_sub(base.0));
+    e.signed(cdr.end_time.0.wrapping_sub(cdr.start_time.0));
+    e.opt_delta(cdr.video_started_at, cdr.start_time);
+    e.opt_delta(cdr.ring_time, cdr.start_time);
+    e.opt_delta(cdr.answer_time, cdr.start_time);
+    e.varint(cdr.sip_code.map_or(0, |c| u64::from(c) + 1));
+    for s in [
+        &cdr.node,
+        &cdr.call_id,
+        &cdr.caller,
+        &cdr.called,
+        &cdr.caller_uri,
+        &cdr.called_uri,
+        &cdr.terminal,
+    ] {
+        e.bytes(s.as_bytes());
+    }
+    e.0
+}
+
+/// The kind of an encoded CDR, read without decoding the rest.
+pub(crate) fn cdr_kind(value: &[u8]) -> Result<Kind, StoreError> {
+    match value {
+        [VERSION, kind, ..] => Kind::decode(*kind, "CDR"),
+        [v, ..] if *v != VERSION => Err(corrupt("CDR", format!("unknown encoding version {v}"))),
+        _ => Err(corrupt("CDR", "truncated")),
+    }
+}
+
+pub(crate) fn decode_cdr(id: CdrId, value: &[u8]) -> Result<Cdr, StoreError> {
+    let mut d = Dec::new(value, "CDR")?;
+    let kind = Kind::decode(d.u8()?, "CDR")?;
+    let disposition = disposition_of(d.u8()?)?;
+    let ended_by = ended_by_of(d.u8()?)?;
+    let transport = transport_of(d.u8()?)?;
+    let start_time = d.delta(id.start())?;
+    let end_time = d.delta(start_time)?;
+    let video_started_at = d.opt_delta(start_time)?;
+    let ring_time = d.opt_delta(start_time)?;
+    let answer_time = d.opt_delta(start_time)?;
+    let sip_code = match d.varint()? {
+        0 => None,
+        c => Some(u16::try_from(c - 1).map_err(|_| corrupt("CDR", format!("sip code {c}")))?),
+    };
+    let cdr = Cdr {
+        id,
+        node: d.string()?,
+        call_id: d.string()?,
+        caller: d.string()?,
+        called: d.string()?,
+        caller_uri: d.string()?,
+        called_uri: d.string()?,
+        call_type: kind.call_type(),
+        video_started_at,
+        status: kind.status(),
+        disposition,
+        sip_code,
+        ended_by,
+        start_time,
+        ring_time,
+        answer_time,
+        end_time,
+        transport,
+        terminal: d.string()?,
+    };
+    d.finish(cdr)
+}
+
+/// A number index entry's value: the kind and talk time, so that filtered pages and stats
+/// need not read the CDR to apply type/status filters or to add up talk time.
+pub(crate) fn encode_index_value(kind: Kind, talk_ms: u64) -> Vec<u8> {
+    let mut e = Enc(Vec::with_capacity(8));
+    e.u8(VERSION);
+    e.u8(kind.0);
+    e.varint(talk_ms);
+    e.0
+}
+
+pub(crate) fn decode_index_value(value: &[u8]) -> Result<(Kind, u64), StoreError> {
+    let mut d = Dec::new(value, "index entry")?;
+    let kind = Kind::decode(d.u8()?, "index entry")?;
+    let talk = d.varint()?;
+    d.finish((kind, talk))
+}
+
+/// Counters of one rollup slot and kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    /// Calls that started in the slot.
+    pub(crate) calls: u64,
+    /// Their summed talk time in ms.
+    pub(crate) talk_ms: u64,
+}
+
+pub(crate) fn encode_counts(c: Counts) -> Vec<u8> {
+    let mut e = Enc(Vec::with_capacity(12));
+    e.u8(VERSION);
+    e.varint(c.calls);
+    e.varint(c.talk_ms);
+    e.0
+}
+
+pub(crate) fn decode_counts(value: &[u8]) -> Result<Counts, StoreError> {
+    let mut d = Dec::new(value, "rollup counter")?;
+    let calls = d.varint()?;
+    let talk_ms = d.varint()?;
+    d.finish(Counts { calls, talk_ms })
+}
+
+pub(crate) fn encode_log(entry: &LogEntry) -> Vec<u8> {
+    let mut e = Enc::default();
+    e.u8(VERSION);
+    e.signed(entry.at.0);
+    match &entry.kind {
+        LogKind::Sip {
+            direction,
+            transport,
+            src,
+            dst,
+            text,
+        } => {
+            e.0.reserve(text.len() + 48);
+            e.u8(0);
+            e.u8(direction_byte(*direction));
+            e.u8(transport_byte(*transport));
+            e.addr(*src);
+            e.addr(*dst);
+            e.bytes(text);
+        }
+        LogKind::Event { text } => {
+            e.u8(1);
+            e.bytes(text.as_bytes());
+        }
+    }
+    e.0
+}
+
+pub(crate) fn decode_log(value: &[u8]) -> Result<LogEntry, StoreError> {
+    let mut d = Dec::new(value, "log entry")?;
+    let at = UnixMs(d.signed()?);
+    let kind = match d.u8()? {
+        0 => LogKind::Sip {
+            direction: direction_of(d.u8()?)?,
+            transport: transport_of(d.u8()?)?,
+            src: d.addr()?,
+            dst: d.addr()?,
+            text: d.bytes()?.to_vec(),
+        },
+        1 => LogKind::Event { text: d.string()? },
+        t => return Err(corrupt("log entry", format!("unknown entry type {t}"))),
+    };
+    d.finish(LogEntry { at, kind })
+}
+
+pub(crate) fn encode_alarm(alarm: &Alarm) -> Vec<u8> {
+    let mut e = Enc::default();
+    e.u8(VERSION);
+    e.u8(alarm_kind_byte(alarm.kind));
+    e.u8(severity_byte(alarm.severity));
+    e.signed(alarm.raised_at.0);
+    e.opt_delta(alarm.cleared_at, alarm.raised_at);
+    e.bytes(alarm.node.as_bytes());
+    e.bytes(alarm.target.as_bytes());
+    e.bytes(alarm.message.as_bytes());
+    e.0
+}
+
+pub(crate) fn decode_alarm(id: AlarmId, value: &[u8]) -> Result<Alarm, StoreError> {
+    let mut d = Dec::new(value, "alarm")?;
+    let kind = alarm_kind_of(d.u8()?)?;
+    let severity = severity_of(d.u8()?)?;
+    let raised_at = UnixMs(d.signed()?);
+    let cleared_at = d.opt_delta(raised_at)?;
+    let alarm = Alarm {
+        id,
+        node: d.string()?,
+        kind,
+        target: d.string()?,
+        severity,
+        message: d.string()?,
+        raised_at,
+        cleared_at,
+    };
+    d.finish(alarm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cdr() -> Cdr {
+        let start = UnixMs(1_700_000_000_123);
+        Cdr {
+            id: CdrId::new(start, "sh-01", "a@b"),
+            node: "sh-01".into(),
+            call_id: "a@b".into(),
+            caller: "13800000000".into(),
+            called: "95566".into(),
+            caller_uri: "sip:13800000000@10.0.0.1".into(),
+            called_uri: "sip:95566@10.0.0.5".into(),
+            call_type: CallType::Video,
+            video_started_at: Some(UnixMs(start.0 + 5_000)),
+            status: CallStatus::Connected,
+            disposition: Disposition::Answered,
+            sip_code: Some(200),
+            ended_by: EndedBy::Caller,
+            start_time: start,
+            ring_time: Some(UnixMs(start.0 + 800)),
+            answer_time: Some(UnixMs(start.0 + 4_000)),
+            end_time: UnixMs(start.0 + 60_000),
+            transport: Transport::Tcp,
+            terminal: "1.2.3.4:5060".into(),
+        }
+    }
+
+    #[test]
+    fn cdr_round_trips_and_is_compact() {
+        let c = cdr();
+        let bytes = encode_cdr(&c);
+        assert_eq!(decode_cdr(c.id, &bytes).unwrap(), c);
+        assert_eq!(
+            cdr_kind(&bytes).unwrap(),
+            Kind::new(CallType::Video, CallStatus::Connected)
+        );
+        assert!(bytes.len() < 110, "{} bytes", bytes.len());
+        let mut odd = c.clone();
+        odd.sip_code = None;
+        odd.ring_time = None;
+        odd.answer_time = None;
+        odd.video_started_at = Some(odd.start_time);
+        odd.start_time = UnixMs(odd.start_time.0 - 3);
+        odd.end_time = UnixMs(odd.start_time.0 - 1);
+        assert_eq!(decode_cdr(odd.id, &encode_cdr(&odd)).unwrap(), odd);
+    }
+
+    fn check_corrupt(what: &str, result: Result<impl std::fmt::Debug, StoreError>) {
+        assert!(
+            matches!(result, Err(StoreError::Corrupt { .. })),
+            "{what}: {result:?}"
+        );
+    }
+
+    #[test]
+    fn bad_bytes_are_errors_not_panics() {
+        let c = cdr();
+        let good = encode_cdr(&c);
+        check_corrupt("empty", decode_cdr(c.id, &[]));
+        check_corrupt("version 2", decode_cdr(c.id, &[2, 0, 0]));
+        check_corrupt("kind of version 9", cdr_kind(&[9, 0]));
+        check_corrupt(
+            "trailing",
+            decode_cdr(c.id, &[good.as_slice(), &[0]].concat()),
+        );
+        check_corrupt("bad kind", decode_cdr(c.id, &[1, 7, 0, 0, 0]));
+        for cut in 0..good.len() {
+            check_corrupt("truncated", decode_cdr(c.id, &good[..cut]));
+        }
+        check_corrupt(
+            "varint",
+            decode_counts(&[
+                1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+            ]),
+        );
+        check_corrupt("log type", decode_log(&[1, 0, 9]));
+        check_corrupt("addr", decode_log(&[1, 0, 0, 0, 0, 5]));
+        check_corrupt("alarm kind", decode_alarm(AlarmId(1), &[1, 99]));
+    }
+
+    #[test]
+    fn logs_and_alarms_round_trip() {
+        let entries = [
+            LogEntry {
+                at: UnixMs(1_700_000_000_000),
+                kind: LogKind::Sip {
+                    direction: Direction::Received,
+                    transport: Transport::Udp,
+                    src: "10.1.2.3:5060".parse().unwrap(),
+                    dst: "[::1]:14500".parse().unwrap(),
+                    text: b"INVITE sip:x@y SIP/2.0\r\n\r\n\xff".to_vec(),
+                },
+            },
+            LogEntry {
+                at: UnixMs(-5),
+                kind: LogKind::Event {
+                    text: "483 sent".into(),
+                },
+            },
+        ];
+        for entry in entries {
+            assert_eq!(decode_log(&encode_log(&entry)).unwrap(), entry);
+        }
+        let alarm = Alarm {
+            id: AlarmId::new(UnixMs(10), "sh-01", AlarmKind::DiskLow, "/var"),
+            node: "sh-01".into(),
+            kind: AlarmKind::DiskLow,
+            target: "/var".into(),
+            severity: Severity::Major,
+            message: "5% free".into(),
+            raised_at: UnixMs(10),
+            cleared_at: Some(UnixMs(20)),
+        };
+        assert_eq!(
+            decode_alarm(alarm.id, &encode_alarm(&alarm)).unwrap(),
+            alarm
+        );
+        let counts = Counts {
+            calls: 300,
+            talk_ms: u64::MAX,
+        };
+        assert_eq!(decode_counts(&encode_counts(counts)).unwrap(), counts);
+        assert_eq!(
+            decode_index_value(&encode_index_value(Kind(3), 42)).unwrap(),
+            (Kind(3), 42)
+        );
+    }
+}

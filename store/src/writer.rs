@@ -1,0 +1,641 @@
+//! Writes off the relay path: [`Writer::submit`] queues and returns at once; one background
+//! thread turns the queue into batches, commits each durably at least every
+//! `flush_interval`, retries failed commits with backoff (never dropping them), and runs
+//! retention between batches. Being the only writer lets it read-modify-write the rollup
+//! counters and the log sequence numbers without transactions.
+
+use std::collections::HashMap;
+use std::ops::{Bound, ControlFlow};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::StoreError;
+use crate::alarm::Alarm;
+use crate::cdr::{Cdr, CdrId, UnixMs};
+use crate::codec::{self, Counts, Kind};
+use crate::config::StoreConfig;
+use crate::engine::{Batch, Direction, Kv, Snapshot, Table, prefix_range};
+use crate::keys;
+use crate::log::LogEntry;
+
+/// One write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOp {
+    /// Store a finished call's CDR (replacing one with the same id, counted once) and drop
+    /// its call-in-progress entry in the same batch.
+    PutCdr(Box<Cdr>),
+    /// Append to a call's log; the store numbers entries in submission order.
+    AppendLog(CdrId, LogEntry),
+    /// Save (or replace) a call in progress: bytes owned by call tracking.
+    PutCall(CdrId, Vec<u8>),
+    /// Forget a call in progress that ended without a CDR.
+    RemoveCall(CdrId),
+    /// Store or update an alarm.
+    PutAlarm(Alarm),
+}
+
+/// What a retention run deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub cdrs: u64,
+    pub log_entries: u64,
+    pub alarms: u64,
+}
+
+/// Counters of the writer, for metrics and alarms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Batches committed.
+    pub batches: u64,
+    /// CDRs committed (a re-put counts again).
+    pub cdrs_written: u64,
+    /// Log entries committed.
+    pub log_entries_written: u64,
+    /// Failed commit attempts (each is retried).
+    pub failures: u64,
+    /// Duration of the last successful commit.
+    pub last_commit: Duration,
+    /// Writes submitted and not yet committed.
+    pub queued: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    batches: AtomicU64,
+    cdrs: AtomicU64,
+    logs: AtomicU64,
+    failures: AtomicU64,
+    last_commit_us: AtomicU64,
+    submitted: AtomicU64,
+    committed: AtomicU64,
+}
+
+enum Msg {
+    Op(WriteOp),
+    /// Commit everything queued before, then answer.
+    Flush(Sender<()>),
+    /// Run retention to the end, then answer.
+    Purge(Sender<Result<Purged, StoreError>>),
+    /// Commit everything, answer, and end the thread.
+    Stop(Sender<()>),
+}
+
+/// The handle that queues writes; cheap to clone, never blocks.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    /// The queue to the writer thread (unbounded: a slow disk must not slow SIP down).
+    tx: Sender<Msg>,
+    /// Shared with the thread, read by [`Writer::stats`].
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Msg::Op(_) => "Op",
+            Msg::Flush(_) => "Flush",
+            Msg::Purge(_) => "Purge",
+            Msg::Stop(_) => "Stop",
+        })
+    }
+}
+
+impl Writer {
+    /// Queues `op`; it is durable after the next commit (within `flush_interval`). Fails only
+    /// once the store has been closed.
+    pub fn submit(&self, op: WriteOp) -> Result<(), StoreError> {
+        self.counters.submitted.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(Msg::Op(op)).map_err(|_| {
+            self.counters.submitted.fetch_sub(1, Ordering::Relaxed);
+            StoreError::WriterStopped
+        })
+    }
+
+    /// Blocks until everything submitted before is durable, or `timeout` passes (the writes
+    /// stay queued and keep being retried).
+    pub fn flush(&self, timeout: Duration) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::channel();
+        self.tx
+            .send(Msg::Flush(tx))
+            .map_err(|_| StoreError::WriterStopped)?;
+        wait(&rx, timeout)
+    }
+
+    pub fn stats(&self) -> WriterStats {
+        let c = &self.counters;
+        let submitted = c.submitted.load(Ordering::Relaxed);
+        WriterStats {
+            batches: c.batches.load(Ordering::Relaxed),
+            cdrs_written: c.cdrs.load(Ordering::Relaxed),
+            log_entries_written: c.logs.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+            last_commit: Duration::from_micros(c.last_commit_us.load(Ordering::Relaxed)),
+            queued: submitted.saturating_sub(c.committed.load(Ordering::Relaxed)),
+        }
+    }
+
+    pub(crate) fn purge(&self, timeout: Duration) -> Result<Purged, StoreError> {
+        let (tx, rx) = mpsc::channel();
+        self.tx
+            .send(Msg::Purge(tx))
+            .map_err(|_| StoreError::WriterStopped)?;
+        match rx.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => Err(StoreError::FlushTimeout(timeout)),
+            Err(RecvTimeoutError::Disconnected) => Err(StoreError::WriterStopped),
+        }
+    }
+
+    pub(crate) fn stop(&self, timeout: Duration) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::channel();
+        self.tx
+            .send(Msg::Stop(tx))
+            .map_err(|_| StoreError::WriterStopped)?;
+        wait(&rx, timeout)
+    }
+}
+
+fn wait(rx: &Receiver<()>, timeout: Duration) -> Result<(), StoreError> {
+    match rx.recv_timeout(timeout) {
+        Ok(()) => Ok(()),
+        Err(RecvTimeoutError::Timeout) => Err(StoreError::FlushTimeout(timeout)),
+        Err(RecvTimeoutError::Disconnected) => Err(StoreError::WriterStopped),
+    }
+}
+
+/// Ops per batch at most, so that one commit stays short under a burst.
+const MAX_BATCH_OPS: usize = 20_000;
+/// CDRs deleted per retention batch, so that retention never holds up writes for long.
+const PURGE_CHUNK: usize = 1_000;
+/// Log entries deleted per retention batch.
+const PURGE_LOG_CHUNK: usize = 10_000;
+/// How often retention looks for expired data.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+/// First and longest pause between attempts of a failing commit.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Next log sequence numbers remembered at most; past that the cache starts over.
+const SEQ_CACHE_MAX: usize = 100_000;
+
+/// Starts the writer thread.
+pub(crate) fn spawn(
+    kv: Arc<dyn Kv>,
+    cfg: StoreConfig,
+) -> Result<(Writer, std::thread::JoinHandle<()>), StoreError> {
+    let (tx, rx) = mpsc::channel();
+    let counters = Arc::new(Counters::default());
+    let mut thread = WriterThread {
+        kv,
+        cfg,
+        counters: counters.clone(),
+        next_seq: HashMap::new(),
+        next_purge: Instant::now(),
+    };
+    let handle = std::thread::Builder::new()
+        .name("sipedge-store".into())
+        .spawn(move || thread.run(&rx))
+        .map_err(|source| StoreError::Io {
+            action: "start the store's writer thread for",
+            path: "the store".into(),
+            source,
+        })?;
+    Ok((Writer { tx, counters }, handle))
+}
+
+struct WriterThread {
+    /// The database; this thread is its only writer.
+    kv: Arc<dyn Kv>,
+    /// Flush interval and retention ages.
+    cfg: StoreConfig,
+    /// Shared with every [`Writer`].
+    counters: Arc<Counters>,
+    /// The next log sequence number of recently logged calls, saving a lookup per entry.
+    next_seq: HashMap<CdrId, u32>,
+    /// When retention runs next.
+    next_purge: Instant,
+}
+
+fn now_ms() -> UnixMs {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    UnixMs(ms)
+}
+
+fn age_cutoff(now: UnixMs, age: Duration) -> UnixMs {
+    UnixMs(
+        now.0
+            .saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)),
+    )
+}
+
+impl WriterThread {
+    fn run(&mut self, rx: &Receiver<Msg>) {
+        let mut pending: Vec<WriteOp> = Vec::new();
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let timeout = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => self.next_purge.saturating_duration_since(Instant::now()),
+            };
+            match rx.recv_timeout(timeout) {
+                Ok(Msg::Op(op)) => {
+                    if pending.is_empty() {
+                        deadline = Some(Instant::now() + self.cfg.flush_interval);
+                    }
+                    pending.push(op);
+                    if pending.len() >= MAX_BATCH_OPS {
+                        self.commit_ops(&mut pending);
+                        deadline = None;
+                    }
+                }
+                Ok(Msg::Flush(reply)) => {
+                    self.commit_ops(&mut pending);
+                    deadline = None;
+                    // The asker may have given up waiting; nothing to do then.
+                    let _ = reply.send(());
+                }
+                Ok(Msg::Purge(reply)) => {
+                    self.commit_ops(&mut pending);
+                    deadline = None;
+                    let mut total = Purged::default();
+                    let result = loop {
+                        match self.purge_step() {
+                            Ok((step, more)) => {
+                                total.cdrs += step.cdrs;
+                                total.log_entries += step.log_entries;
+                                total.alarms += step.alarms;
+                                if !more {
+                                    break Ok(total);
+                                }
+                            }
+                            Err(e) => break Err(e),
+                        }
+                    };
+                    let _ = reply.send(result);
+                }
+                Ok(Msg::Stop(reply)) => {
+                    self.commit_ops(&mut pending);
+                    let _ = reply.send(());
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if pending.is_empty() {
+                        self.background_purge();
+                    } else {
+                        self.commit_ops(&mut pending);
+                        deadline = None;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.commit_ops(&mut pending);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One retention chunk when due; soon again while there is more to delete.
+    fn background_purge(&mut self) {
+        if Instant::now() < self.next_purge {
+            return;
+        }
+        self.next_purge = match self.purge_step() {
+            Ok((_, true)) => Instant::now() + Duration::from_millis(10),
+            Ok((_, false)) => Instant::now() + PURGE_EVERY,
+            Err(e) => {
+                tracing::error!(error = %e, "store retention failed; trying again later");
+                Instant::now() + PURGE_EVERY
+            }
+        };
+    }
+
+    /// Commits `ops`, retrying until it succeeds: a write is never dropped.
+    fn commit_ops(&mut self, ops: &mut Vec<WriteOp>) {
+        if ops.is_empty() {
+            return;
+        }
+        let mut pause = RETRY_FIRST;
+        loop {
+            match self.try_commit(ops) {
+                Ok(()) => {
+                    self.counters
+                        .committed
+                        .fetch_add(ops.len() as u64, Ordering::Relaxed);
+                    ops.clear();
+                    return;
+                }
+                Err(e) => {
+                    self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    // The sequence numbers handed out for the failed batch were not stored.
+                    self.next_seq.clear();
+                    tracing::error!(error = %e, ops = ops.len(), retry_in = ?pause,
+                        "store commit failed; retrying, nothing is dropped");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    fn try_commit(&mut self, ops: &[WriteOp]) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let kv = self.kv.clone();
+        let mut snap = kv.snapshot()?;
+        let mut build = BatchBuilder::default();
+        let (mut cdrs, mut logs) = (0u64, 0u64);
+        for op in ops {
+            match op {
+                WriteOp::PutCdr(cdr) => {
+                    build.put_cdr(snap.as_mut(), cdr)?;
+                    self.next_seq.remove(&cdr.id);
+                    cdrs += 1;
+                }
+                WriteOp::AppendLog(id, entry) => {
+                    let seq = self.next_seq(snap.as_mut(), *id)?;
+                    build.batch.put(
+                        Table::Logs,
+                        keys::log_key(*id, seq).to_vec(),
+                        codec::encode_log(entry),
+                    );
+                    logs += 1;
+                }
+                WriteOp::PutCall(id, bytes) => {
+                    build
+                        .batch
+                        .put(Table::Calls, keys::id_key(*id).to_vec(), bytes.clone());
+                }
+                WriteOp::RemoveCall(id) => {
+                    build.batch.delete(Table::Calls, keys::id_key(*id).to_vec())
+                }
+                WriteOp::PutAlarm(alarm) => build.batch.put(
+                    Table::Alarms,
+                    alarm.id.0.to_be_bytes().to_vec(),
+                    codec::encode_alarm(alarm),
+                ),
+            }
+        }
+        let batch = build.finish(snap.as_mut())?;
+        drop(snap);
+        self.kv.commit(&batch)?;
+        let c = &self.counters;
+        c.batches.fetch_add(1, Ordering::Relaxed);
+        c.cdrs.fetch_add(cdrs, Ordering::Relaxed);
+        c.logs.fetch_add(logs, Ordering::Relaxed);
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        c.last_commit_us.store(us, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn next_seq(&mut self, snap: &mut dyn Snapshot, id: CdrId) -> Result<u32, StoreError> {
+        let seq = match self.next_seq.get(&id) {
+            Some(seq) => *seq,
+            None => {
+                let mut next = 0;
+                snap.scan(
+                    Table::Logs,
+                    prefix_range(&keys::id_key(id)),
+                    Direction::Backward,
+                    &mut |k, _| {
+                        next = keys::log_seq(k).map_or(0, |s| s.saturating_add(1));
+                        Ok(ControlFlow::Break(()))
+                    },
+                )?;
+                next
+            }
+        };
+        if self.next_seq.len() >= SEQ_CACHE_MAX {
+            self.next_seq.clear();
+        }
+        self.next_seq.insert(id, seq.saturating_add(1));
+        Ok(seq)
+    }
+
+    /// Deletes one chunk of expired data; says whether more is left.
+    fn purge_step(&mut self) -> Result<(Purged, bool), StoreError> {
+        let now = now_ms();
+        let cdr_cut = keys::lowest_id(age_cutoff(now, self.cfg.cdr_retention));
+        let log_cut = keys::lowest_id(age_cutoff(now, self.cfg.trace_retention));
+        let kv = self.kv.clone();
+        let mut snap = kv.snapshot()?;
+        let mut build = BatchBuilder::default();
+        let mut purged = Purged::default();
+
+        let mut expired = Vec::new();
+        let below = |cut: CdrId| {
+            (
+                Bound::Unbounded,
+                Bound::Excluded(keys::id_key(cut).to_vec()),
+            )
+        };
+        snap.scan(
+            Table::Cdrs,
+            below(cdr_cut),
+            Direction::Forward,
+            &mut |k, v| {
+                let id = keys::id_of(k).ok_or_else(|| StoreError::Corrupt {
+                    what: "CDR key",
+                    detail: format!("{} bytes", k.len()),
+                })?;
+                expired.push(codec::decode_cdr(id, v));
+                Ok(if expired.len() >= PURGE_CHUNK {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
+            },
+        )?;
+        let more_cdrs = expired.len() >= PURGE_CHUNK;
+        for cdr in expired {
+            match cdr {
+                Ok(cdr) => build.remove_cdr(snap.as_mut(), &cdr)?,
+                Err(e) => return Err(e),
+            }
+            purged.cdrs += 1;
+        }
+
+        let mut log_keys = Vec::new();
+        snap.scan(
+            Table::Logs,
+            below(log_cut),
+            Direction::Forward,
+            &mut |k, _| {
+                log_keys.push(k.to_vec());
+                Ok(if log_keys.len() >= PURGE_LOG_CHUNK {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
+            },
+        )?;
+        let more_logs = log_keys.len() >= PURGE_LOG_CHUNK;
+        purged.log_entries = log_keys.len() as u64;
+        for key in log_keys {
+            build.batch.delete(Table::Logs, key);
+        }
+
+        // Cleared alarms go with the CDRs of their time; active ones stay whatever their age.
+        let alarm_cut = cdr_cut.0.to_be_bytes().to_vec();
+        let mut old_alarms = Vec::new();
+        snap.scan(
+            Table::Alarms,
+            (Bound::Unbounded, Bound::Excluded(alarm_cut)),
+            Direction::Forward,
+            &mut |k, v| {
+                let id =
+                    crate::alarm::AlarmId(u128::from_be_bytes(k.try_into().map_err(|_| {
+                        StoreError::Corrupt {
+                            what: "alarm key",
+                            detail: format!("{} bytes", k.len()),
+                        }
+                    })?));
+                if !codec::decode_alarm(id, v)?.is_active() {
+                    old_alarms.push(k.to_vec());
+                }
+                Ok(ControlFlow::Continue(()))
+            },
+        )?;
+        purged.alarms = old_alarms.len() as u64;
+        for key in old_alarms {
+            build.batch.delete(Table::Alarms, key);
+        }
+
+        let batch = build.finish(snap.as_mut())?;
+        drop(snap);
+        if !batch.is_empty() {
+            self.kv.commit(&batch)?;
+            tracing::info!(
+                cdrs = purged.cdrs,
+                log_entries = purged.log_entries,
+                alarms = purged.alarms,
+                "store retention deleted expired data"
+            );
+        }
+        Ok((purged, more_cdrs || more_logs))
+    }
+}
+
+/// Builds one batch: CDRs with their index entries, and rollup changes summed per key and
+/// applied to the stored counters at the end.
+#[derive(Default)]
+struct BatchBuilder {
+    /// The changes so far.
+    batch: Batch,
+    /// CDRs written or deleted earlier in this batch, which the snapshot does not see yet.
+    cdrs: HashMap<CdrId, Option<Cdr>>,
+    /// Net change of each rollup counter in this batch.
+    rollup: HashMap<[u8; 5], (i64, i64)>,
+}
+
+impl BatchBuilder {
+    fn stored(&self, snap: &mut dyn Snapshot, id: CdrId) -> Result<Option<Cdr>, StoreError> {
+        if let Some(cdr) = self.cdrs.get(&id) {
+            return Ok(cdr.clone());
+        }
+        match snap.get(Table::Cdrs, &keys::id_key(id))? {
+            None => Ok(None),
+            Some(value) => match codec::decode_cdr(id, &value) {
+                Ok(cdr) => Ok(Some(cdr)),
+                Err(e) => {
+                    // Its index entries cannot be found without it; the new record replaces it.
+                    tracing::error!(error = %e, %id, "overwriting an unreadable stored CDR");
+                    Ok(None)
+                }
+            },
+        }
+    }
+
+    fn put_cdr(&mut self, snap: &mut dyn Snapshot, cdr: &Cdr) -> Result<(), StoreError> {
+        self.batch
+            .delete(Table::Calls, keys::id_key(cdr.id).to_vec());
+        let old = self.stored(snap, cdr.id)?;
+        if old.as_ref() == Some(cdr) {
+            return Ok(());
+        }
+        if let Some(old) = &old {
+            self.unindex(old, -1);
+        }
+        let kind = Kind::of(cdr);
+        let talk = codec::talk_ms(cdr);
+        let index_value = codec::encode_index_value(kind, talk);
+        self.batch.put(
+            Table::Cdrs,
+            keys::id_key(cdr.id).to_vec(),
+            codec::encode_cdr(cdr),
+        );
+        self.batch.put(
+            Table::ByCaller,
+            keys::number_key(cdr.id, &cdr.caller),
+            index_value.clone(),
+        );
+        self.batch.put(
+            Table::ByCalled,
+            keys::number_key(cdr.id, &cdr.called),
+            index_value,
+        );
+        self.batch
+            .put(Table::ByKind, keys::kind_key(kind, cdr.id), Vec::new());
+        self.count(cdr, 1);
+        self.cdrs.insert(cdr.id, Some(cdr.clone()));
+        Ok(())
+    }
+
+    fn remove_cdr(&mut self, snap: &mut dyn Snapshot, cdr: &Cdr) -> Result<(), StoreError> {
+        if self.stored(snap, cdr.id)?.is_some() {
+            self.unindex(cdr, -1);
+            self.batch
+                .delete(Table::Cdrs, keys::id_key(cdr.id).to_vec());
+            self.cdrs.insert(cdr.id, None);
+        }
+        Ok(())
+    }
+
+    /// Deletes the index entries of `old` (the record itself is overwritten or deleted by the
+    /// caller) and takes it out of the rollups.
+    fn unindex(&mut self, old: &Cdr, sign: i64) {
+        self.batch
+            .delete(Table::ByCaller, keys::number_key(old.id, &old.caller));
+        self.batch
+            .delete(Table::ByCalled, keys::number_key(old.id, &old.called));
+        self.batch
+            .delete(Table::ByKind, keys::kind_key(Kind::of(old), old.id));
+        self.count(old, sign);
+    }
+
+    fn count(&mut self, cdr: &Cdr, sign: i64) {
+        let key = keys::rollup_key(keys::slot_of(cdr.id.start()), Kind::of(cdr));
+        let talk = i64::try_from(codec::talk_ms(cdr)).unwrap_or(i64::MAX);
+        let entry = self.rollup.entry(key).or_default();
+        entry.0 += sign;
+        entry.1 = entry.1.saturating_add(sign.saturating_mul(talk));
+    }
+
+    fn finish(mut self, snap: &mut dyn Snapshot) -> Result<Batch, StoreError> {
+        for (key, (calls, talk)) in std::mem::take(&mut self.rollup) {
+            if calls == 0 && talk == 0 {
+                continue;
+            }
+            let current = match snap.get(Table::Rollup, &key)? {
+                // A damaged counter must not block every later write: start it again.
+                Some(value) => codec::decode_counts(&value).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "resetting an unreadable rollup counter");
+                    Counts::default()
+                }),
+                None => Counts::default(),
+            };
+            let next = Counts {
+                calls: current.calls.saturating_add_signed(calls),
+                talk_ms: current.talk_ms.saturating_add_signed(talk),
+            };
+            if next.calls == 0 {
+                self.batch.delete(Table::Rollup, key.to_vec());
+            } else {
+                self.batch
+                    .put(Table::Rollup, key.to_vec(), codec::encode_counts(next));
+            }
+        }
+        Ok(self.batch)
+    }
+}
