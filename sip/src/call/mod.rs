@@ -27,10 +27,14 @@ pub use tracker::{
 pub struct SipEvent {
     /// When sipedge received the message: every CDR time comes from here.
     pub at: UnixMs,
-    /// How the terminal reached sipedge, recorded from the initial INVITE into the CDR.
+    /// Whether the terminal sent this message (rather than the Sipserver or sipedge): only
+    /// then do `transport` and `terminal` surely describe the terminal's own hop.
+    pub from_terminal: bool,
+    /// The transport of the hop the message arrived on; the CDR's `transport` comes from the
+    /// first message the terminal sent in the call (the initial INVITE when it called).
     pub transport: Transport,
     /// `ip:port` of the terminal side of the relay (the source when the terminal sent the
-    /// message, the destination otherwise), recorded from the initial INVITE into the CDR.
+    /// message, the destination otherwise); the CDR's `terminal`, like `transport`.
     pub terminal: String,
     /// Request or response, with what only that kind has.
     pub kind: SipKind,

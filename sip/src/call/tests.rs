@@ -41,6 +41,7 @@ enum Side {
 fn invite(t: f64) -> SipEvent {
     SipEvent {
         at: ms(t),
+        from_terminal: true,
         transport: Transport::Udp,
         terminal: TERMINAL.into(),
         kind: SipKind::Request {
@@ -71,6 +72,7 @@ fn req(t: f64, method: Method, side: Side) -> SipEvent {
         from_tag
     };
     SipEvent {
+        from_terminal: side == Side::Caller,
         kind: SipKind::Request {
             method,
             request_uri: to_uri.into(),
@@ -89,6 +91,7 @@ fn req(t: f64, method: Method, side: Side) -> SipEvent {
 fn resp(t: f64, status: u16, request: &SipEvent) -> SipEvent {
     SipEvent {
         at: ms(t),
+        from_terminal: !request.from_terminal,
         kind: SipKind::Response { status },
         to_tag: request.to_tag.clone().or(Some("b1".into())),
         sdp_video: None,
@@ -796,6 +799,35 @@ fn outcomes() {
             })],
         },
         Case {
+            name: "the Sipserver calls a TCP terminal: its first response tells how it is reached",
+            events: vec![
+                SipEvent {
+                    from_terminal: false,
+                    terminal: "198.51.100.9:5070".into(),
+                    ..inv.clone()
+                },
+                SipEvent {
+                    from_terminal: true,
+                    transport: Transport::Tcp,
+                    terminal: "198.51.100.9:40123".into(),
+                    ..resp(0.05, 100, &inv).no_to_tag()
+                },
+                SipEvent {
+                    from_terminal: true,
+                    transport: Transport::Udp,
+                    terminal: "192.0.2.99:5060".into(),
+                    ..resp(1.0, 180, &inv)
+                },
+                resp(5.0, 200, &inv),
+                req(65.0, Method::Bye, Side::Caller),
+            ],
+            tick: None,
+            want: vec![cdr(|c| {
+                c.transport = Transport::Tcp;
+                c.terminal = "198.51.100.9:40123".into();
+            })],
+        },
+        Case {
             name: "two calls interleaved keep apart",
             events: vec![
                 inv.clone(),
@@ -977,6 +1009,7 @@ fn kinds(outputs: &[Output]) -> Vec<&'static str> {
             Output::Answered(_) => "answered",
             Output::Ended(_) => "ended",
             Output::Changed(_) => "changed",
+            Output::Event(..) => "event",
         })
         .collect()
 }
@@ -1004,9 +1037,15 @@ fn live_events_come_once_each_and_retransmissions_emit_nothing() {
             vec![],
         ),
     ];
+    let id = CdrId::new(ms(0.0), NODE, CALL_ID);
     for (i, (ev, want)) in steps.into_iter().enumerate() {
-        let out = t.on_event(ev);
+        let out = t.on_event(ev.clone());
         assert_eq!(kinds(&out), want, "step {i}");
+        assert_eq!(
+            t.call_of(&ev),
+            Some(id),
+            "step {i}: the message belongs to the call's log"
+        );
         for o in &out {
             let state = match o {
                 Output::Started(l) => Some((l.state, LiveState::Trying)),
@@ -1021,10 +1060,21 @@ fn live_events_come_once_each_and_retransmissions_emit_nothing() {
     }
     assert!(t.is_empty());
     assert_eq!(t.stats().ignored, 2, "the BYE retransmission and its 200");
+    let stranger = SipEvent {
+        call_id: "other".into(),
+        ..invite(70.0)
+    };
+    assert_eq!(t.call_of(&stranger), None);
+    t.tick(ms(65.0 + 32.0));
+    assert_eq!(
+        t.call_of(&resp(98.0, 200, &req(65.0, Method::Bye, Side::Caller))),
+        None,
+        "an ended call is forgotten after 64×T1"
+    );
 }
 
 /// Feeds `events` to a tracker, restarts after `split` of them from the snapshots the first
-/// one emitted (through JSON, as the store would keep them), and feeds the rest.
+/// one emitted (encoded, as the store keeps them), and feeds the rest.
 fn run_with_restart(events: Vec<SipEvent>, split: usize, tick: Option<f64>) -> Vec<Cdr> {
     let mut first = tracker();
     let mut snapshots = std::collections::HashMap::new();
@@ -1058,6 +1108,24 @@ fn run_with_restart(events: Vec<SipEvent>, split: usize, tick: Option<f64>) -> V
     before.sort_by_key(|l| l.id);
     assert_eq!(live, before);
     run(&mut second, events.collect(), tick)
+}
+
+#[test]
+fn snapshots_of_another_version_or_damaged_are_refused() {
+    let mut t = tracker();
+    let Some(Output::Changed(snapshot)) = t.on_event(invite(0.0)).pop() else {
+        panic!("a first INVITE emits its snapshot last");
+    };
+    let good = snapshot.encode();
+    let decoded = CallSnapshot::decode(&good).expect("a snapshot decodes");
+    assert_eq!(decoded.encode(), good);
+    assert_eq!(decoded.live(NODE), snapshot.live(NODE));
+    let mut other_version = good.clone();
+    other_version[0] = 2;
+    let cut = &good[..good.len() / 2];
+    for bad in [&other_version[..], cut, b"", b"\x01{}", b"\x01\xff\xfe"] {
+        assert_eq!(CallSnapshot::decode(bad), None, "{bad:?}");
+    }
 }
 
 #[test]
@@ -1154,7 +1222,11 @@ fn timers_fire_at_their_deadline_not_before() {
             "{name}"
         );
         assert_eq!(t.len(), 1, "{name}");
-        assert_eq!(kinds(&t.tick(ms(deadline))), vec!["ended"], "{name}");
+        assert_eq!(
+            kinds(&t.tick(ms(deadline))),
+            vec!["event", "ended"],
+            "{name}"
+        );
         assert!(t.is_empty(), "{name}");
     }
 }

@@ -43,6 +43,9 @@ const SEEN_LEN: usize = 16;
 /// How many forked branches' early SDP answers are remembered.
 const MAX_BRANCHES: usize = 8;
 
+/// Version of [`CallSnapshot::encode`]'s layout.
+const SNAPSHOT_VERSION: u8 = 1;
+
 /// Default cap on tracked calls: far above a node's concurrent calls (and 110 new calls a
 /// second for all of Timer C), while a flood of INVITEs costs at most a few kilobytes each
 /// (about one for real calls, more only with every field at its cap).
@@ -62,6 +65,8 @@ pub enum Output {
     Ended(Cdr),
     /// The call's state changed: store it as a call in progress so that it can be resumed.
     Changed(CallSnapshot),
+    /// Something sipedge itself decided about the call, for the call's log.
+    Event(CdrId, &'static str),
 }
 
 /// Where a live call stands.
@@ -233,6 +238,10 @@ pub struct CallSnapshot {
     transport: Transport,
     /// CDR `terminal`, from the first INVITE.
     terminal: String,
+    /// Whether `transport` and `terminal` come from a message the terminal sent. When the
+    /// Sipserver calls the terminal, the INVITE arrives on the upstream hop; the terminal's
+    /// first response then tells how the terminal talks to sipedge.
+    terminal_heard: bool,
     /// CDR `start_time`.
     start_time: UnixMs,
     /// CDR `ring_time`.
@@ -268,6 +277,25 @@ impl CallSnapshot {
         self.id
     }
 
+    /// The bytes the store keeps for a call in progress: a version byte, then JSON (small
+    /// next to the call's log, and readable when debugging a resume).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![SNAPSHOT_VERSION];
+        // Serialising plain fields and enums into a Vec cannot fail.
+        if serde_json::to_writer(&mut out, self).is_err() {
+            out.truncate(1);
+        }
+        out
+    }
+
+    /// Reads what [`CallSnapshot::encode`] wrote; `None` for another version or damage.
+    pub fn decode(bytes: &[u8]) -> Option<CallSnapshot> {
+        match bytes.split_first() {
+            Some((&SNAPSHOT_VERSION, json)) => serde_json::from_slice(json).ok(),
+            _ => None,
+        }
+    }
+
     fn connected(&self) -> bool {
         matches!(self.phase, Phase::Connected { .. })
     }
@@ -281,6 +309,20 @@ impl CallSnapshot {
             Phase::Connected { .. } => (self.last_refresh, call_timeout_ms),
         };
         UnixMs(from.0.saturating_add(wait))
+    }
+
+    /// Why the call ended when its deadline passed, for its log.
+    fn expiry_reason(&self) -> &'static str {
+        match self.phase {
+            Phase::Setup => "no final response within Timer C (3 min): closed as no_answer",
+            Phase::Challenged { .. } => {
+                "no new INVITE within Timer C (3 min) after the challenge: closed as failed"
+            }
+            Phase::Cancelling { .. } => {
+                "no final response within 32 s of the CANCEL: closed as cancelled"
+            }
+            Phase::Connected { .. } => "no BYE within sip.call_timeout: closed as timeout",
+        }
     }
 
     /// How the call ends when its deadline passes.
@@ -299,7 +341,8 @@ impl CallSnapshot {
         }
     }
 
-    fn live(&self, node: &str) -> LiveCall {
+    /// The call as the live view shows it.
+    pub fn live(&self, node: &str) -> LiveCall {
         let state = if self.connected() {
             LiveState::Connected
         } else if self.ring_time.is_some() {
@@ -751,6 +794,17 @@ fn user_part(uri: &str) -> Option<&str> {
     (!user.is_empty()).then_some(user)
 }
 
+/// An ended call, remembered for [`LINGER_MS`].
+#[derive(Debug, Clone, Copy)]
+struct Recent {
+    /// Its CDR id, for [`Tracker::call_of`].
+    id: CdrId,
+    /// CSeq of its last INVITE: only a higher one starts a new call under the same key.
+    invite_cseq: u32,
+    /// When it is forgotten.
+    until: UnixMs,
+}
+
 /// The call tracking state machine. Feed it every relayed message with [`Tracker::on_event`]
 /// and the time every second with [`Tracker::tick`]; act on the [`Output`]s it returns.
 #[derive(Debug)]
@@ -767,9 +821,10 @@ pub struct Tracker {
     timers: BTreeMap<(UnixMs, u64), CallKey>,
     /// Calls not connected by (start, seq): who is evicted first when the cap is hit.
     unanswered: BTreeMap<(UnixMs, u64), CallKey>,
-    /// Keys of recently ended calls with their last INVITE CSeq and when they are forgotten:
-    /// a late INVITE retransmission must not start a second record.
-    recent: HashMap<CallKey, (u32, UnixMs)>,
+    /// Recently ended calls: a late INVITE retransmission must not start a second record,
+    /// and the messages that follow the end (the 200 to the BYE, the ACK of a 486) still
+    /// belong to the call's log.
+    recent: HashMap<CallKey, Recent>,
     /// `recent` in the order it expires.
     recent_order: VecDeque<(UnixMs, CallKey)>,
     /// Next index position to hand out.
@@ -829,6 +884,26 @@ impl Tracker {
         self.calls.values().map(|c| c.live(&self.node))
     }
 
+    /// The call a message belongs to, in progress or ended less than 64×T1 ago: where its
+    /// log entry goes. Call it after [`Tracker::on_event`], so that a first INVITE has its call.
+    pub fn call_of(&self, ev: &SipEvent) -> Option<CdrId> {
+        let from_tag = ev.from_tag.clone().unwrap_or_default();
+        let tags = std::iter::once(from_tag).chain(ev.to_tag.clone());
+        for tag in tags {
+            let key = CallKey {
+                call_id: ev.call_id.clone(),
+                from_tag: tag,
+            };
+            if let Some(call) = self.calls.get(&key) {
+                return Some(call.id);
+            }
+            if let Some(recent) = self.recent.get(&key) {
+                return Some(recent.id);
+            }
+        }
+        None
+    }
+
     /// Takes one relayed message into account.
     pub fn on_event(&mut self, ev: SipEvent) -> Vec<Output> {
         let from_tag = ev.from_tag.as_deref().unwrap_or_default();
@@ -876,7 +951,7 @@ impl Tracker {
             self.stats.ignored += 1;
             return Vec::new();
         };
-        let effect = match &ev.kind {
+        let mut effect = match &ev.kind {
             SipKind::Request { method, .. } if *method == ev.cseq_method => {
                 call.on_request(by_caller, *method, &ev)
             }
@@ -888,6 +963,12 @@ impl Tracker {
                 Effect::default()
             }
         };
+        if ev.from_terminal && !call.terminal_heard {
+            call.transport = ev.transport;
+            call.terminal = bounded(&ev.terminal, MAX_TERMINAL_LEN);
+            call.terminal_heard = true;
+            effect.changed = true;
+        }
         let mut out = Vec::new();
         self.apply(call, effect, ev.at, &mut out);
         out
@@ -904,6 +985,7 @@ impl Tracker {
             match self.take(&key) {
                 Some(call) => {
                     let end = call.expiry(deadline);
+                    out.push(Output::Event(call.id, call.expiry_reason()));
                     self.close(call, end, now, &mut out);
                 }
                 // Unreachable while `put`/`take` keep the indexes in step; never loop on it.
@@ -922,8 +1004,8 @@ impl Tracker {
     }
 
     fn start(&mut self, key: CallKey, ev: SipEvent) -> Vec<Output> {
-        if let Some(&(cseq, _)) = self.recent.get(&key)
-            && ev.cseq <= cseq
+        if let Some(recent) = self.recent.get(&key)
+            && ev.cseq <= recent.invite_cseq
         {
             // A late retransmission of an ended call's INVITE.
             self.stats.ignored += 1;
@@ -958,6 +1040,7 @@ impl Tracker {
             called_uri: bounded(called_uri, MAX_URI_LEN),
             transport: ev.transport,
             terminal: bounded(&ev.terminal, MAX_TERMINAL_LEN),
+            terminal_heard: ev.from_terminal,
             start_time: ev.at,
             ring_time: None,
             answer_time: None,
@@ -995,6 +1078,10 @@ impl Tracker {
             return false;
         };
         self.stats.evicted += 1;
+        out.push(Output::Event(
+            call.id,
+            "call table full: closed as no_answer to make room for a new call",
+        ));
         let end = Ending::new(Disposition::NoAnswer, EndedBy::Sipedge, None, now);
         self.close(call, end, now, out);
         true
@@ -1020,8 +1107,12 @@ impl Tracker {
     fn close(&mut self, call: CallSnapshot, end: Ending, now: UnixMs, out: &mut Vec<Output>) {
         out.push(Output::Ended(call.cdr(&self.node, end)));
         let until = UnixMs(now.0.saturating_add(LINGER_MS));
-        self.recent
-            .insert(call.key.clone(), (call.invite_cseq, until));
+        let recent = Recent {
+            id: call.id,
+            invite_cseq: call.invite_cseq,
+            until,
+        };
+        self.recent.insert(call.key.clone(), recent);
         self.recent_order.push_back((until, call.key));
         while self.recent_order.len() > self.max_calls {
             self.forget_oldest_recent();
@@ -1030,7 +1121,7 @@ impl Tracker {
 
     fn forget_oldest_recent(&mut self) {
         if let Some((until, key)) = self.recent_order.pop_front()
-            && self.recent.get(&key).is_some_and(|&(_, u)| u == until)
+            && self.recent.get(&key).is_some_and(|r| r.until == until)
         {
             self.recent.remove(&key);
         }
