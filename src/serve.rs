@@ -56,8 +56,8 @@ pub fn main(config_path: &Path) -> ExitCode {
 }
 
 fn fail(err: &StartError) -> ExitCode {
-    tracing::error!("{err}");
-    // Also on plain stderr: the logger may be filtered, and this line must reach the operator.
+    // Plain stderr, not the logger: this one line must reach the operator whatever the
+    // configured level or format.
     eprintln!("sipedge: {err}");
     ExitCode::from(EXIT_CONFIG)
 }

@@ -458,4 +458,57 @@ mod tests {
             }
         }
     }
+
+    #[tokio::test]
+    async fn a_node_that_cannot_serve_answers_503() {
+        use tower::ServiceExt;
+        let health = Health::default();
+        let state = Arc::new(AccountState {
+            config: AccountConfig {
+                listen: default_listen(),
+                appids: vec!["a".to_owned()],
+                account: "sipserver".to_owned(),
+                max_clock_skew: default_skew(),
+            },
+            timezone: chrono_tz::Asia::Shanghai,
+            node: "n1".to_owned(),
+            health: health.clone(),
+        });
+        let call = |path: &'static str, method: &'static str| {
+            let mut request = axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Body::from("{}"))
+                .unwrap();
+            request
+                .extensions_mut()
+                .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 9))));
+            router(state.clone()).oneshot(request)
+        };
+        let up = call("/AgoraAccount", "POST").await.unwrap();
+        assert_eq!(up.status(), StatusCode::BAD_REQUEST);
+
+        health.set_down_reasons(vec![
+            "upstream 10.0.0.5:14500 does not answer OPTIONS".to_owned(),
+        ]);
+        let down = call("/AgoraAccount", "POST").await.unwrap();
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(down.into_body(), 4096).await.unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("does not answer OPTIONS"),
+            "{v}"
+        );
+        let health_page = call("/healthz", "GET").await.unwrap();
+        assert_eq!(health_page.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+        health.set_down_reasons(Vec::new());
+        assert_eq!(
+            call("/healthz", "GET").await.unwrap().status(),
+            StatusCode::OK
+        );
+    }
 }

@@ -157,7 +157,7 @@ impl FlowKey {
     /// The flow a token names, if the token is well formed and was made with this key.
     pub fn decode(&self, token: &[u8]) -> Option<Flow> {
         let mut raw = [0u8; 1 + 2 + 16 + 2 + 8 + MAC_LEN];
-        if token.len() % 2 != 0 || token.len() / 2 > raw.len() {
+        if !token.len().is_multiple_of(2) || token.len() / 2 > raw.len() {
             return None;
         }
         let len = token.len() / 2;

@@ -609,3 +609,627 @@ fn parse_ip(host: &[u8]) -> Option<IpAddr> {
         .unwrap_or(s);
     s.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TERMINAL: &str = "203.0.113.7:40000";
+    const UPSTREAM: &str = "10.0.0.5:14501";
+
+    fn relay() -> Relay {
+        Relay {
+            key: FlowKey::from_bytes(&[7; 32]).unwrap(),
+            advertise_host: b"192.0.2.10".to_vec(),
+            own_hosts: vec![b"sipedge.example".to_vec()],
+            ports: "14500-14509".parse().unwrap(),
+            upstream_ip: "10.0.0.5".parse().unwrap(),
+            upstream_port: None,
+            max_message_bytes: 2000,
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    fn udp_from(src: &str, side: Side) -> Arrival {
+        Arrival {
+            transport: Transport::Udp,
+            local_port: 14501,
+            src: src.parse().unwrap(),
+            conn: 0,
+            side,
+        }
+    }
+
+    fn terminal() -> Arrival {
+        udp_from(TERMINAL, Side::Terminal)
+    }
+
+    fn upstream() -> Arrival {
+        udp_from(UPSTREAM, Side::Upstream)
+    }
+
+    fn terminal_flow() -> Flow {
+        Flow {
+            transport: Transport::Udp,
+            local_port: 14501,
+            remote: TERMINAL.parse().unwrap(),
+            conn: 0,
+        }
+    }
+
+    fn token(flow: &Flow) -> String {
+        let mut out = Vec::new();
+        relay().key.encode(flow, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// A request with `extra` header lines; `{ms}` stands for the Max-Forwards line.
+    fn request(first: &str, method: &str, extra: &str) -> String {
+        format!(
+            "{first}\r\nVia: SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bKabc;rport\r\n\
+             From: <sip:alice@bank>;tag=a1\r\nTo: <sip:bob@bank>\r\nCall-ID: c1@x\r\n\
+             CSeq: 1 {method}\r\n{extra}Content-Length: 0\r\n\r\n"
+        )
+    }
+
+    fn invite(extra: &str) -> String {
+        request("INVITE sip:bob@10.0.0.5 SIP/2.0", "INVITE", extra)
+    }
+
+    /// Runs one message through the relay: the decision must match and the output must hold
+    /// every `present` string and none of the `absent` ones.
+    fn check(arrival: Arrival, input: &str, expected: Decision, present: &[&str], absent: &[&str]) {
+        let r = relay();
+        let mut out = Vec::new();
+        let got = r.handle(&arrival, input.as_bytes(), &mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(got, expected, "input:\n{input}\noutput:\n{text}");
+        for p in present {
+            assert!(text.contains(p), "missing {p:?} in:\n{text}");
+        }
+        for a in absent {
+            assert!(!text.contains(a), "unexpected {a:?} in:\n{text}");
+        }
+    }
+
+    fn to_upstream(transport: Transport) -> Decision {
+        Decision::Forward {
+            target: Target::Upstream {
+                transport,
+                local_port: 14501,
+            },
+            direction: Direction::ToUpstream,
+        }
+    }
+
+    #[test]
+    fn requests_from_terminals_go_upstream() {
+        let rr = format!(
+            "Record-Route: <sip:{}@192.0.2.10:14501;lr>\r\n",
+            token(&terminal_flow())
+        );
+        check(
+            terminal(),
+            &invite("Max-Forwards: 70\r\n"),
+            to_upstream(Transport::Udp),
+            &[
+                "INVITE sip:bob@10.0.0.5 SIP/2.0\r\n",
+                "Via: SIP/2.0/UDP 192.0.2.10:14501;branch=z9hG4bKsE",
+                "branch=z9hG4bKabc;rport=40000;received=203.0.113.7\r\n",
+                "Max-Forwards: 69\r\n",
+                &rr,
+            ],
+            &["Max-Forwards: 70"],
+        );
+        // No Max-Forwards: one is added (RFC 3261 §16.6 step 3).
+        check(
+            terminal(),
+            &invite(""),
+            to_upstream(Transport::Udp),
+            &["Max-Forwards: 69\r\n"],
+            &[],
+        );
+        // Routes not naming sipedge stay; one naming sipedge is removed.
+        check(
+            terminal(),
+            &invite("Route: <sip:192.0.2.10:14501;lr>, <sip:evil.example;lr>\r\n"),
+            to_upstream(Transport::Udp),
+            &["Route: <sip:evil.example;lr>\r\n"],
+            &["<sip:192.0.2.10:14501;lr>"],
+        );
+        check(
+            terminal(),
+            &invite("Route: <sip:6.6.6.6;lr>\r\n"),
+            to_upstream(Transport::Udp),
+            &["Route: <sip:6.6.6.6;lr>\r\n"],
+            &[],
+        );
+        // In-dialog requests get no Record-Route; REGISTER gets Path.
+        check(
+            terminal(),
+            &request("BYE sip:bob@10.0.0.5 SIP/2.0", "BYE", "")
+                .replace("To: <sip:bob@bank>", "To: <sip:bob@bank>;tag=b1"),
+            to_upstream(Transport::Udp),
+            &["BYE sip:bob@10.0.0.5 SIP/2.0\r\n"],
+            &["Record-Route", "Path"],
+        );
+        let path = format!(
+            "Path: <sip:{}@192.0.2.10:14501;lr>\r\n",
+            token(&terminal_flow())
+        );
+        check(
+            terminal(),
+            &request("REGISTER sip:bank SIP/2.0", "REGISTER", ""),
+            to_upstream(Transport::Udp),
+            &[&path],
+            &["Record-Route"],
+        );
+        // A token a terminal presents does not send its request anywhere but upstream.
+        let other = Flow {
+            remote: "198.51.100.1:5060".parse().unwrap(),
+            ..terminal_flow()
+        };
+        check(
+            terminal(),
+            &invite(&format!(
+                "Route: <sip:{}@192.0.2.10:14501;lr>\r\n",
+                token(&other)
+            )),
+            to_upstream(Transport::Udp),
+            &[],
+            &[&token(&other)],
+        );
+    }
+
+    #[test]
+    fn branches_match_for_retransmissions_and_cancel() {
+        let r = relay();
+        let branch = |input: &str| {
+            let mut out = Vec::new();
+            r.handle(&terminal(), input.as_bytes(), &mut out);
+            let text = String::from_utf8(out).unwrap();
+            let start = text.find(";branch=z9hG4bKsE").unwrap();
+            text[start..start + 50].to_owned()
+        };
+        let inv = invite("");
+        let cancel = request("CANCEL sip:bob@10.0.0.5 SIP/2.0", "CANCEL", "");
+        let other = inv.replace("z9hG4bKabc", "z9hG4bKabd");
+        assert_eq!(branch(&inv), branch(&inv));
+        assert_eq!(branch(&inv), branch(&cancel));
+        assert_ne!(branch(&inv), branch(&other));
+        // RFC 2543 clients: the transaction's fields decide.
+        let old = inv.replace(";branch=z9hG4bKabc", "");
+        let old_cancel = cancel.replace(";branch=z9hG4bKabc", "");
+        assert_eq!(branch(&old), branch(&old_cancel));
+        assert_ne!(branch(&old), branch(&old.replace("c1@x", "c2@x")));
+    }
+
+    #[test]
+    fn stateless_replies() {
+        let reply = |status| Decision::Reply {
+            direction: Direction::ToTerminal,
+            status,
+        };
+        check(
+            terminal(),
+            &invite("Max-Forwards: 0\r\n"),
+            reply(483),
+            &[
+                "SIP/2.0 483 Too Many Hops\r\n",
+                "Via: SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bKabc;rport;received=203.0.113.7;rport=40000\r\n",
+                "To: <sip:bob@bank>;tag=",
+                "Call-ID: c1@x\r\nCSeq: 1 INVITE\r\n",
+                "Content-Length: 0\r\n\r\n",
+            ],
+            &[],
+        );
+        check(
+            terminal(),
+            &request(
+                "OPTIONS sip:bob@10.0.0.5 SIP/2.0",
+                "OPTIONS",
+                "Max-Forwards: 0\r\n",
+            ),
+            reply(200),
+            &["SIP/2.0 200 OK\r\n", "CSeq: 1 OPTIONS\r\n"],
+            &[],
+        );
+        check(
+            terminal(),
+            &request("OPTIONS sip:192.0.2.10:14501 SIP/2.0", "OPTIONS", ""),
+            reply(200),
+            &["SIP/2.0 200 OK\r\n"],
+            &[],
+        );
+        check(
+            terminal(),
+            &request("ACK sip:bob@10.0.0.5 SIP/2.0", "ACK", "Max-Forwards: 0\r\n"),
+            Decision::Drop(DropReason::Unroutable),
+            &[],
+            &[],
+        );
+        // Everything a reply needs is there, something else is wrong: 400.
+        check(
+            terminal(),
+            &invite("Max-Forwards: many\r\n"),
+            reply(400),
+            &["SIP/2.0 400 Bad Request (Max-Forwards"],
+            &[],
+        );
+        check(
+            terminal(),
+            &invite("").replace("CSeq: 1 INVITE", "CSeq: 1 BYE"),
+            reply(400),
+            &["SIP/2.0 400 Bad Request ("],
+            &[],
+        );
+        // Over max_message_bytes: 413.
+        check(
+            terminal(),
+            &invite(&format!("X-Pad: {}\r\n", "a".repeat(2000))),
+            reply(413),
+            &["SIP/2.0 413 Request Entity Too Large\r\n"],
+            &[],
+        );
+        // A To tag is kept when present.
+        check(
+            terminal(),
+            &invite("Max-Forwards: 0\r\n")
+                .replace("To: <sip:bob@bank>", "To: <sip:bob@bank>;tag=zz"),
+            reply(483),
+            &["To: <sip:bob@bank>;tag=zz\r\n"],
+            &[";tag=zz;tag="],
+        );
+    }
+
+    #[test]
+    fn hostile_inputs_are_dropped() {
+        let unparseable = Decision::Drop(DropReason::Unparseable);
+        for input in [
+            "",
+            "\r\n\r\n",
+            "hello",
+            "INVITE\r\n\r\n",
+            "\u{0}\u{1}\u{2}garbage\r\n\r\n",
+            // No Call-ID: a reply cannot be built.
+            "INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCSeq: 1 INVITE\r\n\r\n",
+            "SIP/2.0 200 OK\r\nVia: broken\r\n\r\n",
+        ] {
+            check(terminal(), input, unparseable, &[], &[]);
+        }
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+        let mut out = Vec::new();
+        assert!(matches!(
+            relay().handle(&terminal(), &bytes, &mut out),
+            Decision::Drop(_)
+        ));
+    }
+
+    fn response(vias: &str) -> String {
+        format!(
+            "SIP/2.0 200 OK\r\n{vias}From: <sip:alice@bank>;tag=a1\r\nTo: <sip:bob@bank>;tag=b1\r\n\
+             Call-ID: c1@x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        )
+    }
+
+    #[test]
+    fn responses_follow_the_via_path() {
+        let ours = "Via: SIP/2.0/UDP 192.0.2.10:14501;branch=z9hG4bKsE0123\r\n";
+        check(
+            upstream(),
+            &response(&format!(
+                "{ours}Via: SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bKabc;rport=40000;received=203.0.113.7\r\n"
+            )),
+            Decision::Forward {
+                target: Target::Address(terminal_flow()),
+                direction: Direction::ToTerminal,
+            },
+            &["SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bKabc;"],
+            &["192.0.2.10"],
+        );
+        // Without received/rport: sent-by; TCP Via keeps TCP.
+        check(
+            upstream(),
+            &response(&format!(
+                "{ours}Via: SIP/2.0/TCP 198.51.100.4;branch=z9hG4bKx\r\n"
+            )),
+            Decision::Forward {
+                target: Target::Address(Flow {
+                    transport: Transport::Tcp,
+                    local_port: 14501,
+                    remote: "198.51.100.4:5060".parse().unwrap(),
+                    conn: 0,
+                }),
+                direction: Direction::ToTerminal,
+            },
+            &[],
+            &[],
+        );
+        // Towards the upstream (a terminal answering the Sipserver's request).
+        check(
+            terminal(),
+            &response(&format!(
+                "{ours}Via: SIP/2.0/UDP 10.0.0.5:14501;branch=z9hG4bKup\r\n"
+            )),
+            Decision::Forward {
+                target: Target::Address(Flow {
+                    remote: UPSTREAM.parse().unwrap(),
+                    ..terminal_flow()
+                }),
+                direction: Direction::ToUpstream,
+            },
+            &[],
+            &[],
+        );
+        let unroutable = Decision::Drop(DropReason::Unroutable);
+        // Not ours: wrong host, port outside the range, or a branch sipedge did not write.
+        for top in [
+            "Via: SIP/2.0/UDP 192.0.2.11:14501;branch=z9hG4bKsE0123\r\n",
+            "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKsE0123\r\n",
+            "Via: SIP/2.0/UDP 192.0.2.10:14501;branch=z9hG4bKabc\r\n",
+        ] {
+            check(
+                upstream(),
+                &response(&format!(
+                    "{top}Via: SIP/2.0/UDP 192.168.1.20;branch=z9hG4bKabc\r\n"
+                )),
+                unroutable,
+                &[],
+                &[],
+            );
+        }
+        // Ours but nothing below it, or a host name / unsupported transport below it.
+        check(upstream(), &response(ours), unroutable, &[], &[]);
+        check(
+            upstream(),
+            &response(&format!(
+                "{ours}Via: SIP/2.0/UDP phone.example;branch=z9hG4bKabc\r\n"
+            )),
+            unroutable,
+            &[],
+            &[],
+        );
+        check(
+            upstream(),
+            &response(&format!(
+                "{ours}Via: SIP/2.0/SCTP 192.168.1.20;branch=z9hG4bKabc\r\n"
+            )),
+            unroutable,
+            &[],
+            &[],
+        );
+    }
+
+    fn from_upstream(first: &str, extra: &str) -> String {
+        format!(
+            "{first}\r\nVia: SIP/2.0/UDP 10.0.0.5:14501;branch=z9hG4bKup1\r\n\
+             From: <sip:bob@bank>;tag=b1\r\nTo: <sip:alice@bank>;tag=a1\r\nCall-ID: c1@x\r\n\
+             CSeq: 2 BYE\r\n{extra}Content-Length: 0\r\n\r\n"
+        )
+    }
+
+    #[test]
+    fn requests_from_upstream_follow_the_flow_token() {
+        let flow = terminal_flow();
+        let bye = |route: &str| {
+            from_upstream(
+                "BYE sip:alice@192.168.1.20:5060 SIP/2.0",
+                &format!("Route: {route}\r\n"),
+            )
+        };
+        let to_flow = |f| Decision::Forward {
+            target: Target::Flow(f),
+            direction: Direction::ToTerminal,
+        };
+        let to_contact = Decision::Forward {
+            target: Target::Address(Flow {
+                remote: "192.168.1.20:5060".parse().unwrap(),
+                ..terminal_flow()
+            }),
+            direction: Direction::ToTerminal,
+        };
+        let good = token(&flow);
+        check(
+            upstream(),
+            &bye(&format!("<sip:{good}@192.0.2.10:14501;lr>")),
+            to_flow(flow),
+            &[
+                "BYE sip:alice@192.168.1.20:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:14501;branch=z9hG4bKsE",
+                "branch=z9hG4bKup1;received=10.0.0.5;rport=14501\r\n",
+            ],
+            &["\nRoute:"],
+        );
+        // Host spelled as the bound name, and a TCP flow.
+        let tcp = Flow {
+            transport: Transport::Tcp,
+            conn: 9,
+            ..flow
+        };
+        check(
+            upstream(),
+            &bye(&format!(
+                "<sip:{}@SIPEDGE.example:14501;transport=tcp;lr>",
+                token(&tcp)
+            )),
+            to_flow(tcp),
+            &["Via: SIP/2.0/TCP 192.0.2.10:14501;"],
+            &[],
+        );
+        // Forged, tampered or foreign-host tokens are not followed: the Request-URI decides.
+        let mut tampered = good.clone().into_bytes();
+        tampered[8] = if tampered[8] == b'0' { b'1' } else { b'0' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        let forged_flow = Flow {
+            remote: "6.6.6.6:5060".parse().unwrap(),
+            ..flow
+        };
+        let mut forged = Vec::new();
+        FlowKey::from_bytes(&[9; 32])
+            .unwrap()
+            .encode(&forged_flow, &mut forged);
+        let forged = String::from_utf8(forged).unwrap();
+        for route in [
+            format!("<sip:{tampered}@192.0.2.10:14501;lr>"),
+            format!("<sip:{forged}@192.0.2.10:14501;lr>"),
+            format!("<sip:{}@192.0.2.10:14501;lr>", &good[..20]),
+            "<sip:alice@192.0.2.10:14501;lr>".to_owned(),
+        ] {
+            check(upstream(), &bye(&route), to_contact, &[], &["\nRoute:"]);
+        }
+        // A token on a Route naming someone else is not ours to follow; that Route stays.
+        check(
+            upstream(),
+            &bye(&format!("<sip:{good}@192.0.2.99:14501;lr>")),
+            Decision::Forward {
+                target: Target::Address(Flow {
+                    remote: "192.0.2.99:14501".parse().unwrap(),
+                    ..terminal_flow()
+                }),
+                direction: Direction::ToTerminal,
+            },
+            &["Route: <sip:"],
+            &[],
+        );
+        // No token, no route: the Request-URI's address (transport from its parameter).
+        check(
+            upstream(),
+            &from_upstream("BYE sip:alice@192.168.1.20:5070;transport=tcp SIP/2.0", ""),
+            Decision::Forward {
+                target: Target::Address(Flow {
+                    transport: Transport::Tcp,
+                    local_port: 14501,
+                    remote: "192.168.1.20:5070".parse().unwrap(),
+                    conn: 0,
+                }),
+                direction: Direction::ToTerminal,
+            },
+            &["Via: SIP/2.0/TCP 192.0.2.10:14501;"],
+            &[],
+        );
+        // Nowhere to go: a host name, or sipedge itself without a token.
+        let not_found = Decision::Reply {
+            direction: Direction::ToUpstream,
+            status: 404,
+        };
+        check(
+            upstream(),
+            &from_upstream("BYE sip:alice@phone.example SIP/2.0", ""),
+            not_found,
+            &[],
+            &[],
+        );
+        check(
+            upstream(),
+            &from_upstream("BYE sip:alice@192.0.2.10:14501 SIP/2.0", ""),
+            not_found,
+            &[],
+            &[],
+        );
+    }
+
+    #[test]
+    fn calls_from_upstream_to_a_registered_terminal_get_a_record_route() {
+        let flow = terminal_flow();
+        let invite = format!(
+            "INVITE sip:alice@192.168.1.20:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.5:14501;branch=z9hG4bKup2\r\n\
+             Route: <sip:{}@192.0.2.10:14501;lr>\r\nFrom: <sip:bob@bank>;tag=b1\r\nTo: <sip:alice@bank>\r\n\
+             Call-ID: c2@x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+            token(&flow)
+        );
+        let rr = format!(
+            "Record-Route: <sip:{}@192.0.2.10:14501;lr>\r\n",
+            token(&flow)
+        );
+        check(
+            upstream(),
+            &invite,
+            Decision::Forward {
+                target: Target::Flow(flow),
+                direction: Direction::ToTerminal,
+            },
+            &[&rr],
+            &["\nRoute:"],
+        );
+    }
+
+    #[test]
+    fn ambiguous_tcp_connections_are_told_apart_by_token() {
+        let own = Flow {
+            transport: Transport::Tcp,
+            local_port: 14501,
+            remote: "127.0.0.1:40000".parse().unwrap(),
+            conn: 3,
+        };
+        let other = Flow {
+            conn: 4,
+            remote: "127.0.0.1:40001".parse().unwrap(),
+            ..own
+        };
+        let arrival = Arrival {
+            transport: Transport::Tcp,
+            local_port: 14501,
+            src: own.remote,
+            conn: 3,
+            side: Side::Ambiguous,
+        };
+        let bye = |f: &Flow| {
+            from_upstream(
+                "BYE sip:alice@127.0.0.1:5060 SIP/2.0",
+                &format!(
+                    "Route: <sip:{}@192.0.2.10:14501;transport=tcp;lr>\r\n",
+                    token(f)
+                ),
+            )
+        };
+        check(
+            arrival,
+            &bye(&other),
+            Decision::Forward {
+                target: Target::Flow(other),
+                direction: Direction::ToTerminal,
+            },
+            &[],
+            &[],
+        );
+        check(arrival, &bye(&own), to_upstream(Transport::Tcp), &[], &[]);
+        check(
+            arrival,
+            &invite(""),
+            to_upstream(Transport::Tcp),
+            &["Via: SIP/2.0/TCP 192.0.2.10:14501;"],
+            &[],
+        );
+    }
+
+    #[test]
+    fn counters_follow_decisions() {
+        let r = relay();
+        let mut out = Vec::new();
+        r.handle(&terminal(), invite("").as_bytes(), &mut out);
+        r.handle(&terminal(), b"junk", &mut out);
+        r.handle(
+            &terminal(),
+            invite("Max-Forwards: 0\r\n").as_bytes(),
+            &mut out,
+        );
+        let m = r.metrics.messages();
+        assert!(
+            m.iter().any(|c| c.method == "INVITE"
+                && c.status.is_none()
+                && c.direction == Direction::ToUpstream
+                && c.count == 1),
+            "{m:?}"
+        );
+        assert!(
+            m.iter()
+                .any(|c| c.status == Some(483) && c.direction == Direction::ToTerminal),
+            "{m:?}"
+        );
+        assert_eq!(
+            r.metrics
+                .parse_errors
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+}
