@@ -6,18 +6,24 @@
 //! - [`tracker`]: [`Tracker`], the pure state machine: fed [`SipEvent`]s and the time, it
 //!   returns [`Output`]s; it does no I/O, so that every rule is tested with tables of
 //!   message sequences.
+//! - [`task`]: the tokio task that feeds it the relayed messages and sends what it says to
+//!   the store, the live view and the SSE channel ([`task::spawn`]).
 //!
 //! [`SipEvent`] is the tracker's own small, owned view of one message, so that the tracker
 //! does not depend on the parser: whoever feeds it fills it.
 
 pub mod key;
 pub mod sdp;
+pub mod task;
 pub mod tracker;
 
 use serde::{Deserialize, Serialize};
 use sipedge_store::cdr::{Transport, UnixMs};
 
 pub use key::CallKey;
+pub use task::{
+    CallTracking, LiveCalls, LiveEvent, LiveEventKind, TrackingConfig, TrackingCounters,
+};
 pub use tracker::{
     CallSnapshot, DEFAULT_MAX_CALLS, LiveCall, LiveState, Output, Tracker, TrackerStats,
 };
@@ -86,13 +92,13 @@ pub enum Method {
 
 impl Method {
     /// The method named by a request line or a CSeq header (case-sensitive, RFC 3261 §7.1).
-    pub fn from_name(name: &str) -> Self {
+    pub fn from_bytes(name: &[u8]) -> Self {
         match name {
-            "INVITE" => Method::Invite,
-            "ACK" => Method::Ack,
-            "BYE" => Method::Bye,
-            "CANCEL" => Method::Cancel,
-            "UPDATE" => Method::Update,
+            b"INVITE" => Method::Invite,
+            b"ACK" => Method::Ack,
+            b"BYE" => Method::Bye,
+            b"CANCEL" => Method::Cancel,
+            b"UPDATE" => Method::Update,
             _ => Method::Other,
         }
     }
