@@ -261,7 +261,10 @@ impl Worker {
                 _ = tick.tick() => self.tick(unix_ms(SystemTime::now())),
             }
         }
-        while let Ok(r) = relayed.try_recv() {
+        // What was queued when the stop came, and no more: a relay still running must not
+        // keep the task alive.
+        for _ in 0..relayed.len() {
+            let Ok(r) = relayed.try_recv() else { break };
             self.on_relayed(&r);
         }
     }
