@@ -47,8 +47,8 @@ const MAX_BRANCHES: usize = 8;
 const SNAPSHOT_VERSION: u8 = 1;
 
 /// Default cap on tracked calls: far above a node's concurrent calls (and 110 new calls a
-/// second for all of Timer C), while a flood of INVITEs costs at most a few kilobytes each
-/// (about one for real calls, more only with every field at its cap).
+/// second for all of Timer C), while a flood of INVITEs that fills it costs about 60 MB
+/// (measured: 20,000 ringing calls plus as many recently ended keys).
 pub const DEFAULT_MAX_CALLS: usize = 20_000;
 
 /// What the tracker tells the rest of sipedge.
