@@ -417,6 +417,10 @@ fn stats_have_hourly_buckets_up_to_exactly_one_day_and_add_up() {
     );
     assert!(svg.body.starts_with("<svg ") && svg.body.ends_with("</svg>"));
     assert_eq!(svg.body.matches("<rect x=").count(), 4 * 2 + 2);
+    assert!(svg.body.contains(">video</text>"));
+    let zh = get(&se, &format!("/api/stats.svg?{filtered}&lang=zh"));
+    assert_eq!(zh.status, 200);
+    assert!(zh.body.contains(">视频</text>"), "{}", zh.body);
 }
 
 /// Fields of one RFC 4180 line (the generated data has no line breaks inside fields).
@@ -640,6 +644,8 @@ fn bad_parameters_get_a_400_naming_them() {
         ("/api/stats?end=x", "end"),
         ("/api/stats?cursor=x", "cursor"),
         ("/api/stats.svg?type=fax", "type"),
+        ("/api/stats.svg?lang=fr", "lang"),
+        ("/api/stats?lang=zh", "lang"),
         ("/api/alarms?active=maybe", "active"),
         ("/api/alarms?start=never", "start"),
     ];
