@@ -954,3 +954,36 @@ fn a_bad_password_hash_is_refused_at_start_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("api.users[0].password_hash"), "{err}");
 }
+
+#[test]
+fn a_cursor_stays_valid_across_a_restart() {
+    let cdrs = calls();
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    seed::write(
+        &data,
+        &Seed {
+            cdrs: cdrs.clone(),
+            ..Seed::default()
+        },
+    );
+    let path = home.path().join("sipedge.toml");
+    std::fs::write(
+        &path,
+        config("").replace("{DATA}", &data.display().to_string()),
+    )
+    .unwrap();
+    let mut first = Sipedge::start_file(&path, tempfile::tempdir().unwrap());
+    let page = json(&get(&first, "/api/cdrs?limit=10"));
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let want = json(&get(&first, &format!("/api/cdrs?limit=10&cursor={cursor}")));
+    assert_eq!(first.stop(), Some(0));
+
+    let second = Sipedge::start_file(&path, tempfile::tempdir().unwrap());
+    let reply = get(&second, &format!("/api/cdrs?limit=10&cursor={cursor}"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        ids(json(&reply)["items"].as_array().unwrap()),
+        ids(want["items"].as_array().unwrap())
+    );
+}
