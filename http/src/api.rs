@@ -119,12 +119,15 @@ pub struct ApiState {
     pub node: String,
     /// `node.timezone`: of "today", of bucket edges, of every time shown.
     pub timezone: Tz,
+    /// Shown by `/healthz`, for the F5.
     pub health: Health,
+    /// Every query reads it; cheap to clone into blocking tasks.
     pub store: Store,
     /// Signs paging cursors (see [`load_cursor_key`]).
     pub cursor_key: Vec<u8>,
     /// `api.allow` and `api.users`.
     pub access: Arc<Access>,
+    /// The calls in progress, from call tracking.
     pub live: Arc<dyn LiveSource>,
     /// Where `/api/events` reads from.
     pub events: EventHub,

@@ -24,8 +24,11 @@ const MAX_X_LABELS: usize = 24;
 /// One bar group.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bar {
+    /// The bucket's start, for its x-axis label.
     pub start: UnixMs,
+    /// Talk time of the bucket's audio calls, drawn on the left.
     pub audio_talk_s: f64,
+    /// Talk time of the bucket's video calls, drawn on the right.
     pub video_talk_s: f64,
 }
 
@@ -38,15 +41,20 @@ pub enum Lang {
 
 /// Every word the chart draws, in one language.
 struct Words {
+    /// Title of an hourly chart.
     per_hour: &'static str,
+    /// Title of a daily chart.
     per_day: &'static str,
     /// Between the interval's two ends in the title.
     to: &'static str,
+    /// The x axis's title, hourly and daily.
     hour_axis: &'static str,
     day_axis: &'static str,
+    /// The y axis's title.
     talk_time: &'static str,
     /// Seconds, minutes, hours.
     units: [&'static str; 3],
+    /// The legend.
     audio: &'static str,
     video: &'static str,
 }
@@ -83,11 +91,16 @@ impl Lang {
 /// What the chart shows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chart {
+    /// The queried interval, for the title.
     pub start: UnixMs,
     pub end: UnixMs,
+    /// Hour or day buckets, for the labels' format.
     pub bucket: BucketSize,
+    /// One group of two bars per bucket, in time order.
     pub bars: Vec<Bar>,
+    /// `node.timezone`: labels show local hours and days.
     pub zone: Tz,
+    /// The language of the words.
     pub lang: Lang,
 }
 

@@ -32,7 +32,9 @@ fn seconds(ms: u64) -> f64 {
     ms as f64 / 1000.0
 }
 
-/// A CDR as the JSON API shows it: the §5 names in §5's order, zoned times, seconds.
+/// A CDR as the JSON API shows it: the §5 names in §5's order, zoned times, seconds. Each
+/// field is the [`Cdr`] field of the same name (SPEC §5 says why each exists); times are
+/// RFC 3339 in the node's zone.
 #[derive(Debug, Serialize)]
 pub struct CdrView<'a> {
     id: String,
