@@ -3,6 +3,7 @@
 //! generated list with the store's own definition of a match.
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
+mod common;
 mod support;
 
 use std::collections::HashSet;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Duration as Span, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
+use common::proxy::{Proxy, ProxySpec};
 use serde_json::Value;
 use sipedge_store::{
     Alarm, AlarmId, AlarmKind, CallStatus, CallType, Cdr, CdrFilter, Direction, LogEntry, LogKind,
@@ -986,4 +988,43 @@ fn a_cursor_stays_valid_across_a_restart() {
         ids(json(&reply)["items"].as_array().unwrap()),
         ids(want["items"].as_array().unwrap())
     );
+}
+
+/// The API listener of a proxy started by the SIP harness.
+fn api_of(proxy: &Proxy) -> std::net::SocketAddr {
+    proxy
+        .listeners
+        .iter()
+        .find(|(name, _)| name == "api")
+        .map(|(_, addr)| *addr)
+        .unwrap_or_else(|| panic!("no api listener in {:?}", proxy.listeners))
+}
+
+#[test]
+fn metrics_show_the_relays_counters() {
+    let proxy = Proxy::start(ProxySpec::one_port());
+    let api = api_of(&proxy);
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .send_to(b"this is not SIP\r\n\r\n", proxy.sip_addr())
+        .unwrap();
+    let options = format!(
+        "OPTIONS sip:95566@127.0.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP {0};branch=z9hG4bKm1\r\n\
+         From: <sip:1380@t.example>;tag=1\r\nTo: <sip:95566@127.0.0.2>\r\nCall-ID: m1\r\n\
+         CSeq: 1 OPTIONS\r\nMax-Forwards: 0\r\nContent-Length: 0\r\n\r\n",
+        socket.local_addr().unwrap()
+    );
+    socket
+        .send_to(options.as_bytes(), proxy.sip_addr())
+        .unwrap();
+    let mut text = String::new();
+    let counted = common::wait_until(Duration::from_secs(10), || {
+        text = http(api, "GET", "/metrics", "").body;
+        text.lines()
+            .any(|l| l == "sipedge_sip_parse_errors_total 1")
+            && text
+                .lines()
+                .any(|l| l.starts_with("sipedge_sip_messages_total{method=\"OPTIONS\""))
+    });
+    assert!(counted, "{text}");
 }
