@@ -6,10 +6,14 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use sipedge_http::account::{self, AccountState};
+use sipedge_http::access::Access;
+use sipedge_http::account::{self, AccountMetrics, AccountState};
 use sipedge_http::api::{self, ApiState};
+use sipedge_http::events::EventHub;
 use sipedge_http::health::Health;
 use sipedge_http::server::{self, ServerLimits};
+use sipedge_sip::call::{TrackingConfig, task as tracking_task};
+use sipedge_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +31,13 @@ enum StartError {
     },
     #[error("cannot use the data directory {path}: {source}")]
     DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store in {path}: {source}")]
+    Store { path: String, source: StoreError },
+    #[error("cannot read or make the API cursor key in {path}: {source}")]
+    CursorKey {
         path: String,
         source: std::io::Error,
     },
@@ -87,28 +98,83 @@ async fn run(config: Config) -> Result<(), StartError> {
     prepare_data_dir(&config.node.data_dir)?;
     let account_listener = bind("account responder", config.account.listen).await?;
     let api_listener = bind("CDR API", config.api.listen).await?;
-    // Call tracking takes this receiver; until it does, observations queue and, once the
-    // queue is full, are counted as dropped.
-    let (tracking, _tracking_rx) =
+    let data_dir = config.node.data_dir.display().to_string();
+    let store = Store::open(
+        &config.node.data_dir,
+        config.store.engine,
+        config.store.settings(),
+    )
+    .map_err(|source| StartError::Store {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let cursor_key =
+        api::load_cursor_key(&config.node.data_dir).map_err(|source| StartError::CursorKey {
+            path: data_dir,
+            source,
+        })?;
+    let (relayed_tx, relayed_rx) =
         tokio::sync::mpsc::channel(config.sip.as_ref().map_or(1, |s| s.handoff_queue));
     let sip = match &config.sip {
-        Some(sip) => Some(sipedge_sip::Proxy::bind(sip, &config.node.data_dir, tracking).await?),
+        Some(sip) => Some(sipedge_sip::Proxy::bind(sip, &config.node.data_dir, relayed_tx).await?),
         None => None,
     };
 
     let shutdown = CancellationToken::new();
     crate::shutdown::watch(shutdown.clone()).map_err(StartError::Signals)?;
+    // Tracking ends when the proxy has stopped and dropped its end of the hand-off, so that
+    // every message relayed before the stop still reaches a CDR.
+    let tracking = match &config.sip {
+        Some(sip) => {
+            let settings = TrackingConfig::new(config.node.name.clone(), sip.call_timeout);
+            let (handle, task) =
+                tracking_task::spawn(settings, &store, relayed_rx, std::future::pending())
+                    .map_err(|source| StartError::Store {
+                        path: config.node.data_dir.display().to_string(),
+                        source,
+                    })?;
+            Some((handle, task))
+        }
+        None => None,
+    };
     let health = Health::default();
+    let account_metrics = AccountMetrics::default();
+    let events = EventHub::default();
+    // Streams of /api/events end on stop, so that the API listener can drain.
+    let closing = events.clone();
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.cancelled().await;
+        closing.close();
+    });
 
     let account_router = account::router(Arc::new(AccountState {
         config: config.account.clone(),
         timezone: config.node.timezone.0,
         node: config.node.name.clone(),
         health: health.clone(),
+        metrics: account_metrics.clone(),
     }));
     let api_router = api::router(Arc::new(ApiState {
         node: config.node.name.clone(),
+        timezone: config.node.timezone.0,
         health: health.clone(),
+        store: store.clone(),
+        cursor_key,
+        access: Arc::new(Access::new(config.api.allow.clone(), &config.api.users)),
+        live: match &tracking {
+            Some((handle, _)) => Arc::new(crate::live::TrackedCalls {
+                tracking: handle.clone(),
+                zone: config.node.timezone.0,
+            }),
+            None => Arc::new(crate::live::NoCallTracking),
+        },
+        events: events.clone(),
+        metrics: Arc::new(crate::metrics::registry(
+            &account_metrics,
+            &store,
+            sip.as_ref().map(sipedge_sip::Proxy::metrics),
+        )),
     }));
 
     for (name, listener) in [("account", &account_listener), ("api", &api_listener)] {
@@ -142,11 +208,20 @@ async fn run(config: Config) -> Result<(), StartError> {
         )),
     ];
     let sip_task = sip.map(|p| tokio::spawn(p.run(shutdown.clone().cancelled_owned())));
-    for task in tasks.into_iter().chain(sip_task) {
+    if let Some((handle, _)) = &tracking {
+        tokio::spawn(crate::live::forward_events(
+            handle.clone(),
+            events,
+            config.node.timezone.0,
+        ));
+    }
+    let tracking_task = tracking.map(|(_, task)| task);
+    for task in tasks.into_iter().chain(sip_task).chain(tracking_task) {
         if let Err(err) = task.await {
-            tracing::error!(error = %err, "a listener task failed");
+            tracing::error!(error = %err, "a task failed");
         }
     }
+    drop(store);
     tracing::info!("sipedge stopped");
     Ok(())
 }

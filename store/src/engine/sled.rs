@@ -61,24 +61,46 @@ pub(super) struct SledKv {
     db: sled::Db,
     /// sled's log file, fsynced after each flush since sled itself does not.
     log: File,
+    /// Its path, for error messages.
+    log_path: PathBuf,
     /// Where sled writes blob files, each needing its own fsync.
     blobs: PathBuf,
     /// Blob files already fsynced, so each commit only syncs new ones.
     synced_blobs: Mutex<HashSet<OsString>>,
 }
 
+
+/// How long an open waits for a previous handle's lock: sled's flusher thread outlives the
+/// last `Db` handle by a moment, so a reopen right after a close (a restart, a reload) would
+/// otherwise fail on a lock that is about to be released.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn open_waiting_for_lock(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::Other
+                    && e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.map_err(fail("open the database")),
+        }
+    }
+}
+
 impl SledKv {
     pub(super) fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join(DIR);
-        let db = sled::Config::new()
-            .path(&path)
-            .open()
-            .map_err(fail("open the database"))?;
+        let db = open_waiting_for_lock(&path)?;
         let log_path = path.join("db");
         let log = File::open(&log_path).map_err(io_fail("open sled's log file", &log_path))?;
         Ok(SledKv {
             db,
             log,
+            log_path,
             blobs: path.join("blobs"),
             synced_blobs: Mutex::new(HashSet::new()),
         })
@@ -137,11 +159,9 @@ impl Kv for SledKv {
             .apply_batch(sled_batch)
             .map_err(fail("apply a batch"))?;
         self.db.flush().map_err(fail("flush"))?;
-        self.log.sync_all().map_err(|source| StoreError::Io {
-            action: "fsync sled's log file",
-            path: self.blobs.with_file_name("db"),
-            source,
-        })?;
+        self.log
+            .sync_all()
+            .map_err(io_fail("fsync sled's log file", &self.log_path))?;
         self.sync_blobs()
     }
 }
