@@ -8,6 +8,7 @@ use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 use serde_json::{Value, json};
+use sipedge_store::live::{LiveCall, LiveState};
 use sipedge_store::query::{Counters, StatsResult};
 use sipedge_store::{Alarm, CallStatus, CallType, Cdr, Disposition, EndedBy, LogEntry, LogKind};
 use sipedge_store::{Direction, Transport, UnixMs};
@@ -316,6 +317,33 @@ pub fn alarm(a: &Alarm, zone: Tz) -> Value {
     })
 }
 
+/// A call in progress, as `/api/calls/live` and the `call.*` events show it.
+pub fn live_call(call: &LiveCall, zone: Tz) -> Value {
+    let time = |t: Option<UnixMs>| t.map(|t| rfc3339(t, zone));
+    json!({
+        "id": call.id.to_string(),
+        "node": call.node,
+        "call_id": call.call_id,
+        "caller": call.caller,
+        "called": call.called,
+        "caller_uri": call.caller_uri,
+        "called_uri": call.called_uri,
+        "call_type": call_type_str(call.call_type),
+        "state": match call.state {
+            LiveState::Trying => "trying",
+            LiveState::Ringing => "ringing",
+            LiveState::Connected => "connected",
+            LiveState::Ended => "ended",
+        },
+        "start_time": rfc3339(call.start_time, zone),
+        "ring_time": time(call.ring_time),
+        "answer_time": time(call.answer_time),
+        "video_started_at": time(call.video_started_at),
+        "transport": transport_str(call.transport),
+        "terminal": call.terminal,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,6 +518,20 @@ mod tests {
             event,
             json!({"at": "1970-01-01T08:00:00.000+08:00", "type": "event", "text": "483 sent"})
         );
+    }
+
+    #[test]
+    fn live_calls_show_zoned_times_and_their_state() {
+        let cdr = cdr();
+        let mut call = LiveCall::from(&cdr);
+        call.state = LiveState::Connected;
+        call.ring_time = None;
+        let v = live_call(&call, zone());
+        assert_eq!(v["state"], json!("connected"));
+        assert_eq!(v["start_time"], json!("2026-11-18T19:06:40.123+08:00"));
+        assert_eq!(v["ring_time"], Value::Null);
+        assert_eq!(v["call_type"], json!("video"));
+        assert_eq!(v["id"], json!(cdr.id.to_string()));
     }
 
     #[test]
