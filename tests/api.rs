@@ -1127,6 +1127,16 @@ fn sipp_calls_make_events_in_order_and_cdrs_with_logs() {
             .any(|c| c["state"] == "connected")
     });
     assert!(seen_live, "{live}");
+    let mut metrics = String::new();
+    let counted = common::wait_until(Duration::from_secs(5), || {
+        metrics = http(api, "GET", "/metrics", "").body;
+        metrics.lines().any(|l| {
+            l.strip_prefix("sipedge_calls_active ")
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n >= 1)
+        })
+    });
+    assert!(counted, "{metrics}");
     let call = &live["items"][0];
     assert_eq!(call["caller"], "8001");
     assert!(
