@@ -144,7 +144,7 @@ pub fn load_cursor_key(data_dir: &Path) -> std::io::Result<Vec<u8>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let key = access::random_key();
+    let key = access::random_key()?;
     let tmp = data_dir.join(format!("{CURSOR_KEY_FILE}.tmp"));
     {
         use std::os::unix::fs::OpenOptionsExt;
