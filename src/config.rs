@@ -4,11 +4,13 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use chrono_tz::Tz;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sipedge_http::account::AccountConfig;
 use sipedge_http::api::ApiConfig;
+use sipedge_store::{Engine, StoreConfig};
 
 /// The whole configuration file. Unknown keys anywhere are an error naming the key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,7 +21,62 @@ pub struct Config {
     #[serde(default)]
     pub api: ApiConfig,
     #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
     pub log: LogConfig,
+}
+
+/// The `[store]` table: the engine, and the store crate's own settings (written out here
+/// because the engine choice belongs beside them in the file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `redb` (default) or `sled`; a data dir holds one kind.
+    #[serde(default)]
+    pub engine: Engine,
+    /// How long CDRs are kept.
+    #[serde(default = "default_cdr_retention", with = "humantime_serde")]
+    pub cdr_retention: Duration,
+    /// How long per-call SIP logs are kept.
+    #[serde(default = "default_trace_retention", with = "humantime_serde")]
+    pub trace_retention: Duration,
+    /// What a kill -9 can lose at most: the longest a write waits for its commit.
+    #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+fn default_cdr_retention() -> Duration {
+    StoreConfig::default().cdr_retention
+}
+
+fn default_trace_retention() -> Duration {
+    StoreConfig::default().trace_retention
+}
+
+fn default_flush_interval() -> Duration {
+    StoreConfig::default().flush_interval
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            engine: Engine::default(),
+            cdr_retention: default_cdr_retention(),
+            trace_retention: default_trace_retention(),
+            flush_interval: default_flush_interval(),
+        }
+    }
+}
+
+impl StoreSection {
+    /// The store crate's settings.
+    pub fn settings(&self) -> StoreConfig {
+        StoreConfig {
+            cdr_retention: self.cdr_retention,
+            trace_retention: self.trace_retention,
+            flush_interval: self.flush_interval,
+        }
+    }
 }
 
 /// The `[node]` table: what identifies this node and where it keeps its state.
@@ -175,6 +232,7 @@ impl Config {
             problems.push("node.data_dir: must not be empty".to_owned());
         }
         problems.extend(self.account.problems());
+        problems.extend(self.api.problems());
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
                 "log.level: {:?} is not a level or filter: {err}",
@@ -282,6 +340,26 @@ account = "sipserver"
             Err("listen"),
         );
         check("this is = not = toml", Err("line 1"));
+        check(
+            &format!("{MINIMAL}\n[api]\nallow = [\"10.0.0.0/8\", \"::1/128\"]\n"),
+            Ok(()),
+        );
+        check(
+            &format!("{MINIMAL}\n[api]\nallow = [\"10.0.0.300/8\"]\n"),
+            Err("allow"),
+        );
+        check(
+            &format!("{MINIMAL}\n[[api.users]]\nname = \"ops\"\npassword_hash = \"secret\"\n"),
+            Err("api.users[0].password_hash"),
+        );
+        check(
+            &format!("{MINIMAL}\n[store]\nengine = \"sled\"\ncdr_retention = \"90d\"\n"),
+            Ok(()),
+        );
+        check(
+            &format!("{MINIMAL}\n[store]\nengine = \"lmdb\"\n"),
+            Err("lmdb"),
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod config;
 mod logging;
+mod metrics;
 mod serve;
 mod shutdown;
 mod token;
@@ -42,6 +43,8 @@ enum Command {
     },
     /// Print a valid account-request body for an appid.
     Token(token::TokenArgs),
+    /// Read a password on stdin and print its argon2id hash for an `[[api.users]]` entry.
+    HashPassword,
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::HashPassword => hash_password(),
         Command::Token(args) => match token::run(&args) {
             Ok(body) => {
                 println!("{body}");
@@ -68,5 +72,30 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+    }
+}
+
+/// The first line of stdin (without its line end) → its PHC hash on stdout.
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if let Err(err) = std::io::stdin().read_line(&mut line) {
+        eprintln!("sipedge: cannot read the password from stdin: {err}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        eprintln!("sipedge: the password on stdin is empty");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match sipedge_http::access::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("sipedge: {err}");
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }

@@ -6,10 +6,13 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use sipedge_http::account::{self, AccountState};
-use sipedge_http::api::{self, ApiState};
+use sipedge_http::access::Access;
+use sipedge_http::account::{self, AccountMetrics, AccountState};
+use sipedge_http::api::{self, ApiState, LiveSource};
+use sipedge_http::events::EventHub;
 use sipedge_http::health::Health;
 use sipedge_http::server::{self, ServerLimits};
+use sipedge_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +30,13 @@ enum StartError {
     },
     #[error("cannot use the data directory {path}: {source}")]
     DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store in {path}: {source}")]
+    Store { path: String, source: StoreError },
+    #[error("cannot read or make the API cursor key in {path}: {source}")]
+    CursorKey {
         path: String,
         source: std::io::Error,
     },
@@ -85,20 +95,52 @@ async fn run(config: Config) -> Result<(), StartError> {
     prepare_data_dir(&config.node.data_dir)?;
     let account_listener = bind("account responder", config.account.listen).await?;
     let api_listener = bind("CDR API", config.api.listen).await?;
+    let data_dir = config.node.data_dir.display().to_string();
+    let store = Store::open(
+        &config.node.data_dir,
+        config.store.engine,
+        config.store.settings(),
+    )
+    .map_err(|source| StartError::Store {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let cursor_key =
+        api::load_cursor_key(&config.node.data_dir).map_err(|source| StartError::CursorKey {
+            path: data_dir,
+            source,
+        })?;
 
     let shutdown = CancellationToken::new();
     crate::shutdown::watch(shutdown.clone()).map_err(StartError::Signals)?;
     let health = Health::default();
+    let account_metrics = AccountMetrics::default();
+    let events = EventHub::default();
+    // Streams of /api/events end on stop, so that the API listener can drain.
+    let closing = events.clone();
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.cancelled().await;
+        closing.close();
+    });
 
     let account_router = account::router(Arc::new(AccountState {
         config: config.account.clone(),
         timezone: config.node.timezone.0,
         node: config.node.name.clone(),
         health: health.clone(),
+        metrics: account_metrics.clone(),
     }));
     let api_router = api::router(Arc::new(ApiState {
         node: config.node.name.clone(),
+        timezone: config.node.timezone.0,
         health: health.clone(),
+        store: store.clone(),
+        cursor_key,
+        access: Arc::new(Access::new(config.api.allow.clone(), &config.api.users)),
+        live: Arc::new(NoCallTracking),
+        events,
+        metrics: Arc::new(crate::metrics::registry(&account_metrics, &store)),
     }));
 
     for (name, listener) in [("account", &account_listener), ("api", &api_listener)] {
@@ -130,6 +172,17 @@ async fn run(config: Config) -> Result<(), StartError> {
             tracing::error!(error = %err, "a listener task failed");
         }
     }
+    drop(store);
     tracing::info!("sipedge stopped");
     Ok(())
+}
+
+/// The live-call source while no call tracking runs in this process: no calls in progress.
+#[derive(Debug)]
+struct NoCallTracking;
+
+impl LiveSource for NoCallTracking {
+    fn live_calls(&self) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
 }

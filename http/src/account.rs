@@ -15,6 +15,10 @@ use axum::routing::{get, post};
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use md5::{Digest, Md5};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
@@ -78,6 +82,49 @@ pub struct AccountState {
     pub timezone: Tz,
     pub node: String,
     pub health: Health,
+    /// Requests by outcome; kept across reloads by cloning it into the new state.
+    pub metrics: AccountMetrics,
+}
+
+/// The label of `sipedge_account_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// `sipedge_account_requests_total{outcome}` (SPEC §9); clones share the counters.
+#[derive(Debug, Clone, Default)]
+pub struct AccountMetrics {
+    /// One counter per outcome.
+    requests: Family<OutcomeLabel, Counter>,
+}
+
+impl AccountMetrics {
+    /// Adds the counters to `registry` (which prefixes `sipedge_`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "account_requests",
+            "Account requests answered, by outcome",
+            self.requests.clone(),
+        );
+    }
+
+    pub fn count(&self, outcome: Outcome) {
+        self.requests
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// The count of one outcome so far.
+    pub fn requests(&self, outcome: Outcome) -> u64 {
+        self.requests
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            })
+            .get()
+    }
 }
 
 /// The router of the account listener: `/AgoraAccount` and `/healthz`.
@@ -128,6 +175,7 @@ async fn agora_account(
     body: Body,
 ) -> Response {
     let (outcome, stream_number, response) = answer(&state, body).await;
+    state.metrics.count(outcome);
     tracing::info!(
         stream_number = stream_number.as_deref().unwrap_or("-"),
         %client,
@@ -473,6 +521,7 @@ mod tests {
             timezone: chrono_tz::Asia::Shanghai,
             node: "n1".to_owned(),
             health: health.clone(),
+            metrics: AccountMetrics::default(),
         });
         let call = |path: &'static str, method: &'static str| {
             let mut request = axum::http::Request::builder()
@@ -487,12 +536,14 @@ mod tests {
         };
         let up = call("/AgoraAccount", "POST").await.unwrap();
         assert_eq!(up.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(state.metrics.requests(Outcome::BadRequest), 1);
 
         health.set_down_reasons(vec![
             "upstream 10.0.0.5:14500 does not answer OPTIONS".to_owned(),
         ]);
         let down = call("/AgoraAccount", "POST").await.unwrap();
         assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(state.metrics.requests(Outcome::Unavailable), 1);
         let body = axum::body::to_bytes(down.into_body(), 4096).await.unwrap();
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert!(

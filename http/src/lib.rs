@@ -3,15 +3,23 @@
 //! - [`server`]: the accept loop every listener shares (connection cap, slow-client deadline,
 //!   graceful drain).
 //! - [`account`]: the terminals' `POST /AgoraAccount` responder of the source document.
-//! - [`api`]: the listener on port 8068.
+//! - [`api`]: the listener on port 8068: the CDR interface, statistics, live calls, events,
+//!   alarms, metrics.
+//! - [`access`]: who may use port 8068 (`api.allow`, `api.users`).
 //! - [`params`]: the query conditions of the source document as URL parameters.
+//! - [`render`]: CDRs, statistics, logs and alarms as the API shows them; [`chart`]: the SVG.
+//! - [`events`]: the replaying event hub behind `/api/events`.
 //! - [`health`]: whether this node can serve calls, shown on `/healthz`.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod account;
 pub mod api;
+pub mod chart;
+pub mod events;
 pub mod health;
 pub mod params;
+pub mod render;
 pub mod server;
 
 use axum::Json;

@@ -122,15 +122,7 @@ pub fn parse(
     };
     let limit = match get("limit") {
         None => DEFAULT_LIMIT,
-        Some(text) => match text.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(bad(
-                    "limit",
-                    format!("must be a whole number from 1 to {MAX_LIMIT}"),
-                ));
-            }
-        },
+        Some(text) => parse_limit(text)?,
     };
     let after = get("cursor")
         .map(|c| open_cursor(c, &filter, cursor_key))
@@ -140,6 +132,73 @@ pub fn parse(
         limit,
         after,
     })
+}
+
+/// Alarms read from the store per `/api/alarms` request at most, before the time filter;
+/// alarms are rare and retention removes old ones, so this is every alarm in practice.
+pub const MAX_ALARMS_SCANNED: usize = 100_000;
+
+/// The parameters of `/api/alarms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlarmQuery {
+    /// `active=true`: only alarms not cleared.
+    pub active_only: bool,
+    /// Raised at or after this, if given.
+    pub start: Option<UnixMs>,
+    /// Raised before this, if given.
+    pub end: Option<UnixMs>,
+    pub limit: usize,
+}
+
+/// Reads `active`, `start`, `end` and `limit` of `/api/alarms`; unlike the CDR filters, no
+/// time given means all of them.
+pub fn parse_alarms(params: &HashMap<String, String>, zone: Tz) -> Result<AlarmQuery, BadParam> {
+    const KNOWN: [&str; 4] = ["active", "start", "end", "limit"];
+    let mut names: Vec<&String> = params.keys().collect();
+    names.sort();
+    if let Some(unknown) = names.into_iter().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(bad(
+            unknown,
+            format!("unknown parameter; known ones are {}", KNOWN.join(", ")),
+        ));
+    }
+    let get = |name: &str| params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let active_only = match get("active") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(bad("active", format!("{other:?} is not true or false"))),
+    };
+    let time = |name: &str| {
+        get(name)
+            .map(|text| parse_time(name, text, zone).map(|t| UnixMs(t.timestamp_millis())))
+            .transpose()
+    };
+    let (start, end) = (time("start")?, time("end")?);
+    if let (Some(s), Some(e)) = (start, end)
+        && e <= s
+    {
+        return Err(bad("end", "must be after start"));
+    }
+    let limit = match get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(text) => parse_limit(text)?,
+    };
+    Ok(AlarmQuery {
+        active_only,
+        start,
+        end,
+        limit,
+    })
+}
+
+fn parse_limit(text: &str) -> Result<usize, BadParam> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(bad(
+            "limit",
+            format!("must be a whole number from 1 to {MAX_LIMIT}"),
+        )),
+    }
 }
 
 /// `YYYYMMDDhhmmss` or `YYYY-MM-DD hh:mm:ss` in the node's zone, or RFC 3339 with its offset.
@@ -432,6 +491,59 @@ mod tests {
         check(&[("limit", "ten")], Err("limit"));
         check(&[("colour", "red")], Err("colour"));
         check(&[("cursor", "junk")], Err("cursor"));
+    }
+
+    fn check_alarms(pairs: &[(&str, &str)], expected: Result<AlarmQuery, &str>) {
+        let params: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let got = parse_alarms(&params, zone());
+        match expected {
+            Ok(want) => assert_eq!(got, Ok(want), "{pairs:?}"),
+            Err(name) => {
+                let err = got.expect_err(&format!("{pairs:?} should fail"));
+                assert!(
+                    err.0.starts_with(name),
+                    "{pairs:?}: {err} should name {name}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn alarm_parameters_table() {
+        let all = AlarmQuery {
+            active_only: false,
+            start: None,
+            end: None,
+            limit: DEFAULT_LIMIT,
+        };
+        check_alarms(&[], Ok(all.clone()));
+        check_alarms(
+            &[("active", "true"), ("limit", "5")],
+            Ok(AlarmQuery {
+                active_only: true,
+                limit: 5,
+                ..all.clone()
+            }),
+        );
+        check_alarms(
+            &[("start", "20261128000000"), ("end", "2026-11-29 00:00:00")],
+            Ok(AlarmQuery {
+                start: Some(ms(2026, 11, 28, 0, 0, 0)),
+                end: Some(ms(2026, 11, 29, 0, 0, 0)),
+                ..all
+            }),
+        );
+        check_alarms(&[("active", "yes")], Err("active"));
+        check_alarms(&[("start", "today")], Err("start"));
+        check_alarms(
+            &[("start", "20261129000000"), ("end", "20261128000000")],
+            Err("end"),
+        );
+        check_alarms(&[("limit", "0")], Err("limit"));
+        check_alarms(&[("kind", "disk_low")], Err("kind"));
     }
 
     #[test]

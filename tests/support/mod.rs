@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod seed;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -30,6 +32,17 @@ impl Sipedge {
     pub fn start(config: &str) -> Sipedge {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
+        let config = config.replace("{DATA}", &data.display().to_string());
+        let path = dir.path().join("sipedge.toml");
+        std::fs::write(&path, config).expect("write config");
+        Sipedge::start_file(&path, dir)
+    }
+
+    /// As [`Sipedge::start`], with `seed` written into the data directory first.
+    pub fn start_seeded(config: &str, seed: &seed::Seed) -> Sipedge {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        seed::write(&data, seed);
         let config = config.replace("{DATA}", &data.display().to_string());
         let path = dir.path().join("sipedge.toml");
         std::fs::write(&path, config).expect("write config");
@@ -171,6 +184,16 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Reply {
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+    raw(addr, request.as_bytes())
+}
+
+/// A GET with extra header lines, on a fresh connection, `Connection: close`.
+pub fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
     raw(addr, request.as_bytes())
 }
 

@@ -1,0 +1,344 @@
+//! The event hub behind `/api/events` (SPEC §6, §11): whoever produces events (call tracking,
+//! the monitor) publishes them here; each gets the next id and stays in a bounded replay ring,
+//! so that a client reconnecting with `Last-Event-ID` gets exactly the events it missed.
+//!
+//! Ids start at the hub's creation time in microseconds, so a client that kept an id from a
+//! previous run of sipedge is seen as too far behind (it gets a `reset`) rather than as ahead.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use tokio::sync::watch;
+
+/// Events kept for replay at most.
+const RING_LEN: usize = 1024;
+/// Events older than this are dropped from the replay ring.
+const RING_AGE: Duration = Duration::from_secs(300);
+/// A comment line this often keeps proxies and the browser from closing an idle stream.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// What a browser waits before reconnecting.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// One published event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubEvent {
+    /// Increasing; what the client sends back as `Last-Event-ID`.
+    pub id: u64,
+    /// `call.started`, `alarm.raised`, … (SPEC §11).
+    pub name: String,
+    /// The JSON text of `data`, rendered once for every client.
+    pub data: String,
+}
+
+/// What a (re)connecting client is sent first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    /// The client missed events that are no longer held: it must reload its state.
+    pub reset: bool,
+    /// The held events after the client's last one.
+    pub events: Vec<Arc<HubEvent>>,
+}
+
+#[derive(Debug)]
+struct Ring {
+    /// The id the next event gets.
+    next_id: u64,
+    /// Held events, oldest first, with the time each was published.
+    held: VecDeque<(Instant, Arc<HubEvent>)>,
+    /// Set by [`EventHub::close`]: streams end so that the server can drain.
+    closed: bool,
+}
+
+impl Ring {
+    fn expire(&mut self, now: Instant) {
+        while self.held.len() > RING_LEN
+            || self
+                .held
+                .front()
+                .is_some_and(|(at, _)| now.saturating_duration_since(*at) > RING_AGE)
+        {
+            self.held.pop_front();
+        }
+    }
+
+    /// The events after `last`, and whether some in between are gone. `None` is a new
+    /// client, which starts from now.
+    fn after(&self, last: Option<u64>) -> Replay {
+        let Some(last) = last else {
+            return Replay {
+                reset: false,
+                events: Vec::new(),
+            };
+        };
+        // Held ids are consecutive and end at next_id - 1; the oldest still held is
+        // next_id - held.len().
+        let oldest = self.next_id - self.held.len() as u64;
+        let in_window = last.saturating_add(1) >= oldest && last < self.next_id;
+        let skip = if in_window {
+            (last + 1 - oldest) as usize
+        } else {
+            0
+        };
+        Replay {
+            reset: !in_window,
+            events: self
+                .held
+                .iter()
+                .skip(skip)
+                .map(|(_, e)| e.clone())
+                .collect(),
+        }
+    }
+}
+
+/// Shared by producers and every `/api/events` client; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EventHub {
+    /// The ring, under a lock held only to push or copy out a few `Arc`s.
+    ring: Arc<Mutex<Ring>>,
+    /// Carries the last id published, waking the streams.
+    latest: watch::Sender<u64>,
+}
+
+impl Default for EventHub {
+    fn default() -> Self {
+        let start = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        EventHub::starting_at(start)
+    }
+}
+
+impl EventHub {
+    fn starting_at(first_id: u64) -> Self {
+        EventHub {
+            ring: Arc::new(Mutex::new(Ring {
+                next_id: first_id.max(1),
+                held: VecDeque::new(),
+                closed: false,
+            })),
+            latest: watch::Sender::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Publishes an event to every client; returns its id.
+    pub fn publish(&self, name: &str, data: &serde_json::Value) -> u64 {
+        let id = {
+            let mut ring = self.lock();
+            let id = ring.next_id;
+            ring.next_id += 1;
+            let event = HubEvent {
+                id,
+                name: name.to_owned(),
+                data: data.to_string(),
+            };
+            ring.held.push_back((Instant::now(), Arc::new(event)));
+            ring.expire(Instant::now());
+            id
+        };
+        self.latest.send_replace(id);
+        id
+    }
+
+    /// What a client that last saw `last` (its `Last-Event-ID`) must be sent now.
+    pub fn replay(&self, last: Option<u64>) -> Replay {
+        self.since(last).0
+    }
+
+    /// Ends every stream (on shutdown, so that connections can drain).
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.latest.send_modify(|_| {});
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// The `/api/events` response for a client that last saw `last`.
+    pub fn sse(
+        &self,
+        last: Option<u64>,
+    ) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<>> {
+        Sse::new(self.stream(last)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+    }
+
+    fn stream(&self, last: Option<u64>) -> impl Stream<Item = Result<Event, Infallible>> + use<> {
+        // Subscribing before reading the ring means no publish falls between the two.
+        let wake = self.latest.subscribe();
+        let (first, seen) = self.since(last);
+        let mut pending: VecDeque<Event> = VecDeque::new();
+        pending.push_back(if first.reset {
+            reset_event("events since Last-Event-ID are no longer held; reload").retry(RETRY)
+        } else {
+            Event::default().retry(RETRY).comment("sipedge events")
+        });
+        pending.extend(first.events.iter().map(|e| to_sse(e)));
+        let state = (self.clone(), wake, seen, pending);
+        futures_util::stream::unfold(state, |(hub, mut wake, mut seen, mut pending)| async move {
+            loop {
+                if let Some(event) = pending.pop_front() {
+                    return Some((Ok(event), (hub, wake, seen, pending)));
+                }
+                let (next, upto) = hub.since(Some(seen));
+                seen = upto;
+                if next.reset {
+                    pending.push_back(reset_event("this client fell behind; reload"));
+                }
+                pending.extend(next.events.iter().map(|e| to_sse(e)));
+                // Closing ends the stream once what was published before is sent.
+                if pending.is_empty() && (hub.is_closed() || wake.changed().await.is_err()) {
+                    return None;
+                }
+            }
+        })
+    }
+
+    /// The replay after `last`, and the id the client has then seen or skipped up to.
+    fn since(&self, last: Option<u64>) -> (Replay, u64) {
+        let mut ring = self.lock();
+        ring.expire(Instant::now());
+        (ring.after(last), ring.next_id - 1)
+    }
+}
+
+fn reset_event(reason: &str) -> Event {
+    Event::default()
+        .event("reset")
+        .data(serde_json::json!({ "reason": reason }).to_string())
+}
+
+fn to_sse(event: &HubEvent) -> Event {
+    Event::default()
+        .id(event.id.to_string())
+        .event(&event.name)
+        .data(&event.data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::response::IntoResponse;
+    use futures_util::StreamExt;
+    use serde_json::json;
+
+    fn ids(replay: &Replay) -> Vec<u64> {
+        replay.events.iter().map(|e| e.id).collect()
+    }
+
+    /// (Last-Event-ID, expected reset, expected ids) after publishing ids 100..=109.
+    fn check(last: Option<u64>, reset: bool, expected: &[u64]) {
+        let hub = EventHub::starting_at(100);
+        for i in 0..10 {
+            hub.publish("call.started", &json!({ "n": i }));
+        }
+        let got = hub.replay(last);
+        assert_eq!(
+            (got.reset, ids(&got)),
+            (reset, expected.to_vec()),
+            "last {last:?}"
+        );
+    }
+
+    #[test]
+    fn replay_table() {
+        let all: Vec<u64> = (100..=109).collect();
+        check(None, false, &[]);
+        check(Some(109), false, &[]);
+        check(Some(105), false, &[106, 107, 108, 109]);
+        check(Some(99), false, &all);
+        check(Some(98), true, &all);
+        check(Some(3), true, &all);
+        check(Some(500), true, &all);
+    }
+
+    #[test]
+    fn the_ring_is_bounded_and_an_old_id_resets() {
+        let hub = EventHub::starting_at(1);
+        for _ in 0..(RING_LEN + 10) {
+            hub.publish("call.ended", &json!({}));
+        }
+        let all = hub.replay(Some(0));
+        assert!(all.reset);
+        assert_eq!(all.events.len(), RING_LEN);
+        assert_eq!(all.events[0].id, 11);
+        let recent = hub.replay(Some(11));
+        assert!(!recent.reset);
+        assert_eq!(recent.events.len(), RING_LEN - 1);
+    }
+
+    /// The `event:` names in an SSE text.
+    fn names(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .collect()
+    }
+
+    /// The first `n` SSE items a client that last saw `last` receives, as the wire text.
+    async fn take(hub: &EventHub, last: Option<u64>, n: usize) -> String {
+        let body = Sse::new(hub.stream(last).take(n))
+            .into_response()
+            .into_body();
+        let bytes =
+            tokio::time::timeout(Duration::from_secs(5), axum::body::to_bytes(body, 1 << 20))
+                .await
+                .unwrap()
+                .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_reconnecting_client_gets_each_missed_event_once_then_live_ones() {
+        let hub = EventHub::starting_at(1);
+        hub.publish("call.started", &json!({"call": 1}));
+        hub.publish("call.ringing", &json!({"call": 1}));
+        hub.publish("call.answered", &json!({"call": 1}));
+        let publisher = hub.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            publisher.publish("call.ended", &json!({"call": 1}));
+        });
+        // Saw the first; hello, the two missed, then the live one.
+        let got = take(&hub, Some(1), 4).await;
+        assert!(got.starts_with("retry: 2000\n: sipedge events"), "{got}");
+        assert_eq!(
+            names(&got),
+            vec!["call.ringing", "call.answered", "call.ended"]
+        );
+        assert!(got.contains("id: 4\n"), "{got}");
+        assert!(!got.contains("id: 1\n"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn a_new_client_starts_from_now_and_close_ends_the_stream() {
+        let hub = EventHub::starting_at(1);
+        hub.publish("call.started", &json!({}));
+        let body = Sse::new(hub.stream(None)).into_response().into_body();
+        hub.publish("alarm.raised", &json!({"kind": "disk_low"}));
+        hub.close();
+        let bytes =
+            tokio::time::timeout(Duration::from_secs(5), axum::body::to_bytes(body, 1 << 20))
+                .await
+                .unwrap()
+                .unwrap();
+        let got = String::from_utf8(bytes.to_vec()).unwrap();
+        assert_eq!(names(&got), vec!["alarm.raised"], "{got}");
+        assert!(got.contains("data: {\"kind\":\"disk_low\"}"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn a_too_old_id_gets_a_reset_first() {
+        let hub = EventHub::starting_at(1000);
+        hub.publish("call.started", &json!({}));
+        let got = take(&hub, Some(5), 2).await;
+        assert_eq!(names(&got), vec!["reset", "call.started"], "{got}");
+    }
+}
