@@ -40,6 +40,8 @@ enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Sip(#[from] sipedge_sip::Error),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot watch signals: {0}")]
@@ -110,6 +112,14 @@ async fn run(config: Config) -> Result<(), StartError> {
             path: data_dir,
             source,
         })?;
+    // Call tracking takes this receiver; until it does, observations queue and, once the
+    // queue is full, are counted as dropped.
+    let (tracking, _tracking_rx) =
+        tokio::sync::mpsc::channel(config.sip.as_ref().map_or(1, |s| s.handoff_queue));
+    let sip = match &config.sip {
+        Some(sip) => Some(sipedge_sip::Proxy::bind(sip, &config.node.data_dir, tracking).await?),
+        None => None,
+    };
 
     let shutdown = CancellationToken::new();
     crate::shutdown::watch(shutdown.clone()).map_err(StartError::Signals)?;
@@ -148,6 +158,12 @@ async fn run(config: Config) -> Result<(), StartError> {
             tracing::info!(listener = %name, addr = %addr, "listening");
         }
     }
+    for (name, first, last) in sip.iter().flat_map(sipedge_sip::Proxy::listening) {
+        tracing::info!(listener = %name, addr = %format!("{first}-{}", last.port()), "listening");
+    }
+    if let Some(proxy) = &sip {
+        tracing::info!(advertise = %proxy.advertise(), "SIP Via and Record-Route address");
+    }
     tracing::info!(node = %config.node.name, version = env!("CARGO_PKG_VERSION"), "sipedge started");
 
     let limits = ServerLimits::default();
@@ -167,7 +183,8 @@ async fn run(config: Config) -> Result<(), StartError> {
             shutdown.clone(),
         )),
     ];
-    for task in tasks {
+    let sip_task = sip.map(|p| tokio::spawn(p.run(shutdown.clone().cancelled_owned())));
+    for task in tasks.into_iter().chain(sip_task) {
         if let Err(err) = task.await {
             tracing::error!(error = %err, "a listener task failed");
         }
