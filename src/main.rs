@@ -5,6 +5,7 @@
 mod config;
 mod logging;
 mod metrics;
+mod monitor;
 mod serve;
 mod shutdown;
 mod token;

@@ -9,6 +9,7 @@
 //! - [`params`]: the query conditions of the source document as URL parameters.
 //! - [`render`]: CDRs, statistics, logs and alarms as the API shows them; [`chart`]: the SVG.
 //! - [`events`]: the replaying event hub behind `/api/events`.
+//! - [`processes`]: `/api/processes`, from a snapshot the monitor provides.
 //! - [`health`]: whether this node can serve calls, shown on `/healthz`.
 #![forbid(unsafe_code)]
 
@@ -19,6 +20,7 @@ pub mod chart;
 pub mod events;
 pub mod health;
 pub mod params;
+pub mod processes;
 pub mod render;
 pub mod server;
 
