@@ -213,12 +213,12 @@ impl MonitorConfig {
                     "monitor.process[{i}].min_count: must be at least 1"
                 ));
             }
-            if watch.max_cpu_percent.is_some_and(|c| !(c > 0.0)) {
+            if watch.max_cpu_percent.is_some_and(|c| !c.is_finite() || c <= 0.0) {
                 problems.push(format!(
                     "monitor.process[{i}].max_cpu_percent: must be above 0"
                 ));
             }
-            if watch.max_rss_mb.is_some_and(|m| !(m > 0.0)) {
+            if watch.max_rss_mb.is_some_and(|m| !m.is_finite() || m <= 0.0) {
                 problems.push(format!("monitor.process[{i}].max_rss_mb: must be above 0"));
             }
         }
