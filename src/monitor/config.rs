@@ -213,7 +213,10 @@ impl MonitorConfig {
                     "monitor.process[{i}].min_count: must be at least 1"
                 ));
             }
-            if watch.max_cpu_percent.is_some_and(|c| !c.is_finite() || c <= 0.0) {
+            if watch
+                .max_cpu_percent
+                .is_some_and(|c| !c.is_finite() || c <= 0.0)
+            {
                 problems.push(format!(
                     "monitor.process[{i}].max_cpu_percent: must be above 0"
                 ));
