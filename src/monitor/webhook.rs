@@ -170,3 +170,31 @@ async fn post(url: &WebhookUrl, body: Bytes) -> Result<hyper::StatusCode, String
     driver.abort();
     Ok(status)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_drops_the_oldest_and_counts_them() {
+        // A port nothing listens on: every POST fails, nothing leaves the queue.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = WebhookUrl::parse(&format!("http://127.0.0.1:{port}/x")).unwrap();
+        let shutdown = CancellationToken::new();
+        let webhook = Webhook::start(url, shutdown.clone());
+        for n in 0..(QUEUE_LEN + 5) {
+            webhook.send(&serde_json::json!({ "n": n }));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(webhook.shared.dropped.get(), 5);
+        assert!(webhook.shared.failures.get() >= 1);
+        let guard = webhook.shared.queue.lock().unwrap();
+        assert_eq!(guard.1.len(), QUEUE_LEN);
+        assert_eq!(guard.1.front().unwrap().1, Bytes::from("{\"n\":5}"));
+        shutdown.cancel();
+    }
+}
