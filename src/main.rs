@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod live;
 mod logging;
 mod metrics;
 mod monitor;

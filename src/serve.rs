@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use sipedge_http::access::Access;
 use sipedge_http::account::{self, AccountMetrics, AccountState};
-use sipedge_http::api::{self, ApiState, LiveSource};
+use sipedge_http::api::{self, ApiState};
 use sipedge_http::events::EventHub;
 use sipedge_http::health::Health;
 use sipedge_http::server::{self, ServerLimits};
+use sipedge_sip::call::{TrackingConfig, task as tracking_task};
 use sipedge_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -114,17 +115,30 @@ async fn run(config: Config) -> Result<(), StartError> {
             path: data_dir,
             source,
         })?;
-    // Call tracking takes this receiver; until it does, observations queue and, once the
-    // queue is full, are counted as dropped.
-    let (tracking, _tracking_rx) =
+    let (relayed_tx, relayed_rx) =
         tokio::sync::mpsc::channel(config.sip.as_ref().map_or(1, |s| s.handoff_queue));
     let sip = match &config.sip {
-        Some(sip) => Some(sipedge_sip::Proxy::bind(sip, &config.node.data_dir, tracking).await?),
+        Some(sip) => Some(sipedge_sip::Proxy::bind(sip, &config.node.data_dir, relayed_tx).await?),
         None => None,
     };
 
     let shutdown = CancellationToken::new();
     crate::shutdown::watch(shutdown.clone()).map_err(StartError::Signals)?;
+    // Tracking ends when the proxy has stopped and dropped its end of the hand-off, so that
+    // every message relayed before the stop still reaches a CDR.
+    let tracking = match &config.sip {
+        Some(sip) => {
+            let settings = TrackingConfig::new(config.node.name.clone(), sip.call_timeout);
+            let (handle, task) =
+                tracking_task::spawn(settings, &store, relayed_rx, std::future::pending())
+                    .map_err(|source| StartError::Store {
+                        path: config.node.data_dir.display().to_string(),
+                        source,
+                    })?;
+            Some((handle, task))
+        }
+        None => None,
+    };
     let health = Health::default();
     let account_metrics = AccountMetrics::default();
     let events = EventHub::default();
@@ -150,7 +164,11 @@ async fn run(config: Config) -> Result<(), StartError> {
         shutdown.clone(),
     )
     .await?;
-    let mut registry = crate::metrics::registry(&account_metrics, &store);
+    let mut registry = crate::metrics::registry(
+        &account_metrics,
+        &store,
+        sip.as_ref().map(sipedge_sip::Proxy::metrics),
+    );
     if let Some(webhook) = &monitor.webhook {
         webhook.register(&mut registry);
     }
@@ -169,8 +187,14 @@ async fn run(config: Config) -> Result<(), StartError> {
         store: store.clone(),
         cursor_key,
         access: Arc::new(Access::new(config.api.allow.clone(), &config.api.users)),
-        live: Arc::new(NoCallTracking),
-        events,
+        live: match &tracking {
+            Some((handle, _)) => Arc::new(crate::live::TrackedCalls {
+                tracking: handle.clone(),
+                zone: config.node.timezone.0,
+            }),
+            None => Arc::new(crate::live::NoCallTracking),
+        },
+        events: events.clone(),
         metrics: Arc::new(registry),
         processes: monitor.processes,
     }));
@@ -206,22 +230,20 @@ async fn run(config: Config) -> Result<(), StartError> {
         )),
     ];
     let sip_task = sip.map(|p| tokio::spawn(p.run(shutdown.clone().cancelled_owned())));
-    for task in tasks.into_iter().chain(sip_task) {
+    if let Some((handle, _)) = &tracking {
+        tokio::spawn(crate::live::forward_events(
+            handle.clone(),
+            events,
+            config.node.timezone.0,
+        ));
+    }
+    let tracking_task = tracking.map(|(_, task)| task);
+    for task in tasks.into_iter().chain(sip_task).chain(tracking_task) {
         if let Err(err) = task.await {
-            tracing::error!(error = %err, "a listener task failed");
+            tracing::error!(error = %err, "a task failed");
         }
     }
     drop(store);
     tracing::info!("sipedge stopped");
     Ok(())
-}
-
-/// The live-call source while no call tracking runs in this process: no calls in progress.
-#[derive(Debug)]
-struct NoCallTracking;
-
-impl LiveSource for NoCallTracking {
-    fn live_calls(&self) -> Vec<serde_json::Value> {
-        Vec::new()
-    }
 }

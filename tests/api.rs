@@ -3,6 +3,7 @@
 //! generated list with the store's own definition of a match.
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
+mod common;
 mod support;
 
 use std::collections::HashSet;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Duration as Span, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
+use common::proxy::{Proxy, ProxySpec};
 use serde_json::Value;
 use sipedge_store::{
     Alarm, AlarmId, AlarmKind, CallStatus, CallType, Cdr, CdrFilter, Direction, LogEntry, LogKind,
@@ -417,6 +419,10 @@ fn stats_have_hourly_buckets_up_to_exactly_one_day_and_add_up() {
     );
     assert!(svg.body.starts_with("<svg ") && svg.body.ends_with("</svg>"));
     assert_eq!(svg.body.matches("<rect x=").count(), 4 * 2 + 2);
+    assert!(svg.body.contains(">video</text>"));
+    let zh = get(&se, &format!("/api/stats.svg?{filtered}&lang=zh"));
+    assert_eq!(zh.status, 200);
+    assert!(zh.body.contains(">视频</text>"), "{}", zh.body);
 }
 
 /// Fields of one RFC 4180 line (the generated data has no line breaks inside fields).
@@ -640,6 +646,8 @@ fn bad_parameters_get_a_400_naming_them() {
         ("/api/stats?end=x", "end"),
         ("/api/stats?cursor=x", "cursor"),
         ("/api/stats.svg?type=fax", "type"),
+        ("/api/stats.svg?lang=fr", "lang"),
+        ("/api/stats?lang=zh", "lang"),
         ("/api/alarms?active=maybe", "active"),
         ("/api/alarms?start=never", "start"),
     ];
@@ -947,4 +955,76 @@ fn a_bad_password_hash_is_refused_at_start_naming_the_key() {
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("api.users[0].password_hash"), "{err}");
+}
+
+#[test]
+fn a_cursor_stays_valid_across_a_restart() {
+    let cdrs = calls();
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    seed::write(
+        &data,
+        &Seed {
+            cdrs: cdrs.clone(),
+            ..Seed::default()
+        },
+    );
+    let path = home.path().join("sipedge.toml");
+    std::fs::write(
+        &path,
+        config("").replace("{DATA}", &data.display().to_string()),
+    )
+    .unwrap();
+    let mut first = Sipedge::start_file(&path, tempfile::tempdir().unwrap());
+    let page = json(&get(&first, "/api/cdrs?limit=10"));
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let want = json(&get(&first, &format!("/api/cdrs?limit=10&cursor={cursor}")));
+    assert_eq!(first.stop(), Some(0));
+
+    let second = Sipedge::start_file(&path, tempfile::tempdir().unwrap());
+    let reply = get(&second, &format!("/api/cdrs?limit=10&cursor={cursor}"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        ids(json(&reply)["items"].as_array().unwrap()),
+        ids(want["items"].as_array().unwrap())
+    );
+}
+
+/// The API listener of a proxy started by the SIP harness.
+fn api_of(proxy: &Proxy) -> std::net::SocketAddr {
+    proxy
+        .listeners
+        .iter()
+        .find(|(name, _)| name == "api")
+        .map(|(_, addr)| *addr)
+        .unwrap_or_else(|| panic!("no api listener in {:?}", proxy.listeners))
+}
+
+#[test]
+fn metrics_show_the_relays_counters() {
+    let proxy = Proxy::start(ProxySpec::one_port());
+    let api = api_of(&proxy);
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .send_to(b"this is not SIP\r\n\r\n", proxy.sip_addr())
+        .unwrap();
+    let options = format!(
+        "OPTIONS sip:95566@127.0.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP {0};branch=z9hG4bKm1\r\n\
+         From: <sip:1380@t.example>;tag=1\r\nTo: <sip:95566@127.0.0.2>\r\nCall-ID: m1\r\n\
+         CSeq: 1 OPTIONS\r\nMax-Forwards: 0\r\nContent-Length: 0\r\n\r\n",
+        socket.local_addr().unwrap()
+    );
+    socket
+        .send_to(options.as_bytes(), proxy.sip_addr())
+        .unwrap();
+    let mut text = String::new();
+    let counted = common::wait_until(Duration::from_secs(10), || {
+        text = http(api, "GET", "/metrics", "").body;
+        text.lines()
+            .any(|l| l == "sipedge_sip_parse_errors_total 1")
+            && text
+                .lines()
+                .any(|l| l.starts_with("sipedge_sip_messages_total{method=\"OPTIONS\""))
+    });
+    assert!(counted, "{text}");
 }

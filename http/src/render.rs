@@ -8,6 +8,7 @@ use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 use serde_json::{Value, json};
+use sipedge_store::live::{LiveCall, LiveState};
 use sipedge_store::query::{Counters, StatsResult};
 use sipedge_store::{Alarm, CallStatus, CallType, Cdr, Disposition, EndedBy, LogEntry, LogKind};
 use sipedge_store::{Direction, Transport, UnixMs};
@@ -32,7 +33,9 @@ fn seconds(ms: u64) -> f64 {
     ms as f64 / 1000.0
 }
 
-/// A CDR as the JSON API shows it: the §5 names in §5's order, zoned times, seconds.
+/// A CDR as the JSON API shows it: the §5 names in §5's order, zoned times, seconds. Each
+/// field is the [`Cdr`] field of the same name (SPEC §5 says why each exists); times are
+/// RFC 3339 in the node's zone.
 #[derive(Debug, Serialize)]
 pub struct CdrView<'a> {
     id: String,
@@ -508,4 +511,31 @@ mod tests {
             json!({"calls":3,"connected":2,"connect_rate":0.6667,"talk_s":3.001,"avg_talk_s":1.501})
         );
     }
+}
+
+/// A call in progress, as `/api/calls/live` and the `call.*` events show it.
+pub fn live_call(call: &LiveCall, zone: Tz) -> Value {
+    let time = |t: Option<UnixMs>| t.map(|t| rfc3339(t, zone));
+    json!({
+        "id": call.id.to_string(),
+        "node": call.node,
+        "call_id": call.call_id,
+        "caller": call.caller,
+        "called": call.called,
+        "caller_uri": call.caller_uri,
+        "called_uri": call.called_uri,
+        "call_type": call_type_str(call.call_type),
+        "state": match call.state {
+            LiveState::Trying => "trying",
+            LiveState::Ringing => "ringing",
+            LiveState::Connected => "connected",
+            LiveState::Ended => "ended",
+        },
+        "start_time": rfc3339(call.start_time, zone),
+        "ring_time": time(call.ring_time),
+        "answer_time": time(call.answer_time),
+        "video_started_at": time(call.video_started_at),
+        "transport": transport_str(call.transport),
+        "terminal": call.terminal,
+    })
 }

@@ -52,6 +52,7 @@
 // Tests state their expectations with unwrap; the library code never does.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod call;
 pub mod frame;
 pub mod rewrite;
 pub mod scan;

@@ -1,6 +1,7 @@
 //! The embedded store of sipedge. It is the only crate that knows the storage engines.
 //!
 //! - [`cdr`]: the call detail record model shared by call tracking, the store and the API.
+//! - [`live`]: a call in progress as the live view shows it.
 //! - [`log`]: the per-call log entries (SIP messages byte for byte, sipedge's events).
 //! - [`alarm`]: the alarm type of SPEC §11.
 //! - [`query`]: filters, newest-first pages, statistics, and how each filter picks an index.
@@ -26,6 +27,7 @@ pub mod config;
 mod engine;
 mod error;
 mod keys;
+pub mod live;
 pub mod log;
 pub mod query;
 pub mod writer;

@@ -69,13 +69,32 @@ pub(super) struct SledKv {
     synced_blobs: Mutex<HashSet<OsString>>,
 }
 
+
+/// How long an open waits for a previous handle's lock: sled's flusher thread outlives the
+/// last `Db` handle by a moment, so a reopen right after a close (a restart, a reload) would
+/// otherwise fail on a lock that is about to be released.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn open_waiting_for_lock(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::Other
+                    && e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.map_err(fail("open the database")),
+        }
+    }
+}
+
 impl SledKv {
     pub(super) fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join(DIR);
-        let db = sled::Config::new()
-            .path(&path)
-            .open()
-            .map_err(fail("open the database"))?;
+        let db = open_waiting_for_lock(&path)?;
         let log_path = path.join("db");
         let log = File::open(&log_path).map_err(io_fail("open sled's log file", &log_path))?;
         Ok(SledKv {

@@ -1,0 +1,60 @@
+//! Bridges call tracking (the `sip` crate) to the API (the `http` crate), which know nothing
+//! of each other: the live-call list, and the `call.*` events on `/api/events`.
+
+use chrono_tz::Tz;
+use serde_json::Value;
+use sipedge_http::api::LiveSource;
+use sipedge_http::events::EventHub;
+use sipedge_http::render;
+use sipedge_sip::call::CallTracking;
+use tokio::sync::broadcast::error::RecvError;
+
+/// `/api/calls/live` read from call tracking's map of calls in progress.
+#[derive(Debug)]
+pub struct TrackedCalls {
+    pub tracking: CallTracking,
+    /// `node.timezone`, in which every time is shown.
+    pub zone: Tz,
+}
+
+impl LiveSource for TrackedCalls {
+    fn live_calls(&self) -> Vec<Value> {
+        self.tracking
+            .live()
+            .list()
+            .iter()
+            .map(|call| render::live_call(call, self.zone))
+            .collect()
+    }
+}
+
+/// The live-call source while no SIP proxy runs in this process: no calls in progress.
+#[derive(Debug)]
+pub struct NoCallTracking;
+
+impl LiveSource for NoCallTracking {
+    fn live_calls(&self) -> Vec<Value> {
+        Vec::new()
+    }
+}
+
+/// Forwards call tracking's events to the SSE hub until tracking stops.
+pub async fn forward_events(tracking: CallTracking, hub: EventHub, zone: Tz) {
+    let mut events = tracking.subscribe();
+    loop {
+        match events.recv().await {
+            Ok(event) => {
+                hub.publish(event.kind.name(), &render::live_call(&event.call, zone));
+            }
+            // The hub keeps its own replay window; a gap here means SSE clients miss some
+            // updates, which the live view repairs by reloading /api/calls/live.
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "live-call events skipped: the event forwarder fell behind"
+                );
+            }
+            Err(RecvError::Closed) => break,
+        }
+    }
+}
