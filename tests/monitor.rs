@@ -448,8 +448,11 @@ fn a_silent_upstream_takes_the_node_out_and_its_return_brings_it_back() {
     let reply = http(se.addr("account"), "GET", "/healthz", "");
     assert_eq!(reply.status, 503);
     assert!(reply.body.contains(&upstream_name), "{}", reply.body);
-    let list = alarms(&se);
-    let alarm = find(&list, "upstream_down", &upstream_name, true).expect("upstream_down active");
+    // Health changes at once; the stored alarm follows within the store's flush interval.
+    let (alarm, _) = poll(Duration::from_secs(3), || {
+        find(&alarms(&se), "upstream_down", &upstream_name, true).cloned()
+    })
+    .expect("upstream_down active");
     assert_eq!(alarm["severity"], "critical");
     let id = alarm["id"].clone();
 
