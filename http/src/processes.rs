@@ -55,6 +55,7 @@ pub struct WatchedProcess {
     pub cpu_percent: Option<f64>,
     /// Resident memory of all of them.
     pub rss_mb: f64,
+    /// Ok, missing or over a limit.
     pub state: ProcessState,
     /// Missing makes the node unhealthy.
     pub critical: bool,

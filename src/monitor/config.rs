@@ -234,6 +234,7 @@ impl MonitorConfig {
 pub struct WebhookUrl {
     /// Host name or address to connect to (IPv6 without brackets).
     pub host: String,
+    /// 80 unless the URL names one.
     pub port: u16,
     /// What the `Host` header says: the URL's authority as written.
     pub authority: String,

@@ -13,8 +13,11 @@ pub const RESTARTED_CLEARS_AFTER_MS: i64 = 5 * 60 * 1000;
 pub struct WatchRule {
     /// Alarm target and display name.
     pub name: String,
+    /// Fewer matching processes is `process_missing`.
     pub min_count: usize,
+    /// Over it (all matching processes together) is `process_cpu`.
     pub max_cpu_percent: Option<f64>,
+    /// Over it (all matching processes together) is `process_memory`.
     pub max_rss_mb: Option<f64>,
     /// Missing makes the node unhealthy.
     pub critical: bool,
@@ -33,13 +36,16 @@ pub struct Rules {
     pub upstream: String,
     /// The data dir as shown in alarms.
     pub data_dir: String,
+    /// `disk_low` below this many free MB (0 = no limit).
     pub disk_min_free_mb: u64,
+    /// `disk_low` below this free percentage (0 = no limit).
     pub disk_min_free_percent: f64,
 }
 
 /// One process as read from `/proc`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProcSample {
+    /// Shown by `/api/processes`; with the start time, the process's identity.
     pub pid: i32,
     /// Start time in clock ticks after boot: with the pid, tells a reused pid from the same
     /// process.
@@ -53,7 +59,9 @@ pub struct ProcSample {
 /// Free space of the data dir's file system.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DiskSample {
+    /// Compared with `disk_min_free_mb`.
     pub free_mb: u64,
+    /// Compared with `disk_min_free_percent`.
     pub free_percent: f64,
 }
 
@@ -91,7 +99,9 @@ pub struct WatchState {
     pub known: Vec<(i32, u64)>,
     /// CPU % over the last interval, once two looks exist.
     pub cpu_percent: Option<f64>,
+    /// Resident memory of all matching processes at the last look.
     pub rss_mb: f64,
+    /// What `/api/processes` shows.
     pub condition: Condition,
     /// When `condition` last changed.
     pub since: Option<UnixMs>,
@@ -354,9 +364,13 @@ fn watch_tick(
 
 /// Raising and clearing against the active set, collecting the changes.
 struct Alarms<'a> {
+    /// For the node name stamped on raised alarms.
     rules: &'a Rules,
+    /// The active alarms being updated.
     state: &'a mut BTreeMap<(&'static str, String), Alarm>,
+    /// What changed, in order.
     changes: Vec<Change>,
+    /// Raise and clear time.
     now: UnixMs,
 }
 

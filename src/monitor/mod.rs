@@ -54,11 +54,15 @@ pub enum MonitorError {
 /// What the monitor writes to.
 #[derive(Debug, Clone)]
 pub struct Outputs {
+    /// `node.name`, stamped on every alarm.
     pub node: String,
     /// Alarm times on `/api/events` and the webhook are shown in the node's zone.
     pub timezone: Tz,
+    /// Keeps alarms (history for `/api/alarms`, the gauge for `/metrics`).
     pub store: Store,
+    /// `alarm.raised` / `alarm.cleared` for `/api/events`.
     pub events: EventHub,
+    /// Set from the active alarms after every evaluation.
     pub health: Health,
 }
 
@@ -132,14 +136,12 @@ pub async fn start(
         }
         _ => None,
     };
-    let upstream = match (&probe, sip) {
-        (Some((_, (host, port))), _) => show_target(host, *port),
-        (None, Some(sip)) => {
+    let upstream = sip
+        .map(|sip| {
             let (host, port) = probe_target(sip);
             show_target(&host, port)
-        }
-        (None, None) => String::new(),
-    };
+        })
+        .unwrap_or_default();
     let webhook = match &config.webhook {
         Some(url) => Some(Webhook::start(
             WebhookUrl::parse(url).map_err(|e| MonitorError::Config(format!("webhook: {e}")))?,
@@ -202,12 +204,16 @@ pub async fn start(
 /// The monitor's loop state and outputs.
 #[derive(Debug)]
 struct Core {
+    /// The configuration as the evaluation needs it.
     rules: Rules,
     /// Each watch's matcher as `/api/processes` shows it.
     describe: Vec<String>,
+    /// What the last evaluation left.
     state: State,
     outputs: Outputs,
+    /// Where alarm changes are also sent, when configured.
     webhook: Option<Webhook>,
+    /// Refreshed after every tick for `/api/processes`.
     table: Arc<ProcessTable>,
 }
 
@@ -362,11 +368,7 @@ async fn probe_loop(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
         ^ u64::from(std::process::id());
-    let target = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
+    let target = show_target(&host, port);
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq: u32 = 0;
