@@ -229,6 +229,7 @@ fn a_killed_process_raises_an_alarm_and_its_restart_clears_it() {
     })
     .expect("a process_missing alarm");
     let took = seen - killed;
+    eprintln!("process_missing on /api/alarms {took:?} after the kill");
     assert!(
         took <= Duration::from_millis(2000 + 500),
         "raised after {took:?}"
@@ -440,6 +441,7 @@ fn a_silent_upstream_takes_the_node_out_and_its_return_brings_it_back() {
     })
     .expect("health down once the upstream is silent");
     let took = down - stopped;
+    eprintln!("/healthz 503 {took:?} after the upstream stopped");
     assert!(
         took <= Duration::from_millis(2300 + 500),
         "down after {took:?}"
