@@ -11,12 +11,14 @@
 //! - [`events`]: the replaying event hub behind `/api/events`.
 //! - [`processes`]: `/api/processes`, from a snapshot the monitor provides.
 //! - [`health`]: whether this node can serve calls, shown on `/healthz`.
+//! - [`client`]: the one outgoing request, a JSON POST (the alarm webhook).
 #![forbid(unsafe_code)]
 
 pub mod access;
 pub mod account;
 pub mod api;
 pub mod chart;
+pub mod client;
 pub mod events;
 pub mod health;
 pub mod params;

@@ -8,11 +8,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
-use tokio::net::TcpStream;
+use sipedge_http::client::{self, StatusCode, Target};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -141,34 +138,15 @@ async fn send_loop(url: WebhookUrl, shared: Arc<Shared>, shutdown: CancellationT
     }
 }
 
-/// One POST on a fresh connection; the answer's status.
-async fn post(url: &WebhookUrl, body: Bytes) -> Result<hyper::StatusCode, String> {
-    let stream = TcpStream::connect((url.host.as_str(), url.port))
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
-    let driver = tokio::spawn(connection);
-    let request = Request::post(url.path.as_str())
-        .header(hyper::header::HOST, url.authority.as_str())
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(
-            hyper::header::USER_AGENT,
-            concat!("sipedge/", env!("CARGO_PKG_VERSION")),
-        )
-        .header(hyper::header::CONNECTION, "close")
-        .body(Full::new(body))
-        .map_err(|e| format!("cannot build the request: {e}"))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("sending: {e}"))?;
-    let status = response.status();
-    // Reading the body to its end lets the connection close cleanly.
-    let _ = response.into_body().collect().await;
-    driver.abort();
-    Ok(status)
+/// One POST of an alarm document to the configured receiver.
+async fn post(url: &WebhookUrl, body: Bytes) -> Result<StatusCode, String> {
+    let target = Target {
+        host: &url.host,
+        port: url.port,
+        authority: &url.authority,
+        path: &url.path,
+    };
+    client::post_json(target, body).await
 }
 
 #[cfg(test)]
