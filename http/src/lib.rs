@@ -10,6 +10,7 @@
 //! - [`render`]: CDRs, statistics, logs and alarms as the API shows them; [`chart`]: the SVG.
 //! - [`events`]: the replaying event hub behind `/api/events`.
 //! - [`health`]: whether this node can serve calls, shown on `/healthz`.
+//! - [`ui`]: the web front end, static files compiled in, served at `/`.
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -21,6 +22,7 @@ pub mod health;
 pub mod params;
 pub mod render;
 pub mod server;
+pub mod ui;
 
 use axum::Json;
 use axum::http::StatusCode;
