@@ -113,17 +113,15 @@ export function bytes(n) {
   return `${new Intl.NumberFormat(locale(), { maximumFractionDigits: i ? 1 : 0 }).format(value)} ${units[i]}`;
 }
 
-/** An API time as the value of an `<input type="datetime-local" step="1">`. */
-export function toInputValue(value) {
-  const w = wall(value);
-  return w ? `${w.date}T${w.time}` : '';
-}
-
-/** An `<input type="datetime-local">` value as the API's `YYYY-MM-DD hh:mm:ss` (the browser
- * drops zero seconds from the value). */
-export function fromInputValue(value) {
-  if (!value) return '';
-  const [date, time = ''] = value.split('T');
-  const full = time.length === 5 ? `${time}:00` : time.slice(0, 8);
-  return `${date} ${full}`;
+/** A time as typed into the query form, as the API's `YYYY-MM-DD hh:mm:ss`: also takes the
+ * document's `YYYYMMDDhhmmss`, `/` between date parts, and a missing `:ss`. Null when it is
+ * neither. */
+export function normalizeTime(text) {
+  const v = String(text || '').trim();
+  const compact = /^(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})$/.exec(v);
+  if (compact) return `${compact[1]}-${compact[2]}-${compact[3]} ${compact[4]}:${compact[5]}:${compact[6]}`;
+  const m = /^(\d{4})[-/](\d{1,2})[-/](\d{1,2})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2}))?)?$/.exec(v);
+  if (!m) return null;
+  const two = (x) => String(x ?? '0').padStart(2, '0');
+  return `${m[1]}-${two(m[2])}-${two(m[3])} ${two(m[4])}:${two(m[5])}:${two(m[6])}`;
 }

@@ -71,7 +71,7 @@ function renderSummary(id, cdr) {
     replace(byId('log-summary'), el('p', { class: 'muted' }, t('log.no_cdr')), el('p', { class: 'mono small' }, id));
     return;
   }
-  const item = (key, value, cls) => [el('dt', {}, t(key)), el('dd', { class: cls || '' }, value ?? '—')];
+  const item = (key, value, cls) => el('div', {}, el('dt', {}, t(key)), el('dd', { class: cls || '' }, value ?? '—'));
   replace(
     byId('log-summary'),
     el(

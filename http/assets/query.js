@@ -6,7 +6,7 @@
 import { clearError, getJSON, queryString, showError } from './api.js';
 import { byId, el, replace } from './dom.js';
 import * as chart from './chart.js';
-import { count, dateTime, duration, fromInputValue, percent, toInputValue, wall } from './format.js';
+import { count, dateTime, duration, normalizeTime, percent, wall } from './format.js';
 import { t } from './i18n.js';
 import { typeBadge } from './live.js';
 
@@ -61,8 +61,8 @@ function addDays(date, days) {
 
 function setRange(fromDays, toDays) {
   if (!nodeToday) return;
-  byId('q-start').value = `${addDays(nodeToday, fromDays)}T00:00:00`;
-  byId('q-end').value = `${addDays(nodeToday, toDays)}T00:00:00`;
+  byId('q-start').value = `${addDays(nodeToday, fromDays)} 00:00:00`;
+  byId('q-end').value = `${addDays(nodeToday, toDays)} 00:00:00`;
   submit();
 }
 
@@ -70,7 +70,7 @@ function formParams() {
   const params = {};
   for (const name of FIELDS) {
     const input = byId(`q-${name}`);
-    params[name] = input.type === 'datetime-local' ? fromInputValue(input.value) : input.value.trim();
+    params[name] = name === 'start' || name === 'end' ? normalizeTime(input.value) ?? input.value.trim() : input.value.trim();
   }
   return params;
 }
@@ -79,7 +79,7 @@ function fillForm(params) {
   for (const name of FIELDS) {
     const input = byId(`q-${name}`);
     const value = params.get(name) || '';
-    input.value = input.type === 'datetime-local' ? value.replace(' ', 'T') : value;
+    input.value = value;
   }
 }
 
@@ -87,9 +87,13 @@ function submit() {
   const params = formParams();
   for (const name of ['start', 'end']) {
     const input = byId(`q-${name}`);
-    input.setCustomValidity(params[name] ? '' : t('q.required'));
+    const value = input.value.trim();
+    input.setCustomValidity(!value ? t('q.required') : normalizeTime(value) ? '' : t('q.bad_time'));
+    if (normalizeTime(value)) input.value = normalizeTime(value);
   }
-  if (params.start && params.end && params.end <= params.start) byId('q-end').setCustomValidity(t('q.end_after_start'));
+  if (normalizeTime(params.start) && normalizeTime(params.end) && params.end <= params.start) {
+    byId('q-end').setCustomValidity(t('q.end_after_start'));
+  }
   const form = byId('query-form');
   if (!form.reportValidity()) return;
   const hash = `#/query${queryString(params)}`;
@@ -103,8 +107,8 @@ export async function show(_rest, params) {
     try {
       const defaults = await getJSON('/api/stats');
       nodeToday = wall(defaults.start)?.date ?? null;
-      const start = fromInputValue(toInputValue(defaults.start));
-      const end = fromInputValue(toInputValue(defaults.end));
+      const start = dateTime(defaults.start);
+      const end = dateTime(defaults.end);
       const rest = Object.fromEntries(FIELDS.map((f) => [f, params.get(f) || '']));
       history.replaceState(null, '', `#/query${queryString({ ...rest, start, end })}`);
       show('', new URLSearchParams(queryString({ ...rest, start, end }).slice(1)));
@@ -245,7 +249,11 @@ function renderPage(body) {
   const total = lastStats?.totals?.all?.calls ?? 0;
   const from = page * PAGE_SIZE + (items.length ? 1 : 0);
   const to = page * PAGE_SIZE + items.length;
-  const prev = el('button', { type: 'button', class: 'secondary small', disabled: page === 0, onclick: () => goTo(page - 1) }, t('page.prev'));
-  const next = el('button', { type: 'button', class: 'secondary small', disabled: !body.next_cursor, onclick: () => goTo(page + 1) }, t('page.next'));
-  replace(byId('q-pager'), el('span', { class: 'muted', id: 'page-info' }, t('page.range', { from: count(from), to: count(to), total: count(total) })), prev, next);
+  const controls = () => [
+    el('span', { class: 'muted' }, t('page.range', { from: count(from), to: count(to), total: count(total) })),
+    el('button', { type: 'button', class: 'secondary small', disabled: page === 0, onclick: () => goTo(page - 1) }, t('page.prev')),
+    el('button', { type: 'button', class: 'secondary small', disabled: !body.next_cursor, onclick: () => goTo(page + 1) }, t('page.next')),
+  ];
+  replace(byId('q-pager'), controls());
+  replace(byId('q-pager-bottom'), items.length > 20 ? controls() : []);
 }
