@@ -99,17 +99,11 @@ fn today() -> chrono::DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-/// One SIP message of the seeded call flow.
-fn sip(
-    at: UnixMs,
-    direction: Direction,
-    src: &str,
-    dst: &str,
-    first: &str,
-    cdr: &Cdr,
-    cseq: &str,
-    sdp: bool,
-) -> LogEntry {
+/// One SIP message of a seeded call flow: its time, direction, ends, first line, CSeq, and
+/// whether it carries an SDP body.
+type Message<'a> = (i64, Direction, &'a str, &'a str, String, &'a str, bool);
+
+fn sip(cdr: &Cdr, (at, direction, src, dst, first, cseq, sdp): Message<'_>) -> LogEntry {
     let body = if sdp {
         "v=0\r\no=- 1 1 IN IP4 198.51.100.2\r\ns=-\r\nc=IN IP4 198.51.100.2\r\nt=0 0\r\n\
          m=audio 40000 RTP/AVP 0\r\nm=video 40002 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
@@ -117,9 +111,8 @@ fn sip(
         ""
     };
     let text = format!(
-        "{first}\r\nVia: SIP/2.0/UDP {src};branch=z9hG4bK-{n}\r\nFrom: <{from}>;tag=a1\r\n\
+        "{first}\r\nVia: SIP/2.0/UDP {src};branch=z9hG4bK-{at}\r\nFrom: <{from}>;tag=a1\r\n\
          To: <{to}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\nContent-Length: {len}\r\n{ctype}\r\n{body}",
-        n = at.0,
         from = cdr.caller_uri,
         to = cdr.called_uri,
         call_id = cdr.call_id,
@@ -131,7 +124,7 @@ fn sip(
         },
     );
     LogEntry {
-        at,
+        at: UnixMs(at),
         kind: LogKind::Sip {
             direction,
             transport: Transport::Udp,
@@ -142,45 +135,101 @@ fn sip(
     }
 }
 
+fn event(at: i64, text: String) -> LogEntry {
+    LogEntry {
+        at: UnixMs(at),
+        kind: LogKind::Event { text },
+    }
+}
+
 /// A whole answered call as sipedge logs it: INVITE out and back, ringing, answer, ACK, BYE,
 /// with two of sipedge's own events.
 fn call_log(cdr: &Cdr) -> Vec<(CdrId, LogEntry)> {
     use Direction::{Received as In, Sent as Out};
     let term = cdr.terminal.as_str();
-    let invite = format!("INVITE {} SIP/2.0", cdr.called_uri);
-    let ack = format!("ACK {} SIP/2.0", cdr.called_uri);
-    let bye = format!("BYE {} SIP/2.0", cdr.called_uri);
+    let request = |method: &str| format!("{method} {} SIP/2.0", cdr.called_uri);
+    let status = |line: &str| format!("SIP/2.0 {line}");
     let s = cdr.start_time.0;
     let ring = cdr.ring_time.unwrap().0;
     let answer = cdr.answer_time.unwrap().0;
     let end = cdr.end_time.0;
-    let t = UnixMs;
-    let entries = vec![
-        sip(t(s), In, term, EDGE, &invite, cdr, "1 INVITE", true),
-        LogEntry {
-            at: t(s + 1),
-            kind: LogKind::Event {
-                text: format!("upstream {UPSTREAM} selected"),
-            },
-        },
-        sip(t(s + 2), Out, EDGE, UPSTREAM, &invite, cdr, "1 INVITE", true),
-        sip(t(ring), In, UPSTREAM, EDGE, "SIP/2.0 180 Ringing", cdr, "1 INVITE", false),
-        sip(t(ring + 1), Out, EDGE, term, "SIP/2.0 180 Ringing", cdr, "1 INVITE", false),
-        sip(t(answer), In, UPSTREAM, EDGE, "SIP/2.0 200 OK", cdr, "1 INVITE", true),
-        sip(t(answer + 1), Out, EDGE, term, "SIP/2.0 200 OK", cdr, "1 INVITE", true),
-        sip(t(answer + 40), In, term, EDGE, &ack, cdr, "1 ACK", false),
-        sip(t(answer + 41), Out, EDGE, UPSTREAM, &ack, cdr, "1 ACK", false),
-        sip(t(end), In, term, EDGE, &bye, cdr, "2 BYE", false),
-        sip(t(end + 1), Out, EDGE, UPSTREAM, &bye, cdr, "2 BYE", false),
-        sip(t(end + 30), In, UPSTREAM, EDGE, "SIP/2.0 200 OK", cdr, "2 BYE", false),
-        sip(t(end + 31), Out, EDGE, term, "SIP/2.0 200 OK", cdr, "2 BYE", false),
-        LogEntry {
-            at: t(end + 32),
-            kind: LogKind::Event {
-                text: "call ended by the caller; record written".into(),
-            },
-        },
+    let messages: Vec<Message<'_>> = vec![
+        (s, In, term, EDGE, request("INVITE"), "1 INVITE", true),
+        (
+            s + 2,
+            Out,
+            EDGE,
+            UPSTREAM,
+            request("INVITE"),
+            "1 INVITE",
+            true,
+        ),
+        (
+            ring,
+            In,
+            UPSTREAM,
+            EDGE,
+            status("180 Ringing"),
+            "1 INVITE",
+            false,
+        ),
+        (
+            ring + 1,
+            Out,
+            EDGE,
+            term,
+            status("180 Ringing"),
+            "1 INVITE",
+            false,
+        ),
+        (
+            answer,
+            In,
+            UPSTREAM,
+            EDGE,
+            status("200 OK"),
+            "1 INVITE",
+            true,
+        ),
+        (
+            answer + 1,
+            Out,
+            EDGE,
+            term,
+            status("200 OK"),
+            "1 INVITE",
+            true,
+        ),
+        (answer + 40, In, term, EDGE, request("ACK"), "1 ACK", false),
+        (
+            answer + 41,
+            Out,
+            EDGE,
+            UPSTREAM,
+            request("ACK"),
+            "1 ACK",
+            false,
+        ),
+        (end, In, term, EDGE, request("BYE"), "2 BYE", false),
+        (end + 1, Out, EDGE, UPSTREAM, request("BYE"), "2 BYE", false),
+        (
+            end + 30,
+            In,
+            UPSTREAM,
+            EDGE,
+            status("200 OK"),
+            "2 BYE",
+            false,
+        ),
+        (end + 31, Out, EDGE, term, status("200 OK"), "2 BYE", false),
     ];
+    let mut entries: Vec<LogEntry> = messages.into_iter().map(|m| sip(cdr, m)).collect();
+    entries.push(event(s + 1, format!("upstream {UPSTREAM} selected")));
+    entries.push(event(
+        end + 32,
+        "call ended by the caller; record written".into(),
+    ));
+    entries.sort_by_key(|e| e.at);
     entries.into_iter().map(|e| (cdr.id, e)).collect()
 }
 
@@ -214,10 +263,34 @@ fn seed() -> (Seed, Cdr) {
         .unwrap()
         .clone();
     let alarms = vec![
-        alarm(AlarmKind::UpstreamDown, UPSTREAM, Severity::Critical, 4, false),
-        alarm(AlarmKind::DiskLow, "/var/lib/sipedge", Severity::Minor, 30, true),
-        alarm(AlarmKind::ProcessMissing, "sipserver", Severity::Major, 90, false),
-        alarm(AlarmKind::ProcessRestarted, "mediaserver", Severity::Warning, 300, true),
+        alarm(
+            AlarmKind::UpstreamDown,
+            UPSTREAM,
+            Severity::Critical,
+            4,
+            false,
+        ),
+        alarm(
+            AlarmKind::DiskLow,
+            "/var/lib/sipedge",
+            Severity::Minor,
+            30,
+            true,
+        ),
+        alarm(
+            AlarmKind::ProcessMissing,
+            "sipserver",
+            Severity::Major,
+            90,
+            false,
+        ),
+        alarm(
+            AlarmKind::ProcessRestarted,
+            "mediaserver",
+            Severity::Warning,
+            300,
+            true,
+        ),
     ];
     let seed = Seed {
         logs: call_log(&logged),
@@ -265,7 +338,10 @@ fn the_front_end_in_a_browser() {
         open.addr("api"),
         &[
             ("SIPEDGE_LOG_CDR", logged.id.to_string()),
-            ("SIPEDGE_AUTH_URL", format!("http://{}", guarded.addr("api"))),
+            (
+                "SIPEDGE_AUTH_URL",
+                format!("http://{}", guarded.addr("api")),
+            ),
             ("SIPEDGE_AUTH_USER", "supervisor".to_owned()),
             ("SIPEDGE_AUTH_PASSWORD", password.to_owned()),
         ],
