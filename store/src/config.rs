@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Retention and durability settings.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `Serialize` writes the same duration syntax back, for `check-config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// CDRs (with their index and rollup entries) older than this are deleted.

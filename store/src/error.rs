@@ -36,6 +36,8 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     #[error("bucket edges must be at least two times in increasing order")]
     BadBuckets,
+    #[error("cannot start the store's writer thread: {0}")]
+    Thread(std::io::Error),
     #[error("the store's writer has stopped, so nothing more can be written")]
     WriterStopped,
     #[error(

@@ -7,7 +7,7 @@
 //! | `cdrs_by_kind` | kind (1) ‖ id (16) | empty |
 //! | `cdr_rollup` | 15-minute slot (4) ‖ kind (1) | calls, talk ms |
 //! | `calls` | id (16) | the tracker's bytes |
-//! | `logs` | id (16) ‖ seq (4) | log entry |
+//! | `logs` | id (16) ‖ seq (8) | log entry |
 //! | `alarms` | alarm id (16) | alarm |
 //! | `meta` | name | value |
 //!
@@ -23,6 +23,8 @@ pub(crate) const SLOT_MS: i64 = 15 * 60_000;
 
 /// The meta key of the schema version.
 pub(crate) const SCHEMA_KEY: &[u8] = b"schema_version";
+/// The meta key of the next log sequence number.
+pub(crate) const LOG_SEQ_KEY: &[u8] = b"next_log_seq";
 
 pub(crate) fn id_key(id: CdrId) -> [u8; 16] {
     id.0.to_be_bytes()
@@ -99,16 +101,11 @@ pub(crate) fn split_rollup_key(key: &[u8]) -> Option<(u32, u8)> {
     }
 }
 
-pub(crate) fn log_key(id: CdrId, seq: u32) -> [u8; 20] {
-    let mut key = [0u8; 20];
+pub(crate) fn log_key(id: CdrId, seq: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
     key[..16].copy_from_slice(&id_key(id));
     key[16..].copy_from_slice(&seq.to_be_bytes());
     key
-}
-
-pub(crate) fn log_seq(key: &[u8]) -> Option<u32> {
-    let bytes: [u8; 4] = key.get(16..20)?.try_into().ok()?;
-    Some(u32::from_be_bytes(bytes))
 }
 
 #[cfg(test)]
@@ -149,6 +146,6 @@ mod tests {
         let c = lowest_id(UnixMs(1_001));
         assert!(a <= b && b < c);
         assert!(log_key(b, 2) < log_key(b, 10));
-        assert_eq!(log_seq(&log_key(b, 7)), Some(7));
+        assert!(log_key(b, u64::MAX) < log_key(CdrId(b.0 + 1), 0));
     }
 }

@@ -9,6 +9,12 @@
 //! - `engine`: the ordered key-value seam and its redb and sled implementations (private).
 //! - `keys`, `codec`: key layouts and the versioned value encodings (private, pure).
 //!
+//! Use: [`Store::open`] once at start; give [`Store::writer`] clones to whoever records calls
+//! ([`Writer::submit`] never blocks); read with the `Store` methods from anywhere (it is cheap to
+//! clone, `Send` and `Sync`); at a clean stop call [`Store::flush`], then drop the last `Store`,
+//! which commits what is left and closes the database. Writer clones fail with
+//! [`StoreError::WriterStopped`] after that.
+//!
 //! Architecture invariant: no type of redb or sled appears in this crate's public API, so the
 //! rest of sipedge cannot depend on either engine.
 #![forbid(unsafe_code)]
@@ -384,6 +390,13 @@ mod tests {
     }
 
     #[test]
+    fn handles_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync + Clone + 'static>() {}
+        shared::<Store>();
+        shared::<Writer>();
+    }
+
+    #[test]
     fn another_schema_version_is_refused() {
         with_each_engine(|engine, dir| {
             let store = Store::open(dir, engine, StoreConfig::default()).unwrap();
@@ -463,6 +476,12 @@ mod tests {
             Engine::Redb
         );
         assert!(toml::from_str::<Section>("engine = \"Redb\"").is_err());
+        let text = toml::to_string(&StoreConfig::default()).unwrap();
+        assert_eq!(
+            toml::from_str::<StoreConfig>(&text).unwrap(),
+            StoreConfig::default()
+        );
+        assert!(text.contains("flush_interval = \"100ms\""), "{text}");
         assert_eq!(Engine::default(), Engine::Redb);
     }
 }

@@ -359,7 +359,9 @@ impl Counters {
 /// Counts per call type.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TypeCounters {
+    /// Audio calls.
     pub audio: Counters,
+    /// Video calls.
     pub video: Counters,
 }
 
@@ -397,8 +399,9 @@ impl TypeCounters {
 /// One bucket of statistics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsBucket {
-    /// The bucket's edges as the caller gave them: `[start, end)`.
+    /// The bucket's first instant, as the caller gave it.
     pub start: UnixMs,
+    /// The instant after the bucket (the next bucket's start).
     pub end: UnixMs,
     /// Calls of the filter that started in the bucket.
     pub counts: TypeCounters,

@@ -16,7 +16,7 @@ use crate::alarm::Alarm;
 use crate::cdr::{Cdr, CdrId, UnixMs};
 use crate::codec::{self, Counts, Kind};
 use crate::config::StoreConfig;
-use crate::engine::{Batch, Direction, Kv, Snapshot, Table, prefix_range};
+use crate::engine::{Batch, Direction, Kv, Snapshot, Table};
 use crate::keys;
 use crate::log::LogEntry;
 
@@ -39,8 +39,11 @@ pub enum WriteOp {
 /// What a retention run deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
+    /// CDRs deleted, with their index entries and rollup counts.
     pub cdrs: u64,
+    /// Log entries deleted (SIP messages and events).
     pub log_entries: u64,
+    /// Cleared alarms deleted.
     pub alarms: u64,
 }
 
@@ -61,14 +64,22 @@ pub struct WriterStats {
     pub queued: u64,
 }
 
+/// The live counters behind [`WriterStats`], updated by the thread and the submitters.
 #[derive(Debug, Default)]
 struct Counters {
+    /// Batches committed.
     batches: AtomicU64,
+    /// CDRs committed.
     cdrs: AtomicU64,
+    /// Log entries committed.
     logs: AtomicU64,
+    /// Failed commit attempts.
     failures: AtomicU64,
+    /// The last successful commit's duration, in µs.
     last_commit_us: AtomicU64,
+    /// Ops accepted by `submit`; with `committed`, the queue depth.
     submitted: AtomicU64,
+    /// Ops whose batch was committed.
     committed: AtomicU64,
 }
 
@@ -176,8 +187,6 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// First and longest pause between attempts of a failing commit.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-/// Next log sequence numbers remembered at most; past that the cache starts over.
-const SEQ_CACHE_MAX: usize = 100_000;
 
 /// Starts the writer thread.
 pub(crate) fn spawn(
@@ -186,21 +195,20 @@ pub(crate) fn spawn(
 ) -> Result<(Writer, std::thread::JoinHandle<()>), StoreError> {
     let (tx, rx) = mpsc::channel();
     let counters = Arc::new(Counters::default());
+    let kv_for_seq = kv.clone();
     let mut thread = WriterThread {
         kv,
         cfg,
         counters: counters.clone(),
-        next_seq: HashMap::new(),
-        next_purge: Instant::now(),
+        next_log_seq: stored_log_seq(kv_for_seq.as_ref())?,
+        // Not at once: opening must not compete with a burst of retention work, and tests
+        // that purge explicitly see deterministic counts.
+        next_purge: Instant::now() + PURGE_EVERY,
     };
     let handle = std::thread::Builder::new()
         .name("sipedge-store".into())
         .spawn(move || thread.run(&rx))
-        .map_err(|source| StoreError::Io {
-            action: "start the store's writer thread for",
-            path: "the store".into(),
-            source,
-        })?;
+        .map_err(StoreError::Thread)?;
     Ok((Writer { tx, counters }, handle))
 }
 
@@ -211,10 +219,25 @@ struct WriterThread {
     cfg: StoreConfig,
     /// Shared with every [`Writer`].
     counters: Arc<Counters>,
-    /// The next log sequence number of recently logged calls, saving a lookup per entry.
-    next_seq: HashMap<CdrId, u32>,
+    /// The sequence number of the next log entry, of any call: one counter for all calls
+    /// keeps each call's entries in submission order without a lookup per call. Stored in
+    /// `meta` with every batch that uses it.
+    next_log_seq: u64,
     /// When retention runs next.
     next_purge: Instant,
+}
+
+/// The log sequence counter as the last commit left it.
+fn stored_log_seq(kv: &dyn Kv) -> Result<u64, StoreError> {
+    match kv.snapshot()?.get(Table::Meta, keys::LOG_SEQ_KEY)? {
+        None => Ok(0),
+        Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt {
+                what: "log sequence counter",
+                detail: format!("{} bytes", bytes.len()),
+            }),
+    }
 }
 
 fn now_ms() -> UnixMs {
@@ -277,17 +300,21 @@ impl WriterThread {
                     let _ = reply.send(result);
                 }
                 Ok(Msg::Stop(reply)) => {
+                    // Writes other clones queued behind the stop are still taken.
+                    while let Ok(msg) = rx.try_recv() {
+                        if let Msg::Op(op) = msg {
+                            pending.push(op);
+                        }
+                    }
                     self.commit_ops(&mut pending);
                     let _ = reply.send(());
                     return;
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    if pending.is_empty() {
-                        self.background_purge();
-                    } else {
-                        self.commit_ops(&mut pending);
-                        deadline = None;
-                    }
+                    self.commit_ops(&mut pending);
+                    deadline = None;
+                    // Here too under steady traffic, or retention would wait for a quiet night.
+                    self.background_purge();
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     self.commit_ops(&mut pending);
@@ -329,8 +356,6 @@ impl WriterThread {
                 }
                 Err(e) => {
                     self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                    // The sequence numbers handed out for the failed batch were not stored.
-                    self.next_seq.clear();
                     tracing::error!(error = %e, ops = ops.len(), retry_in = ?pause,
                         "store commit failed; retrying, nothing is dropped");
                     std::thread::sleep(pause);
@@ -346,20 +371,20 @@ impl WriterThread {
         let mut snap = kv.snapshot()?;
         let mut build = BatchBuilder::default();
         let (mut cdrs, mut logs) = (0u64, 0u64);
+        let mut seq = self.next_log_seq;
         for op in ops {
             match op {
                 WriteOp::PutCdr(cdr) => {
                     build.put_cdr(snap.as_mut(), cdr)?;
-                    self.next_seq.remove(&cdr.id);
                     cdrs += 1;
                 }
                 WriteOp::AppendLog(id, entry) => {
-                    let seq = self.next_seq(snap.as_mut(), *id)?;
                     build.batch.put(
                         Table::Logs,
                         keys::log_key(*id, seq).to_vec(),
                         codec::encode_log(entry),
                     );
+                    seq += 1;
                     logs += 1;
                 }
                 WriteOp::PutCall(id, bytes) => {
@@ -377,9 +402,17 @@ impl WriterThread {
                 ),
             }
         }
+        if seq != self.next_log_seq {
+            build.batch.put(
+                Table::Meta,
+                keys::LOG_SEQ_KEY.to_vec(),
+                seq.to_be_bytes().to_vec(),
+            );
+        }
         let batch = build.finish(snap.as_mut())?;
         drop(snap);
         self.kv.commit(&batch)?;
+        self.next_log_seq = seq;
         let c = &self.counters;
         c.batches.fetch_add(1, Ordering::Relaxed);
         c.cdrs.fetch_add(cdrs, Ordering::Relaxed);
@@ -387,30 +420,6 @@ impl WriterThread {
         let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         c.last_commit_us.store(us, Ordering::Relaxed);
         Ok(())
-    }
-
-    fn next_seq(&mut self, snap: &mut dyn Snapshot, id: CdrId) -> Result<u32, StoreError> {
-        let seq = match self.next_seq.get(&id) {
-            Some(seq) => *seq,
-            None => {
-                let mut next = 0;
-                snap.scan(
-                    Table::Logs,
-                    prefix_range(&keys::id_key(id)),
-                    Direction::Backward,
-                    &mut |k, _| {
-                        next = keys::log_seq(k).map_or(0, |s| s.saturating_add(1));
-                        Ok(ControlFlow::Break(()))
-                    },
-                )?;
-                next
-            }
-        };
-        if self.next_seq.len() >= SEQ_CACHE_MAX {
-            self.next_seq.clear();
-        }
-        self.next_seq.insert(id, seq.saturating_add(1));
-        Ok(seq)
     }
 
     /// Deletes one chunk of expired data; says whether more is left.
@@ -642,5 +651,90 @@ impl BatchBuilder {
             }
         }
         Ok(self.batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{self, Engine};
+    use crate::log::LogKind;
+
+    /// The real engine, with the first commits failing as on a full disk.
+    struct FailingFirst {
+        /// The real database.
+        inner: Box<dyn Kv>,
+        /// Commits still to fail.
+        failures_left: AtomicU64,
+    }
+
+    impl Kv for FailingFirst {
+        fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, StoreError> {
+            self.inner.snapshot()
+        }
+
+        fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+            let left = self.failures_left.load(Ordering::Relaxed);
+            if left > 0 {
+                self.failures_left.store(left - 1, Ordering::Relaxed);
+                return Err(StoreError::Io {
+                    action: "write (injected fault)",
+                    path: "sipedge.redb".into(),
+                    source: std::io::Error::other("no space left on device"),
+                });
+            }
+            self.inner.commit(batch)
+        }
+    }
+
+    #[test]
+    fn failed_commits_are_retried_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = Arc::new(FailingFirst {
+            inner: engine::open(dir.path(), Engine::Redb).unwrap(),
+            failures_left: AtomicU64::new(3),
+        });
+        let cfg = StoreConfig {
+            flush_interval: Duration::from_millis(10),
+            ..StoreConfig::default()
+        };
+        let (writer, thread) = spawn(kv.clone(), cfg).unwrap();
+        let cdr = codec::tests::cdr();
+        let event = |text: &str| LogEntry {
+            at: cdr.start_time,
+            kind: LogKind::Event { text: text.into() },
+        };
+        writer
+            .submit(WriteOp::AppendLog(cdr.id, event("first")))
+            .unwrap();
+        writer
+            .submit(WriteOp::AppendLog(cdr.id, event("second")))
+            .unwrap();
+        writer
+            .submit(WriteOp::PutCdr(Box::new(cdr.clone())))
+            .unwrap();
+        writer.flush(Duration::from_secs(30)).unwrap();
+
+        let stats = writer.stats();
+        assert_eq!(
+            (stats.failures, stats.cdrs_written, stats.queued),
+            (3, 1, 0)
+        );
+        let mut snap = kv.snapshot().unwrap();
+        let stored = snap
+            .get(Table::Cdrs, &keys::id_key(cdr.id))
+            .unwrap()
+            .unwrap();
+        assert_eq!(codec::decode_cdr(cdr.id, &stored).unwrap(), cdr);
+        for (seq, text) in [(0, "first"), (1, "second")] {
+            let value = snap
+                .get(Table::Logs, &keys::log_key(cdr.id, seq))
+                .unwrap()
+                .unwrap();
+            assert_eq!(codec::decode_log(&value).unwrap(), event(text));
+        }
+        drop(snap);
+        writer.stop(Duration::from_secs(30)).unwrap();
+        thread.join().unwrap();
     }
 }

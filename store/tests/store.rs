@@ -527,6 +527,8 @@ fn reopen_after_drop_keeps_everything(engine: Engine) {
         }
         w.submit(WriteOp::PutCall(CdrId(5), b"open call".to_vec()))
             .unwrap();
+        w.submit(WriteOp::AppendLog(CdrId(5), log_sip(1, b"INVITE")))
+            .unwrap();
         // No flush: dropping the store must commit what is queued.
         drop(store);
         assert!(matches!(
@@ -540,6 +542,16 @@ fn reopen_after_drop_keeps_everything(engine: Engine) {
     assert_eq!(
         store.calls_in_progress().unwrap(),
         vec![(CdrId(5), b"open call".to_vec())]
+    );
+    // The log goes on where it stopped, in order.
+    store
+        .writer()
+        .submit(WriteOp::AppendLog(CdrId(5), log_sip(2, b"BYE")))
+        .unwrap();
+    store.flush(FLUSH).unwrap();
+    assert_eq!(
+        store.cdr_log(CdrId(5)).unwrap(),
+        vec![log_sip(1, b"INVITE"), log_sip(2, b"BYE")]
     );
     drop(store);
     let other = match engine {

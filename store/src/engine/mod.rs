@@ -2,7 +2,7 @@
 //!
 //! Everything above this module speaks in [`Table`]s of byte keys and byte values, one atomic
 //! and durable [`Batch`] per commit, point reads and ordered scans through a [`Snapshot`]. The
-//! engines ([`redb`] by default, [`sled`] when chosen) are only named here, so nothing outside
+//! engines (`redb.rs` by default, `sled.rs` when chosen) are only named here, so nothing outside
 //! the store, nor its public API, depends on either.
 
 mod redb;
@@ -33,6 +33,12 @@ impl Engine {
             Engine::Redb => "redb",
             Engine::Sled => "sled",
         }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -61,6 +61,8 @@ pub(super) struct SledKv {
     db: sled::Db,
     /// sled's log file, fsynced after each flush since sled itself does not.
     log: File,
+    /// Its path, for error messages.
+    log_path: PathBuf,
     /// Where sled writes blob files, each needing its own fsync.
     blobs: PathBuf,
     /// Blob files already fsynced, so each commit only syncs new ones.
@@ -79,6 +81,7 @@ impl SledKv {
         Ok(SledKv {
             db,
             log,
+            log_path,
             blobs: path.join("blobs"),
             synced_blobs: Mutex::new(HashSet::new()),
         })
@@ -137,11 +140,9 @@ impl Kv for SledKv {
             .apply_batch(sled_batch)
             .map_err(fail("apply a batch"))?;
         self.db.flush().map_err(fail("flush"))?;
-        self.log.sync_all().map_err(|source| StoreError::Io {
-            action: "fsync sled's log file",
-            path: self.blobs.with_file_name("db"),
-            source,
-        })?;
+        self.log
+            .sync_all()
+            .map_err(io_fail("fsync sled's log file", &self.log_path))?;
         self.sync_blobs()
     }
 }
