@@ -335,6 +335,64 @@ describe('monitoring and live calls', () => {
   });
 });
 
+describe('live calls, scripted', () => {
+  // The live view's own logic (appear, change, leave, resync after a reconnect, ticking
+  // durations) against a scripted /api/events and /api/calls/live. The same view against real
+  // SIP calls is the SIPp test, once call tracking publishes events.
+  test('calls appear on call.started, change on ringing/answered, leave on call.ended; durations tick', async () => {
+    const now = Date.now();
+    const at = (msAgo) => new Date(now - msAgo).toISOString().replace('Z', '+00:00');
+    const call = (id, caller, called, type, state, startAgo, answerAgo) => ({
+      id, node: 'ui-01', call_id: `${id}@script`, caller, called, caller_uri: `sip:${caller}@t`, called_uri: `sip:${called}@b`,
+      call_type: type, state, start_time: at(startAgo), ring_time: null, answer_time: answerAgo ? at(answerAgo) : null,
+      video_started_at: null, transport: 'udp', terminal: `198.51.100.9:${40000 + caller.length}`,
+    });
+    const a = call('0000000000000a', '13800000001', '95566', 'audio', 'trying', 2000);
+    const b = call('0000000000000b', '13900000002', '95588', 'video', 'trying', 65000);
+    const c = call('0000000000000c', '15000000003', '400800', 'audio', 'connected', 3725000, 3700000);
+    const chunks = [
+      [['call.started', a], ['call.started', b], ['call.ringing', { ...b, state: 'ringing' }], ['call.answered', { ...b, state: 'connected', answer_time: at(60000) }], ['call.started', c]],
+      [['call.ended', { ...a, state: 'ended' }]],
+    ];
+    const truth = new Map();
+    let connections = 0;
+    let lastId = 0;
+    const { page, context, done } = await open('about:blank');
+    await context.route('**/api/calls/live', (route) => route.fulfill({ json: { items: [...truth.values()] } }));
+    await context.route('**/api/events', async (route) => {
+      const chunk = chunks[connections] || [];
+      connections += 1;
+      const hold = connections < chunks.length ? 300 : 600000;
+      let body = `retry: ${hold}\n: scripted\n\n`;
+      for (const [name, data] of chunk) {
+        lastId += 1;
+        body += `id: ${lastId}\nevent: ${name}\ndata: ${JSON.stringify(data)}\n\n`;
+        if (name === 'call.ended') truth.delete(data.id);
+        else truth.set(data.id, data);
+      }
+      await route.fulfill({ status: 200, headers: { 'content-type': 'text/event-stream' }, body });
+    });
+    await page.goto(`${BASE}/#/live`);
+    const rows = page.locator('#live-rows tr');
+    await page.waitForFunction(() => document.querySelectorAll('#live-rows tr').length === 3 || document.querySelector('#live-rows tr.leaving'));
+    // Newest first; states as the last event said.
+    assert.equal(await page.getAttribute('#live-rows tr:nth-child(2)', 'data-id'), b.id);
+    assert.match(await page.textContent(`tr[data-id="${b.id}"]`), /通话中/);
+    assert.match(await page.textContent(`tr[data-id="${b.id}"]`), /视频/);
+    await page.waitForSelector(`tr[data-id="${a.id}"]`, { state: 'detached' });
+    assert.equal(await rows.count(), 2);
+    assert.equal(digits(await page.textContent('[data-tile="live.total"]')), 2);
+    assert.equal(digits(await page.textContent('#live-count')), 2);
+    const elapsed = page.locator(`tr[data-id="${c.id}"] td:nth-child(6)`);
+    assert.match(await elapsed.textContent(), /^1:02:0\d$/);
+    const first = await elapsed.textContent();
+    await page.waitForFunction(([id, before]) => document.querySelector(`tr[data-id="${id}"] td:nth-child(6)`).textContent !== before, [c.id, first]);
+    await page.mouse.move(0, 0);
+    await shot(page, 'live-calls');
+    await done();
+  });
+});
+
 describe('access control', () => {
   test('behind api.users the pages work with the browser\'s Basic credentials', { skip: !process.env.SIPEDGE_AUTH_URL && 'SIPEDGE_AUTH_URL not set' }, async () => {
     const base = process.env.SIPEDGE_AUTH_URL;
