@@ -24,6 +24,10 @@ function parseHash() {
   return { page: views[page] ? page : 'live', rest: decodeURIComponent(rest.join('/')), params: new URLSearchParams(search) };
 }
 
+/** Whether the page has routed once: later route changes move focus to the new heading, so
+ * that keyboard and screen-reader users land on the view they chose. */
+let routed = false;
+
 function route() {
   const { page, rest, params } = parseHash();
   for (const section of document.querySelectorAll('.page')) section.hidden = section.dataset.page !== page;
@@ -37,6 +41,11 @@ function route() {
   views[page].show(rest, params);
   const title = byId(`page-${page}`).querySelector('h1');
   document.title = `${title ? title.textContent : ''} · sipedge`;
+  if (routed && title) {
+    title.setAttribute('tabindex', '-1');
+    title.focus({ preventScroll: true });
+  }
+  routed = true;
 }
 
 async function checkHealth() {

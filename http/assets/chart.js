@@ -100,8 +100,17 @@ export function render(container, stats) {
     if (i % every === 0) group.append(svg('text', { x: cx, y: H - M.bottom + 18, class: 'tick', 'text-anchor': 'middle' }, label));
     picture.append(group);
   });
+  const table = el(
+    'table',
+    { class: 'grid' },
+    el('thead', {}, el('tr', {}, el('th', { scope: 'col' }, t(stats.bucket === 'hour' ? 'chart.bucket_hour' : 'chart.bucket_day')),
+      TYPES.flatMap((type) => [el('th', { scope: 'col', class: 'num' }, `${t(`type.${type}`)} · ${t('stats.calls')}`), el('th', { scope: 'col', class: 'num' }, `${t(`type.${type}`)} · ${t('stats.talk_s')}`)]))),
+    el('tbody', {}, buckets.map((b, i) => el('tr', {},
+      el('th', { scope: 'row', class: 'mono' }, bucketNames(stats.bucket, b.start, buckets[i + 1]?.start ?? stats.end)[1]),
+      TYPES.flatMap((type) => [el('td', { class: 'num mono' }, count(b[type]?.calls ?? 0)), el('td', { class: 'num mono' }, duration(b[type]?.talk_s ?? 0))])))),
+  );
   if (max === 0) {
     picture.append(svg('text', { x: M.left + plotW / 2, y: M.top + plotH / 2, class: 'no-data', 'text-anchor': 'middle' }, t('chart.no_talk')));
   }
-  replace(container, picture);
+  replace(container, picture, el('details', { class: 'chart-data' }, el('summary', {}, t('chart.table')), el('div', { class: 'table-scroll' }, table)));
 }

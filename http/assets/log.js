@@ -9,6 +9,8 @@ import { clockMs, dateTime, duration, epochMs } from './format.js';
 import { t } from './i18n.js';
 import { typeBadge } from './live.js';
 
+/** Quiet stretches at least this long get a marker in the ladder. */
+const GAP_MS = 10000;
 /** The last non-log view, where "back" goes. */
 let from = '#/query';
 /** What is on screen, to re-render on a language change. */
@@ -155,8 +157,16 @@ function renderLadder(cdr, entries) {
       el('div', { class: 'lane-title l2' }, el('strong', {}, 'Sipserver'), el('span', { class: 'mono' }, upstream)),
     ),
   );
-  const rows = entries.map((entry, index) => {
+  let previous = t0;
+  const rows = entries.flatMap((entry, index) => {
     const at = epochMs(entry.at);
+    // A long quiet stretch (the conversation between ACK and BYE, say) is marked rather than
+    // drawn to scale.
+    const gap = at - previous >= GAP_MS ? el('li', { class: 'ladder-gap' }, el('span', {}, t('log.gap', { d: duration((at - previous) / 1000) }))) : null;
+    previous = Number.isNaN(at) ? previous : at;
+    return [gap, row(entry, index, at)].filter(Boolean);
+  });
+  function row(entry, index, at) {
     const time = el(
       'div',
       { class: 'ladder-time' },
@@ -190,7 +200,7 @@ function renderLadder(cdr, entries) {
       ),
     );
     return el('li', {}, button);
-  });
+  }
   replace(
     ladder,
     head,

@@ -256,6 +256,7 @@ describe('view log', () => {
     const notes = await page.$$eval('#ladder .event-note', (n) => n.map((x) => x.textContent));
     assert.ok(notes.some((n) => n.includes(events[0].text)), notes.join('|'));
     await shot(page, 'log');
+    await shot(page, 'log-full', true);
 
     // Any message opens in full, byte for byte, and Escape closes it.
     await page.locator('#ladder .ladder-row.sip').nth(5).click();
