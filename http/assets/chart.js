@@ -45,8 +45,9 @@ export function legend(container) {
   );
 }
 
-/** Draws `stats` (the `/api/stats` answer) into `container`. */
-export function render(container, stats) {
+/** Draws `stats` (the `/api/stats` answer) into `container`; `onPick(start, end)` is called
+ * when a bar group is chosen (click, Enter or Space), to zoom into its interval. */
+export function render(container, stats, onPick) {
   const buckets = Array.isArray(stats.buckets) ? stats.buckets : [];
   const n = buckets.length;
   const max = Math.max(0, ...buckets.flatMap((b) => TYPES.map((type) => b[type]?.talk_s ?? 0)));
@@ -83,7 +84,23 @@ export function render(container, stats) {
     const next = buckets[i + 1]?.start ?? stats.end;
     const [label, full] = bucketNames(stats.bucket, b.start, next);
     const cx = M.left + groupW * (i + 0.5);
-    const group = svg('g', { class: 'bar-group', dataset: { start: String(b.start) } });
+    const group = svg('g', {
+      class: 'bar-group',
+      tabindex: '0',
+      role: 'button',
+      'aria-label': `${full}: ${TYPES.map((type) => `${t(`type.${type}`)} ${duration(b[type]?.talk_s ?? 0)}`).join(', ')}. ${t('chart.zoom')}`,
+      dataset: { start: String(b.start) },
+    });
+    const pick = () => onPick && onPick(b.start, next);
+    group.addEventListener('click', pick);
+    group.addEventListener('keydown', (event) => {
+      if (event.key === 'Enter' || event.key === ' ') {
+        event.preventDefault();
+        pick();
+      }
+    });
+    // The whole column is the target, not only the (maybe tiny) bars.
+    group.append(svg('rect', { x: cx - groupW / 2, y: M.top, width: groupW, height: plotH, class: 'hit' }));
     TYPES.forEach((type, k) => {
       const c = b[type] || {};
       const talk = c.talk_s ?? 0;

@@ -59,6 +59,13 @@ function addDays(date, days) {
   return new Date(Date.UTC(y, m - 1, d + days)).toISOString().slice(0, 10);
 }
 
+/** Narrows the query to one bucket of the chart, keeping the other conditions. */
+function zoom(start, end) {
+  byId('q-start').value = dateTime(start);
+  byId('q-end').value = dateTime(end);
+  submit();
+}
+
 function setRange(fromDays, toDays) {
   if (!nodeToday) return;
   byId('q-start').value = `${addDays(nodeToday, fromDays)} 00:00:00`;
@@ -202,7 +209,7 @@ function renderStats(stats) {
     tile(t('totals.connect_rate'), percent(all.connect_rate), 'green', 'all.connect_rate'),
   );
   byId('chart-title').textContent = t(stats.bucket === 'hour' ? 'chart.title_hour' : 'chart.title_day');
-  chart.render(byId('chart'), stats);
+  chart.render(byId('chart'), stats, zoom);
 
   const cols = ['calls', 'connected', 'connect_rate', 'talk_s', 'avg_talk_s'];
   const fmt = { calls: count, connected: count, connect_rate: percent, talk_s: duration, avg_talk_s: duration };

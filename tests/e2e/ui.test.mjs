@@ -170,6 +170,12 @@ describe('query', () => {
     assert.equal(stats.totals.audio.calls, 0);
     assert.equal(await page.inputValue('#q-start'), `${addDays(today, -2)} 00:00:00`);
     await shot(page, 'query-3-days');
+    // Choosing a day's bars zooms into that day, hour by hour, keeping the other conditions.
+    await page.locator('.bar-chart .bar-group').nth(2).click();
+    await page.waitForSelector('.bar-chart[data-bucket="hour"]');
+    assert.equal(await page.locator('.bar-chart .bar-group').count(), 24);
+    assert.equal(await page.inputValue('#q-start'), `${today} 00:00:00`);
+    assert.equal(await page.inputValue('#q-type'), 'video');
     await done();
   });
 });
