@@ -1,7 +1,7 @@
 // The one translation table of the front end: Simplified Chinese (the operators' language,
 // the default) and English. `?lang=zh|en` chooses, and the choice is remembered in
-// localStorage. Static labels carry `data-i18n="key"` (text) or `data-i18n-aria="key"`
-// (aria-label); the views call `t(key)` for what they draw.
+// localStorage. Static labels carry `data-i18n="key"` (text), `data-i18n-aria="key"`
+// (aria-label) or `data-i18n-placeholder="key"`; the views call `t(key)` for what they draw.
 
 const STORAGE_KEY = 'sipedge.lang';
 
@@ -37,6 +37,8 @@ const TABLE = {
     'live.title': '实时通话',
     'live.hint': '正在进行的每一路通话，实时更新，无需刷新。',
     'live.empty': '当前没有进行中的通话',
+    'live.filter': '筛选主叫/被叫号码',
+    'live.no_match': '没有号码匹配的通话',
     'live.total': '进行中',
     'live.ringing': '呼叫/振铃',
     'live.connected': '通话中',
@@ -218,6 +220,8 @@ const TABLE = {
     'live.title': 'Live calls',
     'live.hint': 'Every call in progress, updated as it happens.',
     'live.empty': 'No calls in progress',
+    'live.filter': 'Filter by caller or called number',
+    'live.no_match': 'No call matches the filter',
     'live.total': 'In progress',
     'live.ringing': 'Setting up / ringing',
     'live.connected': 'Talking',
@@ -437,4 +441,5 @@ export function t(key, vars = {}) {
 export function applyStatic(root) {
   for (const node of root.querySelectorAll('[data-i18n]')) node.textContent = t(node.dataset.i18n);
   for (const node of root.querySelectorAll('[data-i18n-aria]')) node.setAttribute('aria-label', t(node.dataset.i18nAria));
+  for (const node of root.querySelectorAll('[data-i18n-placeholder]')) node.setAttribute('placeholder', t(node.dataset.i18nPlaceholder));
 }

@@ -23,12 +23,19 @@ let held = null;
 /** Another reload was asked for while one was in flight. */
 let again = false;
 let visible = false;
+/** What the operator typed in the filter box. */
+let filter = '';
 
 export function init() {
   for (const name of ['call.started', 'call.ringing', 'call.answered', 'call.ended']) {
     events.on(name, (call) => apply(name, call));
   }
   events.on('resync', reload);
+  byId('live-filter').addEventListener('input', (event) => {
+    filter = event.target.value.trim();
+    for (const entry of calls.values()) applyFilter(entry);
+    summarize();
+  });
   reload();
   setInterval(tick, 1000);
 }
@@ -97,6 +104,12 @@ function upsert(call, fresh) {
   entry.call = call;
   fill(entry);
   place(entry);
+  applyFilter(entry);
+}
+
+function applyFilter(entry) {
+  const c = entry.call || {};
+  entry.row.hidden = filter !== '' && ![c.caller, c.called, c.terminal].some((v) => String(v || '').includes(filter));
 }
 
 function end(call) {
@@ -202,7 +215,9 @@ function summarize() {
     tile('live.connected', connected, 'green'),
     tile('live.video', video, 'violet'),
   );
-  byId('live-empty').hidden = calls.size > 0;
+  const shown = [...calls.values()].filter((e) => !e.row.hidden).length;
+  byId('live-empty').hidden = shown > 0;
+  byId('live-empty').textContent = t(calls.size > 0 ? 'live.no_match' : 'live.empty');
   const badge = byId('live-count');
   badge.hidden = active.length === 0;
   badge.textContent = count(active.length);

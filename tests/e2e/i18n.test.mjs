@@ -23,7 +23,7 @@ test('every literal key the pages use is in the table', () => {
   const used = new Set();
   for (const file of readdirSync(assets)) {
     const text = readFileSync(path.join(assets, file), 'utf8');
-    if (file.endsWith('.html')) for (const m of text.matchAll(/data-i18n(?:-aria)?="([^"]+)"/g)) used.add(m[1]);
+    if (file.endsWith('.html')) for (const m of text.matchAll(/data-i18n(?:-aria|-placeholder)?="([^"]+)"/g)) used.add(m[1]);
     if (file.endsWith('.js')) for (const m of text.matchAll(/\bt\('([a-z_.]+)'/g)) used.add(m[1]);
   }
   const missing = [...used].filter((k) => !(k in table.zh));

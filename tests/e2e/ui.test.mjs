@@ -396,6 +396,14 @@ describe('live calls, scripted', () => {
     await page.waitForFunction(([id, before]) => document.querySelector(`tr[data-id="${id}"] td:nth-child(6)`).textContent !== before, [c.id, first]);
     await page.mouse.move(0, 0);
     await shot(page, 'live-calls');
+    // The filter box narrows the list by number.
+    await page.fill('#live-filter', '1500');
+    await page.waitForSelector(`tr[data-id="${b.id}"]`, { state: 'hidden' });
+    assert.equal(await page.isVisible(`tr[data-id="${c.id}"]`), true);
+    await page.fill('#live-filter', '999');
+    assert.match(await page.textContent('#live-empty'), /没有号码匹配/);
+    await page.fill('#live-filter', '');
+    assert.equal(await page.isVisible(`tr[data-id="${b.id}"]`), true);
     await done();
   });
 });
