@@ -357,8 +357,9 @@ describe('live calls, scripted', () => {
     const a = call('0000000000000a', '13800000001', '95566', 'audio', 'trying', 2000);
     const b = call('0000000000000b', '13900000002', '95588', 'video', 'trying', 65000);
     const c = call('0000000000000c', '15000000003', '400800', 'audio', 'connected', 3725000, 3700000);
+    const d = call('0000000000000d', '18620000004', '95566', 'audio', 'ringing', 9000);
     const chunks = [
-      [['call.started', a], ['call.started', b], ['call.ringing', { ...b, state: 'ringing' }], ['call.answered', { ...b, state: 'connected', answer_time: at(60000) }], ['call.started', c]],
+      [['call.started', a], ['call.started', b], ['call.ringing', { ...b, state: 'ringing' }], ['call.answered', { ...b, state: 'connected', answer_time: at(60000) }], ['call.started', c], ['call.started', d]],
       [['call.ended', { ...a, state: 'ended' }]],
     ];
     const truth = new Map();
@@ -381,15 +382,17 @@ describe('live calls, scripted', () => {
     });
     await page.goto(`${BASE}/#/live`);
     const rows = page.locator('#live-rows tr');
-    await page.waitForFunction(() => document.querySelectorAll('#live-rows tr').length === 3 || document.querySelector('#live-rows tr.leaving'));
+    await page.waitForFunction(() => document.querySelectorAll('#live-rows tr').length === 4 || document.querySelector('#live-rows tr.leaving'));
     // Newest first; states as the last event said.
-    assert.equal(await page.getAttribute('#live-rows tr:nth-child(2)', 'data-id'), b.id);
+    assert.equal(await page.getAttribute('#live-rows tr:nth-child(3)', 'data-id'), b.id);
+    assert.match(await page.textContent(`tr[data-id="${d.id}"]`), /振铃/);
     assert.match(await page.textContent(`tr[data-id="${b.id}"]`), /通话中/);
     assert.match(await page.textContent(`tr[data-id="${b.id}"]`), /视频/);
     await page.waitForSelector(`tr[data-id="${a.id}"]`, { state: 'detached' });
-    assert.equal(await rows.count(), 2);
-    assert.equal(digits(await page.textContent('[data-tile="live.total"]')), 2);
-    assert.equal(digits(await page.textContent('#live-count')), 2);
+    assert.equal(await rows.count(), 3);
+    assert.equal(digits(await page.textContent('[data-tile="live.total"]')), 3);
+    assert.equal(digits(await page.textContent('[data-tile="live.ringing"]')), 1);
+    assert.equal(digits(await page.textContent('#live-count')), 3);
     const elapsed = page.locator(`tr[data-id="${c.id}"] td:nth-child(6)`);
     assert.match(await elapsed.textContent(), /^1:02:0\d$/);
     const first = await elapsed.textContent();
