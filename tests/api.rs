@@ -417,6 +417,10 @@ fn stats_have_hourly_buckets_up_to_exactly_one_day_and_add_up() {
     );
     assert!(svg.body.starts_with("<svg ") && svg.body.ends_with("</svg>"));
     assert_eq!(svg.body.matches("<rect x=").count(), 4 * 2 + 2);
+    assert!(svg.body.contains(">video</text>"));
+    let zh = get(&se, &format!("/api/stats.svg?{filtered}&lang=zh"));
+    assert_eq!(zh.status, 200);
+    assert!(zh.body.contains(">视频</text>"), "{}", zh.body);
 }
 
 /// Fields of one RFC 4180 line (the generated data has no line breaks inside fields).
@@ -640,6 +644,8 @@ fn bad_parameters_get_a_400_naming_them() {
         ("/api/stats?end=x", "end"),
         ("/api/stats?cursor=x", "cursor"),
         ("/api/stats.svg?type=fax", "type"),
+        ("/api/stats.svg?lang=fr", "lang"),
+        ("/api/stats?lang=zh", "lang"),
         ("/api/alarms?active=maybe", "active"),
         ("/api/alarms?start=never", "start"),
     ];
@@ -947,4 +953,37 @@ fn a_bad_password_hash_is_refused_at_start_naming_the_key() {
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("api.users[0].password_hash"), "{err}");
+}
+
+#[test]
+fn a_cursor_stays_valid_across_a_restart() {
+    let cdrs = calls();
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    seed::write(
+        &data,
+        &Seed {
+            cdrs: cdrs.clone(),
+            ..Seed::default()
+        },
+    );
+    let path = home.path().join("sipedge.toml");
+    std::fs::write(
+        &path,
+        config("").replace("{DATA}", &data.display().to_string()),
+    )
+    .unwrap();
+    let mut first = Sipedge::start_file(&path, tempfile::tempdir().unwrap());
+    let page = json(&get(&first, "/api/cdrs?limit=10"));
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let want = json(&get(&first, &format!("/api/cdrs?limit=10&cursor={cursor}")));
+    assert_eq!(first.stop(), Some(0));
+
+    let second = Sipedge::start_file(&path, tempfile::tempdir().unwrap());
+    let reply = get(&second, &format!("/api/cdrs?limit=10&cursor={cursor}"));
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        ids(json(&reply)["items"].as_array().unwrap()),
+        ids(want["items"].as_array().unwrap())
+    );
 }

@@ -80,6 +80,9 @@ pub struct Access {
     allow: Vec<IpNet>,
     /// By name; empty means no credentials are asked for.
     users: HashMap<String, String>,
+    /// Checked for names that are no user, so that the time taken does not tell which
+    /// names exist.
+    decoy: String,
     /// SHA-256 of a verified `name:password` → when it stops being trusted.
     verified: Mutex<HashMap<[u8; 32], Instant>>,
     /// Limits the argon2 checks running at once.
@@ -94,6 +97,10 @@ impl Access {
                 .iter()
                 .map(|u| (u.name.clone(), u.password_hash.clone()))
                 .collect(),
+            decoy: users
+                .first()
+                .and_then(|_| hash_password(&hex::encode(random_key())).ok())
+                .unwrap_or_default(),
             verified: Mutex::new(HashMap::new()),
             checks: Arc::new(Semaphore::new(CONCURRENT_CHECKS)),
         }
@@ -128,9 +135,8 @@ impl Access {
                 return true;
             }
         }
-        let Some(hash) = self.users.get(&name).cloned() else {
-            return false;
-        };
+        let known = self.users.get(&name);
+        let hash = known.unwrap_or(&self.decoy).clone();
         let Ok(_permit) = self.checks.clone().acquire_owned().await else {
             return false;
         };
@@ -144,7 +150,8 @@ impl Access {
                 .unwrap_or(false)
         })
         .await
-        .unwrap_or(false);
+        .unwrap_or(false)
+            && known.is_some();
         if ok {
             let mut cache = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
             if cache.len() >= CACHE_MAX {

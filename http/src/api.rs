@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use sipedge_store::{CdrId, Store, StoreError};
 
 use crate::access::{self, Access, ApiUser};
-use crate::chart::{self, Bar, Chart};
+use crate::chart::{self, Bar, Chart, Lang};
 use crate::events::EventHub;
 use crate::health::Health;
 use crate::json_error;
@@ -119,12 +119,15 @@ pub struct ApiState {
     pub node: String,
     /// `node.timezone`: of "today", of bucket edges, of every time shown.
     pub timezone: Tz,
+    /// Shown by `/healthz`, for the F5.
     pub health: Health,
+    /// Every query reads it; cheap to clone into blocking tasks.
     pub store: Store,
     /// Signs paging cursors (see [`load_cursor_key`]).
     pub cursor_key: Vec<u8>,
     /// `api.allow` and `api.users`.
     pub access: Arc<Access>,
+    /// The calls in progress, from call tracking.
     pub live: Arc<dyn LiveSource>,
     /// Where `/api/events` reads from.
     pub events: EventHub,
@@ -390,18 +393,21 @@ async fn cdr_log(
     Ok(Json(json!({ "id": id.to_string(), "entries": entries })).into_response())
 }
 
-async fn stats_of(
-    state: &ApiState,
-    raw: Option<&str>,
-) -> Result<
-    (
-        params::Query,
-        params::BucketSize,
-        sipedge_store::StatsResult,
-    ),
-    ApiError,
-> {
-    let query = filters(state, raw, Extra::None)?;
+/// A query, its bucket size and the store's statistics for it.
+type Stats = (
+    params::Query,
+    params::BucketSize,
+    sipedge_store::StatsResult,
+);
+
+async fn stats_of(state: &ApiState, params: &HashMap<String, String>) -> Result<Stats, ApiError> {
+    let query = params::parse(
+        params,
+        Extra::None,
+        state.timezone,
+        Utc::now(),
+        &state.cursor_key,
+    )?;
     let (size, edges) = params::bucket_edges(query.filter.start, query.filter.end, state.timezone);
     let store = state.store.clone();
     let filter = query.filter.clone();
@@ -413,7 +419,7 @@ async fn stats(
     State(state): State<Arc<ApiState>>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (query, size, result) = stats_of(&state, raw.as_deref()).await?;
+    let (query, size, result) = stats_of(&state, &query_map(raw.as_deref())?).await?;
     Ok(Json(render::stats(
         query.filter.start,
         query.filter.end,
@@ -428,7 +434,15 @@ async fn stats_svg(
     State(state): State<Arc<ApiState>>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (query, size, result) = stats_of(&state, raw.as_deref()).await?;
+    let mut params = query_map(raw.as_deref())?;
+    let lang = match params.remove("lang").as_deref().map(str::trim) {
+        None | Some("") | Some("en") => Lang::En,
+        Some("zh") => Lang::Zh,
+        Some(other) => {
+            return Err(BadParam(format!("lang: {other:?} is not zh or en")).into());
+        }
+    };
+    let (query, size, result) = stats_of(&state, &params).await?;
     let chart = Chart {
         start: query.filter.start,
         end: query.filter.end,
@@ -443,6 +457,7 @@ async fn stats_svg(
             })
             .collect(),
         zone: state.timezone,
+        lang,
     };
     Ok((
         [(header::CONTENT_TYPE, "image/svg+xml; charset=utf-8")],

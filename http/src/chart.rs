@@ -24,19 +24,84 @@ const MAX_X_LABELS: usize = 24;
 /// One bar group.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bar {
+    /// The bucket's start, for its x-axis label.
     pub start: UnixMs,
+    /// Talk time of the bucket's audio calls, drawn on the left.
     pub audio_talk_s: f64,
+    /// Talk time of the bucket's video calls, drawn on the right.
     pub video_talk_s: f64,
+}
+
+/// The language of the chart's words: the front end's `?lang` (SPEC §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    En,
+    Zh,
+}
+
+/// Every word the chart draws, in one language.
+struct Words {
+    /// Title of an hourly chart.
+    per_hour: &'static str,
+    /// Title of a daily chart.
+    per_day: &'static str,
+    /// Between the interval's two ends in the title.
+    to: &'static str,
+    /// The x axis's title, hourly and daily.
+    hour_axis: &'static str,
+    day_axis: &'static str,
+    /// The y axis's title.
+    talk_time: &'static str,
+    /// Seconds, minutes, hours.
+    units: [&'static str; 3],
+    /// The legend.
+    audio: &'static str,
+    video: &'static str,
+}
+
+impl Lang {
+    fn words(self) -> &'static Words {
+        match self {
+            Lang::En => &Words {
+                per_hour: "Talk time per hour",
+                per_day: "Talk time per day",
+                to: "to",
+                hour_axis: "hour of day",
+                day_axis: "day",
+                talk_time: "talk time",
+                units: ["s", "min", "h"],
+                audio: "audio",
+                video: "video",
+            },
+            Lang::Zh => &Words {
+                per_hour: "每小时通话时长",
+                per_day: "每日通话时长",
+                to: "至",
+                hour_axis: "小时",
+                day_axis: "日期",
+                talk_time: "通话时长",
+                units: ["秒", "分钟", "小时"],
+                audio: "语音",
+                video: "视频",
+            },
+        }
+    }
 }
 
 /// What the chart shows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chart {
+    /// The queried interval, for the title.
     pub start: UnixMs,
     pub end: UnixMs,
+    /// Hour or day buckets, for the labels' format.
     pub bucket: BucketSize,
+    /// One group of two bars per bucket, in time order.
     pub bars: Vec<Bar>,
+    /// `node.timezone`: labels show local hours and days.
     pub zone: Tz,
+    /// The language of the words.
+    pub lang: Lang,
 }
 
 /// Text made safe for SVG content and attribute values.
@@ -56,14 +121,15 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// The y axis unit that keeps tick labels short, and its size in seconds.
-fn unit(max_s: f64) -> (&'static str, f64) {
+/// The y axis unit that keeps tick labels short (0 seconds, 1 minutes, 2 hours), and its
+/// size in seconds.
+fn unit(max_s: f64) -> (usize, f64) {
     if max_s < 600.0 {
-        ("s", 1.0)
+        (0, 1.0)
     } else if max_s < 36_000.0 {
-        ("min", 60.0)
+        (1, 60.0)
     } else {
-        ("h", 3600.0)
+        (2, 3600.0)
     }
 }
 
@@ -107,7 +173,9 @@ pub fn svg(chart: &Chart) -> String {
         .iter()
         .flat_map(|b| [b.audio_talk_s, b.video_talk_s])
         .fold(0.0f64, f64::max);
-    let (unit_name, unit_s) = unit(max_s);
+    let words = chart.lang.words();
+    let (unit_index, unit_s) = unit(max_s);
+    let unit_name = words.units.get(unit_index).copied().unwrap_or_default();
     let step = tick_step(max_s / unit_s);
     let ticks = ((max_s / unit_s) / step).ceil().max(1.0) as usize;
     let top_value = step * ticks as f64;
@@ -121,12 +189,13 @@ pub fn svg(chart: &Chart) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
     );
     let per = match chart.bucket {
-        BucketSize::Hour => "hour",
-        BucketSize::Day => "day",
+        BucketSize::Hour => words.per_hour,
+        BucketSize::Day => words.per_day,
     };
     let title = format!(
-        "Talk time per {per}, {} to {} ({})",
+        "{per}, {} {} {} ({})",
         crate::render::local(chart.start, chart.zone),
+        words.to,
         crate::render::local(chart.end, chart.zone),
         chart.zone.name()
     );
@@ -157,8 +226,8 @@ pub fn svg(chart: &Chart) -> String {
     for (i, bar) in chart.bars.iter().enumerate() {
         let x0 = LEFT + slot * i as f64 + slot * 0.1;
         for (j, (value, colour, what)) in [
-            (bar.audio_talk_s, AUDIO, "audio"),
-            (bar.video_talk_s, VIDEO, "video"),
+            (bar.audio_talk_s, AUDIO, words.audio),
+            (bar.video_talk_s, VIDEO, words.video),
         ]
         .into_iter()
         .enumerate()
@@ -185,29 +254,32 @@ pub fn svg(chart: &Chart) -> String {
     }
     // Axes, their titles and the legend.
     let x_title = match chart.bucket {
-        BucketSize::Hour => "hour of day",
-        BucketSize::Day => "day",
+        BucketSize::Hour => words.hour_axis,
+        BucketSize::Day => words.day_axis,
     };
     let _ = write!(
         s,
-        r##"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{0:.1}" stroke="#333"/><line x1="{LEFT}" y1="{0:.1}" x2="{1:.1}" y2="{0:.1}" stroke="#333"/><text x="{2:.1}" y="{3:.1}" text-anchor="middle">{x_title} ({4})</text><text x="16" y="{5:.1}" text-anchor="middle" transform="rotate(-90 16 {5:.1})">talk time ({unit_name})</text>"##,
+        r##"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{0:.1}" stroke="#333"/><line x1="{LEFT}" y1="{0:.1}" x2="{1:.1}" y2="{0:.1}" stroke="#333"/><text x="{2:.1}" y="{3:.1}" text-anchor="middle">{x_title} ({4})</text><text x="16" y="{5:.1}" text-anchor="middle" transform="rotate(-90 16 {5:.1})">{6} ({unit_name})</text>"##,
         TOP + plot_h,
         LEFT + plot_w,
         LEFT + plot_w / 2.0,
         TOP + plot_h + 40.0,
         escape(chart.zone.name()),
-        TOP + plot_h / 2.0
+        TOP + plot_h / 2.0,
+        words.talk_time
     );
     let lx = LEFT + plot_w - 150.0;
     let ly = HEIGHT - 18.0;
     let _ = write!(
         s,
-        r#"<rect x="{lx:.1}" y="{:.1}" width="12" height="12" fill="{AUDIO}"/><text x="{:.1}" y="{ly:.1}">audio</text><rect x="{:.1}" y="{:.1}" width="12" height="12" fill="{VIDEO}"/><text x="{:.1}" y="{ly:.1}">video</text></svg>"#,
+        r#"<rect x="{lx:.1}" y="{:.1}" width="12" height="12" fill="{AUDIO}"/><text x="{:.1}" y="{ly:.1}">{}</text><rect x="{:.1}" y="{:.1}" width="12" height="12" fill="{VIDEO}"/><text x="{:.1}" y="{ly:.1}">{}</text></svg>"#,
         ly - 10.0,
         lx + 16.0,
+        words.audio,
         lx + 75.0,
         ly - 10.0,
-        lx + 91.0
+        lx + 91.0,
+        words.video
     );
     s
 }
@@ -237,9 +309,9 @@ mod tests {
         check(tick_step(47.0), 10.0);
         check(tick_step(480.0), 100.0);
         check(tick_step(0.3), 0.1);
-        check(unit(59.0), ("s", 1.0));
-        check(unit(3_000.0), ("min", 60.0));
-        check(unit(86_400.0), ("h", 3600.0));
+        check(unit(59.0), (0, 1.0));
+        check(unit(3_000.0), (1, 60.0));
+        check(unit(86_400.0), (2, 3600.0));
     }
 
     #[test]
@@ -259,7 +331,15 @@ mod tests {
             bucket: BucketSize::Hour,
             bars,
             zone,
+            lang: Lang::En,
         };
+        let zh = svg(&Chart {
+            lang: Lang::Zh,
+            ..chart.clone()
+        });
+        assert!(zh.contains("通话时长 (分钟)"), "{zh}");
+        assert!(zh.contains(">语音</text>") && zh.contains(">视频</text>"));
+        assert!(zh.contains("每小时通话时长, 2026-11-19 00:00:00 至 2026-11-20 00:00:00"));
         let svg = svg(&chart);
         assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
         assert!(svg.ends_with("</svg>"));

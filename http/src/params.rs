@@ -147,6 +147,7 @@ pub struct AlarmQuery {
     pub start: Option<UnixMs>,
     /// Raised before this, if given.
     pub end: Option<UnixMs>,
+    /// Alarms returned at most.
     pub limit: usize,
 }
 

@@ -32,7 +32,9 @@ fn seconds(ms: u64) -> f64 {
     ms as f64 / 1000.0
 }
 
-/// A CDR as the JSON API shows it: the §5 names in §5's order, zoned times, seconds.
+/// A CDR as the JSON API shows it: the §5 names in §5's order, zoned times, seconds. Each
+/// field is the [`Cdr`] field of the same name (SPEC §5 says why each exists); times are
+/// RFC 3339 in the node's zone.
 #[derive(Debug, Serialize)]
 pub struct CdrView<'a> {
     id: String,
@@ -155,7 +157,6 @@ fn transport_str(t: Transport) -> &'static str {
 
 /// Appends one CDR as a CSV row (RFC 4180: CRLF, quotes doubled) with local times.
 pub fn csv_row(out: &mut String, cdr: &Cdr, zone: Tz) {
-    let time = |t: Option<UnixMs>| t.map(|t| local(t, zone)).unwrap_or_default();
     let texts: [&str; 6] = [
         &cdr.node,
         &cdr.call_id,
@@ -169,25 +170,55 @@ pub fn csv_row(out: &mut String, cdr: &Cdr, zone: Tz) {
         out.push(',');
         csv_field(out, text);
     }
+    let _ = write!(out, ",{},", call_type_str(cdr.call_type));
+    csv_time(out, cdr.video_started_at, zone);
     let _ = write!(
         out,
-        ",{},{},{},{},{},{},{},{},{},{},{},{},{},",
-        call_type_str(cdr.call_type),
-        time(cdr.video_started_at),
+        ",{},{},",
         status_str(cdr.status),
-        disposition_str(cdr.disposition),
-        cdr.sip_code.map(|c| c.to_string()).unwrap_or_default(),
-        ended_by_str(cdr.ended_by),
-        time(Some(cdr.start_time)),
-        time(cdr.ring_time),
-        time(cdr.answer_time),
-        time(Some(cdr.end_time)),
+        disposition_str(cdr.disposition)
+    );
+    if let Some(code) = cdr.sip_code {
+        let _ = write!(out, "{code}");
+    }
+    let _ = write!(out, ",{},", ended_by_str(cdr.ended_by));
+    for t in [
+        Some(cdr.start_time),
+        cdr.ring_time,
+        cdr.answer_time,
+        Some(cdr.end_time),
+    ] {
+        csv_time(out, t, zone);
+        out.push(',');
+    }
+    let _ = write!(
+        out,
+        "{},{},{},",
         cdr.duration_s(),
         cdr.talk_s(),
-        transport_str(cdr.transport),
+        transport_str(cdr.transport)
     );
     csv_field(out, &cdr.terminal);
     out.push_str("\r\n");
+}
+
+/// [`local`] written in place: the export writes four times per row, and chrono's
+/// `format` parses its pattern on every call.
+fn csv_time(out: &mut String, t: Option<UnixMs>, zone: Tz) {
+    use chrono::{Datelike, Timelike};
+    if let Some(t) = t {
+        let at = at(t, zone);
+        let _ = write!(
+            out,
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+            at.year(),
+            at.month(),
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second()
+        );
+    }
 }
 
 fn counters(c: &Counters) -> Value {
@@ -386,6 +417,18 @@ mod tests {
         assert!(row.contains(",\"a\nb\","), "{row}");
         assert!(row.contains(",caller,2026-11-18 19:06:40,,2026"), "{row}");
         assert!(row.contains(",answered,,caller,"), "{row}");
+    }
+
+    #[test]
+    fn csv_times_agree_with_local() {
+        for ms in [0, 1_795_000_000_123, -86_400_001, 4_102_444_799_999] {
+            let mut out = String::new();
+            csv_time(&mut out, Some(UnixMs(ms)), zone());
+            assert_eq!(out, local(UnixMs(ms), zone()), "{ms}");
+        }
+        let mut out = String::new();
+        csv_time(&mut out, None, zone());
+        assert_eq!(out, "");
     }
 
     #[test]
