@@ -10,6 +10,8 @@ import { bytes, count, dateTime, epochMs } from './format.js';
 import { t } from './i18n.js';
 
 const PROCESSES_EVERY_MS = 5000;
+/** While the node has no `/api/processes`, asking again this rarely is enough. */
+const ABSENT_EVERY_MS = 60000;
 const ALARMS_SHOWN = 500;
 
 /** Alarms by id. */
@@ -19,6 +21,8 @@ const fresh = new Set();
 /** The last `/api/processes` answer: null before one, 'absent' while the API has none. */
 let processes = null;
 let timer = null;
+/** Bumped when the view opens or closes, so that a poll from an earlier opening stops. */
+let generation = 0;
 
 export function init() {
   events.on('alarm.raised', (alarm) => upsert(alarm, true));
@@ -29,15 +33,22 @@ export function init() {
 }
 
 export function show() {
-  loadProcesses();
-  clearInterval(timer);
-  timer = setInterval(loadProcesses, PROCESSES_EVERY_MS);
+  clearTimeout(timer);
+  generation += 1;
+  poll(generation);
   renderAlarms();
 }
 
 export function hide() {
-  clearInterval(timer);
-  timer = null;
+  clearTimeout(timer);
+  generation += 1;
+}
+
+async function poll(mine) {
+  await loadProcesses();
+  if (mine === generation) {
+    timer = setTimeout(() => poll(mine), processes === 'absent' ? ABSENT_EVERY_MS : PROCESSES_EVERY_MS);
+  }
 }
 
 export function relabel() {

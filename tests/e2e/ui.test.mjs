@@ -102,6 +102,8 @@ describe('query', () => {
     assert.deepEqual(statusOptions, [['', '全部'], ['connected', '接通'], ['not_connected', '未接通']]);
     await shot(page, 'query');
     await shot(page, 'query-full', true);
+    await page.evaluate(() => document.querySelector('.chart-card').scrollIntoView());
+    await shot(page, 'query-results');
     await done();
   });
 
