@@ -325,7 +325,15 @@ describe('monitoring and live calls', () => {
       assert.match(await page.textContent('#processes'), /api\/processes/);
     } else {
       assert.equal(processes.status, 200);
-      await page.waitForSelector('#processes table');
+      const body = await processes.json();
+      const items = Array.isArray(body) ? body : body.items;
+      if (items.length > 0) {
+        await page.waitForSelector('#processes table');
+        assert.equal(await page.locator('#processes tbody tr').count(), items.length);
+      } else {
+        await page.waitForSelector('#processes .empty');
+        assert.match(await page.textContent('#processes'), /未配置/);
+      }
     }
     await shot(page, 'monitor');
     await done();
