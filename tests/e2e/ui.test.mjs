@@ -273,6 +273,14 @@ describe('view log', () => {
     await shot(page, 'log-message');
     await page.keyboard.press('Escape');
     await page.waitForSelector('#message-dialog[open]', { state: 'detached' });
+    // By keyboard alone: Enter on a focused arrow opens it, Escape gives focus back to it.
+    await page.locator('#ladder .ladder-row.sip').nth(0).focus();
+    await page.keyboard.press('Enter');
+    await page.waitForSelector('#message-dialog[open]');
+    assert.equal(await page.$eval('#message-text', (p) => p.textContent), sips[0].text);
+    await page.keyboard.press('Escape');
+    await page.waitForSelector('#message-dialog[open]', { state: 'detached' });
+    assert.equal(await page.evaluate(() => document.activeElement.dataset.index), '0');
     await done();
   });
 });
