@@ -28,6 +28,15 @@ function parseHash() {
  * that keyboard and screen-reader users land on the view they chose. */
 let routed = false;
 
+/** The tab's title: the view's heading, with the number of calls in progress in front so
+ * that it shows on a background tab. */
+function setTitle() {
+  const title = current ? byId(`page-${current}`).querySelector('h1') : null;
+  const calls = byId('live-count');
+  const prefix = calls.hidden ? '' : `(${calls.textContent}) `;
+  document.title = `${prefix}${title ? title.textContent : ''} · sipedge`;
+}
+
 function route() {
   const { page, rest, params } = parseHash();
   for (const section of document.querySelectorAll('.page')) section.hidden = section.dataset.page !== page;
@@ -39,8 +48,8 @@ function route() {
   if (current && current !== page && views[current].hide) views[current].hide();
   current = page;
   views[page].show(rest, params);
+  setTitle();
   const title = byId(`page-${page}`).querySelector('h1');
-  document.title = `${title ? title.textContent : ''} · sipedge`;
   if (routed && title) {
     title.setAttribute('tabindex', '-1');
     title.focus({ preventScroll: true });
@@ -92,9 +101,9 @@ function start() {
     checkHealth();
     if (current && views[current].relabel) views[current].relabel();
     for (const [name, view] of Object.entries(views)) if (name !== current && view.relabel) view.relabel();
-    const title = byId(`page-${current}`).querySelector('h1');
-    document.title = `${title ? title.textContent : ''} · sipedge`;
+    setTitle();
   });
+  new MutationObserver(setTitle).observe(byId('live-count'), { childList: true, characterData: true, subtree: true, attributes: true });
   events.on('status', showStream);
   showStream(events.connectionStatus());
   for (const view of Object.values(views)) view.init();

@@ -180,6 +180,13 @@ function renderAlarms() {
   byId('alarms-empty').textContent = t(onlyActive ? 'alarm.none_active' : 'alarm.empty');
   const activeCount = [...alarms.values()].filter((a) => !a.cleared_at).length;
   const badge = byId('alarm-count');
+  if (activeCount > Number(badge.dataset.count || 0) && badge.dataset.count !== undefined) {
+    badge.classList.remove('bump');
+    // Reflow, so that the animation starts again for each new alarm.
+    void badge.offsetWidth;
+    badge.classList.add('bump');
+  }
+  badge.dataset.count = String(activeCount);
   badge.hidden = activeCount === 0;
   badge.textContent = count(activeCount);
   badge.title = t('alarm.active_count', { n: activeCount });

@@ -12,6 +12,8 @@ import { typeBadge } from './live.js';
 
 const FIELDS = ['start', 'end', 'type', 'caller', 'called', 'status'];
 const PAGE_SIZE = 100;
+/** How often "refresh every minute" re-runs the query on screen. */
+const AUTO_EVERY_MS = 60000;
 
 /** The query on screen: its filter parameters (API names), as a canonical string too. */
 let shown = null;
@@ -45,6 +47,12 @@ export function init() {
     byId(`q-${name}`).addEventListener('input', (event) => event.target.setCustomValidity(''));
   }
   chart.legend(byId('chart-legend'));
+  setInterval(() => {
+    if (byId('q-auto').checked && shown && !byId('page-query').hidden && !document.hidden && page === 0) {
+      shownKey = null;
+      run(shown);
+    }
+  }, AUTO_EVERY_MS);
 }
 
 export function relabel() {
@@ -208,6 +216,7 @@ function renderStats(stats) {
     tile(t('totals.calls'), count(all.calls), 'plain', 'all.calls'),
     tile(t('totals.connect_rate'), percent(all.connect_rate), 'green', 'all.connect_rate'),
   );
+  byId('q-csv').title = t('q.csv_title', { n: count(all.calls ?? 0) });
   byId('chart-title').textContent = t(stats.bucket === 'hour' ? 'chart.title_hour' : 'chart.title_day');
   chart.render(byId('chart'), stats, zoom);
 

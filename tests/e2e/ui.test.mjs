@@ -411,6 +411,7 @@ describe('live calls, scripted', () => {
     assert.equal(digits(await page.textContent('[data-tile="live.total"]')), 3);
     assert.equal(digits(await page.textContent('[data-tile="live.ringing"]')), 1);
     assert.equal(digits(await page.textContent('#live-count')), 3);
+    assert.equal(await page.title(), '(3) 实时通话 · sipedge');
     const elapsed = page.locator(`tr[data-id="${c.id}"] td:nth-child(6)`);
     assert.match(await elapsed.textContent(), /^1:02:0\d$/);
     const first = await elapsed.textContent();
