@@ -86,10 +86,11 @@ pub fn router() -> Router {
 }
 
 fn serve(name: &str, request: &HeaderMap) -> Response {
-    let Some(index) = ASSETS.iter().position(|a| a.name == name) else {
-        return json_error(StatusCode::NOT_FOUND, "no such file in the web front end");
-    };
-    let (Some(asset), Some(etag)) = (ASSETS.get(index), ETAGS.get(index)) else {
+    let Some((asset, etag)) = ASSETS
+        .iter()
+        .zip(ETAGS.iter())
+        .find(|(a, _)| a.name == name)
+    else {
         return json_error(StatusCode::NOT_FOUND, "no such file in the web front end");
     };
     let fresh = request
