@@ -19,8 +19,9 @@ use sha2::{Digest, Sha256};
 
 use crate::json_error;
 
-/// What every front-end response carries. `img-src data:` is absent on purpose: the chart
-/// is drawn as DOM, and the only pictures are this origin's SVG chart.
+/// What every front-end response carries: everything from this origin only, nothing inline
+/// (the pages build their elements through the DOM, and the chart is SVG elements), and no
+/// page may frame this one.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
 connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
@@ -28,7 +29,9 @@ connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-
 struct Asset {
     /// The name under `/assets/`.
     name: &'static str,
+    /// `Content-Type`, with the charset for text.
     content_type: &'static str,
+    /// The file, compiled in.
     body: &'static [u8],
 }
 
