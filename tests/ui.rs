@@ -322,6 +322,13 @@ fn run_browser_tests(api: SocketAddr, extra: &[(&str, String)]) {
     );
     println!("{text}");
     assert!(out.status.success(), "browser tests failed:\n{text}");
+    // A run that found no test files would also exit 0.
+    let passed: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# pass "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(passed >= 10, "only {passed} browser tests passed:\n{text}");
 }
 
 #[test]
