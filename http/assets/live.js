@@ -49,6 +49,12 @@ export function hide() {
   visible = false;
 }
 
+/** The call in progress with this id, as the live view knows it, or null. */
+export function liveCall(id) {
+  const entry = calls.get(String(id));
+  return entry && !entry.ending ? entry.call : null;
+}
+
 export function relabel() {
   for (const entry of calls.values()) fill(entry);
   summarize();

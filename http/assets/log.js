@@ -7,8 +7,13 @@ import { ApiError, clearError, getJSON, showError } from './api.js';
 import { byId, el, replace } from './dom.js';
 import { clockMs, dateTime, duration, epochMs } from './format.js';
 import { t } from './i18n.js';
-import { typeBadge } from './live.js';
+import { liveCall, typeBadge } from './live.js';
 
+/** How often the log of a call still in progress is read again. */
+const LIVE_EVERY_MS = 3000;
+/** Bumped on every show and hide, so that a refresh meant for an earlier view stops. */
+let generation = 0;
+let timer = null;
 /** Quiet stretches at least this long get a marker in the ladder. */
 const GAP_MS = 10000;
 /** The last non-log view, where "back" goes. */
@@ -43,10 +48,23 @@ export function relabel() {
   if (current) render(current.id, current.cdr, current.entries);
 }
 
-export async function show(id) {
+export function show(id) {
   replace(byId('log-summary'), el('p', { class: 'muted' }, t('loading')));
   replace(byId('ladder'));
   current = null;
+  clearTimeout(timer);
+  generation += 1;
+  load(id, generation);
+}
+
+export function hide() {
+  clearTimeout(timer);
+  generation += 1;
+}
+
+/** Reads the call's record and log; while there is no record yet (the call is still in
+ * progress) it reads them again every few seconds, so the ladder grows as the call goes on. */
+async function load(id, mine) {
   const path = encodeURIComponent(id);
   const [cdr, log] = await Promise.all([
     getJSON(`/api/cdrs/${path}`).catch((err) => (err instanceof ApiError && err.status === 404 ? null : Promise.reject(err))).catch((err) => {
@@ -54,13 +72,15 @@ export async function show(id) {
       return null;
     }),
     getJSON(`/api/cdrs/${path}/log`).catch((err) => {
-      showError('error.log', err);
+      if (!(err instanceof ApiError && err.status === 404 && liveCall(id))) showError('error.log', err);
       return null;
     }),
   ]);
+  if (mine !== generation) return;
   if (log) clearError('error.log');
   current = { id, cdr, entries: log && Array.isArray(log.entries) ? log.entries : [] };
   render(id, cdr, current.entries);
+  if (!cdr && liveCall(id)) timer = setTimeout(() => load(id, mine), LIVE_EVERY_MS);
 }
 
 function render(id, cdr, entries) {
@@ -70,7 +90,24 @@ function render(id, cdr, entries) {
 
 function renderSummary(id, cdr) {
   if (!cdr) {
-    replace(byId('log-summary'), el('p', { class: 'muted' }, t('log.no_cdr')), el('p', { class: 'mono small' }, id));
+    const call = liveCall(id);
+    if (!call) {
+      replace(byId('log-summary'), el('p', { class: 'muted' }, t('log.no_cdr')), el('p', { class: 'mono small' }, id));
+      return;
+    }
+    replace(
+      byId('log-summary'),
+      el(
+        'div',
+        { class: 'call-head' },
+        el('span', { class: 'party mono' }, call.caller),
+        el('span', { class: 'arrow-glyph', 'aria-hidden': 'true' }, '→'),
+        el('span', { class: 'party mono' }, call.called),
+        typeBadge(call.call_type),
+        el('span', { class: `badge state-${call.state}` }, t(`state.${call.state}`)),
+        el('span', { class: 'muted' }, t('log.in_progress')),
+      ),
+    );
     return;
   }
   const item = (key, value, cls) => el('div', {}, el('dt', {}, t(key)), el('dd', { class: cls || '' }, value ?? '—'));
