@@ -200,6 +200,35 @@ describe('layout', () => {
   });
 });
 
+describe('accessibility', () => {
+  test('every control on every view has a name, and the views are reachable by keyboard', async () => {
+    const { page, done } = await open(`${BASE}/#/query`);
+    await waitForResults(page);
+    for (const view of ['query', 'live', 'monitor', `log/${LOG_CDR}`]) {
+      await page.goto(`${BASE}/#/${view}`);
+      await page.waitForLoadState('networkidle');
+      const unnamed = await page.evaluate(() =>
+        [...document.querySelectorAll('main input, main select, main button, main a, header button, header a, dialog button')]
+          .filter((e) => e.offsetParent !== null || e.closest('dialog'))
+          .filter((e) => !(e.labels?.length || e.getAttribute('aria-label') || e.textContent.trim()))
+          .map((e) => e.outerHTML.slice(0, 80)),
+      );
+      assert.deepEqual(unnamed, [], view);
+    }
+    // Tab from the top of a freshly loaded page reaches the tabs in order.
+    await page.goto('about:blank');
+    await page.goto(`${BASE}/#/live`);
+    await page.waitForSelector('#live-tiles .tile');
+    await page.keyboard.press('Tab');
+    await page.keyboard.press('Tab');
+    assert.equal(await page.evaluate(() => document.activeElement.dataset.route), 'query');
+    await page.keyboard.press('Enter');
+    await page.waitForSelector('#page-query:not([hidden])');
+    assert.equal(await page.evaluate(() => document.activeElement.id), 'query-title');
+    await done();
+  });
+});
+
 describe('bad input', () => {
   test('a malformed time is refused in the form; one the API refuses is explained in the banner', async () => {
     const { page, done } = await open(`${BASE}/#/query`, { expectedErrors: /start=2026-02-30/ });
