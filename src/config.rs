@@ -24,6 +24,10 @@ pub struct Config {
     pub store: StoreSection,
     #[serde(default)]
     pub log: LogConfig,
+    /// The SIP edge proxy; without a `[sip]` table it is not started (the account responder
+    /// and API alone, as in their tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sip: Option<sipedge_sip::ProxyConfig>,
 }
 
 /// The `[store]` table: the engine, and the store crate's own settings (written out here
@@ -233,6 +237,9 @@ impl Config {
         }
         problems.extend(self.account.problems());
         problems.extend(self.api.problems());
+        if let Some(Err(err)) = self.sip.as_ref().map(sipedge_sip::ProxyConfig::validate) {
+            problems.push(err.to_string());
+        }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
                 "log.level: {:?} is not a level or filter: {err}",

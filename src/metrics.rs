@@ -1,6 +1,10 @@
 //! The `/metrics` registry (SPEC §9, §11): every part keeps its own counters in its own
 //! types; this module, which knows all parts, shows them under the `sipedge_` names. Values
-//! that other crates keep as plain snapshots are read at each scrape by [`StoreCollector`].
+//! that other crates keep as plain snapshots are read at each scrape by [`StoreCollector`]
+//! and [`SipCollector`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -9,19 +13,120 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use sipedge_http::account::AccountMetrics;
+use sipedge_sip::Metrics as SipMetrics;
+use sipedge_sip::call::CallTracking;
 use sipedge_store::{AlarmKind, Store};
 
 /// Active alarms read per scrape at most; more than this is a storm the number shows anyway.
 const MAX_ACTIVE_ALARMS: usize = 10_000;
 
-/// Builds the registry the API serves.
-pub fn registry(account: &AccountMetrics, store: &Store) -> Registry {
+/// Builds the registry the API serves; `sip` is the relay's counters and `tracking` call
+/// tracking, when they run.
+pub fn registry(
+    account: &AccountMetrics,
+    store: &Store,
+    sip: Option<Arc<SipMetrics>>,
+    tracking: Option<CallTracking>,
+) -> Registry {
     let mut registry = Registry::with_prefix("sipedge");
     account.register(&mut registry);
     registry.register_collector(Box::new(StoreCollector {
         store: store.clone(),
     }));
+    if let Some(metrics) = sip {
+        registry.register_collector(Box::new(SipCollector { metrics }));
+    }
+    if let Some(tracking) = tracking {
+        registry.register_collector(Box::new(CallsCollector { tracking }));
+    }
     registry
+}
+
+/// Calls in progress and call tracking's own counters.
+#[derive(Debug)]
+struct CallsCollector {
+    /// Its live map and counters, read at each scrape.
+    tracking: CallTracking,
+}
+
+impl Collector for CallsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let active = ConstGauge::new(self.tracking.live().len() as i64);
+        active.encode(encoder.encode_descriptor(
+            "calls_active",
+            "Calls in progress now",
+            None,
+            active.metric_type(),
+        )?)?;
+        let counters = self.tracking.counters();
+        let unparsed = ConstCounter::new(counters.unparsed);
+        unparsed.encode(encoder.encode_descriptor(
+            "tracking_unparsed_messages",
+            "Relayed messages call tracking could not read",
+            None,
+            unparsed.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+/// The relay's counters: messages by method, status and direction, parse errors, drops.
+#[derive(Debug)]
+struct SipCollector {
+    /// Relaxed atomics the relay updates; read at each scrape.
+    metrics: Arc<SipMetrics>,
+}
+
+impl Collector for SipCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "sip_messages",
+            "SIP messages relayed or answered, by method (a response's CSeq method), status \
+             (empty for requests) and direction",
+            None,
+            MetricType::Counter,
+        )?;
+        for m in self.metrics.messages() {
+            let status = m.status.map(|s| s.to_string()).unwrap_or_default();
+            let labels = [
+                ("method", m.method),
+                ("status", status.as_str()),
+                ("direction", m.direction.as_str()),
+            ];
+            ConstCounter::new(m.count).encode(family.encode_family(&labels)?)?;
+        }
+        let parse_errors = ConstCounter::new(self.metrics.parse_errors.load(Ordering::Relaxed));
+        parse_errors.encode(encoder.encode_descriptor(
+            "sip_parse_errors",
+            "SIP messages that could not be parsed",
+            None,
+            parse_errors.metric_type(),
+        )?)?;
+        let mut drops = encoder.encode_descriptor(
+            "sip_dropped",
+            "SIP messages not forwarded, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, count) in self.metrics.drops() {
+            ConstCounter::new(count).encode(drops.encode_family(&[("reason", reason)])?)?;
+        }
+        let lost = ConstCounter::new(self.metrics.handoff_dropped.load(Ordering::Relaxed));
+        lost.encode(encoder.encode_descriptor(
+            "sip_tracking_dropped",
+            "Relayed messages call tracking did not get because its queue was full",
+            None,
+            lost.metric_type(),
+        )?)?;
+        let tcp = ConstGauge::new(self.metrics.tcp_connections.load(Ordering::Relaxed) as i64);
+        tcp.encode(encoder.encode_descriptor(
+            "sip_tcp_connections",
+            "SIP TCP connections open now",
+            None,
+            tcp.metric_type(),
+        )?)?;
+        Ok(())
+    }
 }
 
 /// CDRs written, the last commit's duration and the active alarms, read from the store.
@@ -108,7 +213,11 @@ mod tests {
         store.flush(Duration::from_secs(10)).unwrap();
         let account = AccountMetrics::default();
         account.count(sipedge_http::account::Outcome::Granted);
-        let registry = registry(&account, &store);
+        let sip = Arc::new(SipMetrics::default());
+        sip.request(sipedge_sip::Direction::ToUpstream, b"INVITE");
+        sip.response(sipedge_sip::Direction::ToTerminal, b"INVITE", 180);
+        sip.parse_errors.fetch_add(2, Ordering::Relaxed);
+        let registry = registry(&account, &store, Some(sip), None);
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
         for line in [
@@ -117,8 +226,20 @@ mod tests {
             "sipedge_alarms_active{kind=\"disk_low\"} 1",
             "sipedge_alarms_active{kind=\"upstream_down\"} 0",
             "# TYPE sipedge_store_write_seconds gauge",
+            "sipedge_sip_parse_errors_total 2",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }
+        let invites: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("sipedge_sip_messages_total{"))
+            .collect();
+        assert_eq!(invites.len(), 2, "{text}");
+        assert!(
+            invites
+                .iter()
+                .any(|l| l.contains("method=\"INVITE\"") && l.contains("status=\"180\"")),
+            "{text}"
+        );
     }
 }

@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# SIPp load ramp through a SIP proxy: sipedge side by side with Kamailio (stateless,
+# benches/kamailio/kamailio.cfg), over UDP and TCP, in one run.
+#
+# For each proxy and transport: a SIPp UAS (built-in `uas`) plays the Sipserver on
+# 127.0.0.2:PORT, the proxy listens on 127.0.0.1:PORT and forwards there, and a SIPp UAC
+# (built-in `uac`) places calls through it at each rate of the ramp. Each step is bounded by
+# STEP_SECONDS and MAX_CALLS; the ramp of a proxy/transport stops when more than 5% of a
+# step's calls fail (a few failures on a busy machine do not end it, but they do disqualify
+# the step from "clean"). Reported per step: calls passed and failed, the rate achieved, and the proxy's
+# CPU time per call (utime+stime of the proxy's processes from /proc, before and after the
+# step, divided by the calls). Summary: the highest rate with 0 failed calls, the highest with
+# at most 0.1% failed (on a loaded machine a multi-worker UDP relay reorders a few 180/200
+# pairs, which SIPp's built-in uac counts as failed calls), and the CPU per call at 1000
+# calls/s.
+#
+# Usage: benches/sip_load.sh            (whole run, under ~10 minutes)
+# Environment (all optional):
+#   PROXIES="kamailio sipedge"   TRANSPORTS="udp tcp"   RATES="250 500 1000 2000 4000"
+#   STEP_SECONDS=10   MAX_CALLS=5000
+#   SIPEDGE_BIN=target/release/sipedge   (built with `cargo build --release` if missing)
+#   KAMAILIO_WORKERS=2   (Kamailio UDP receivers / TCP workers)
+# Needs: sipp (Debian sip-tester), kamailio, ss (iproute2). Everything stays on loopback.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PROXIES=${PROXIES:-"kamailio sipedge"}
+TRANSPORTS=${TRANSPORTS:-"udp tcp"}
+RATES=${RATES:-"250 500 1000 2000 4000"}
+STEP_SECONDS=${STEP_SECONDS:-10}
+MAX_CALLS=${MAX_CALLS:-5000}
+SIPEDGE_BIN=${SIPEDGE_BIN:-$ROOT/target/release/sipedge}
+KAMAILIO_WORKERS=${KAMAILIO_WORKERS:-2}
+CLK_TCK=$(getconf CLK_TCK)
+
+for tool in sipp ss; do
+    command -v "$tool" >/dev/null || { echo "sip_load: '$tool' not on PATH (sipp: apt-get install sip-tester)" >&2; exit 2; }
+done
+
+WORK=$(mktemp -d /tmp/sip_load.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    sleep 0.5
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+# A port free over UDP and TCP on 127.0.0.1 and 127.0.0.2, below the ephemeral range.
+free_port() {
+    local port
+    for _ in $(seq 200); do
+        port=$((20000 + RANDOM % 12000))
+        if [ -z "$(ss -Hanu "sport = :$port")" ] && [ -z "$(ss -Hant "sport = :$port")" ]; then
+            echo "$port"
+            return
+        fi
+    done
+    echo "sip_load: no free port" >&2
+    exit 2
+}
+
+# utime+stime, in clock ticks, of a process and its direct children (Kamailio's workers).
+cpu_ticks() {
+    local total=0 p fields
+    for p in "$1" $(pgrep -P "$1" || true); do
+        fields=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
+        # After the command name: state is field 3, utime 14, stime 15 (1-based in stat).
+        set -- $fields
+        total=$((total + ${12} + ${13}))
+    done
+    echo "$total"
+}
+
+wait_listening() { # pid port
+    for _ in $(seq 150); do
+        kill -0 "$1" 2>/dev/null || return 1
+        if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+start_kamailio() { # port -> pid
+    command -v kamailio >/dev/null || { echo "sip_load: kamailio not on PATH (apt-get install kamailio)" >&2; return 1; }
+    kamailio -DD -E -f "$ROOT/benches/kamailio/kamailio.cfg" \
+        -A 'UPSTREAM_HOST="127.0.0.2"' -A "WORKERS=$KAMAILIO_WORKERS" \
+        -l "udp:127.0.0.1:$1" -l "tcp:127.0.0.1:$1" -Y "$WORK" -P "$WORK/kamailio.pid" \
+        >"$WORK/kamailio-$1.log" 2>&1 &
+    echo $!
+}
+
+start_sipedge() { # port -> pid
+    if [ ! -x "$SIPEDGE_BIN" ]; then
+        echo "sip_load: building $SIPEDGE_BIN (once)" >&2
+        cargo build --release --bin sipedge >&2 || return 1
+    fi
+    local dir="$WORK/sipedge-$1"
+    mkdir -p "$dir/data"
+    cat >"$dir/sipedge.toml" <<EOF
+[node]
+name = "bench"
+data_dir = "$dir/data"
+
+[sip]
+listen = "127.0.0.1"
+ports = "$1-$1"
+upstream = "127.0.0.2"
+# Every SIPp call comes from one address: the per-source flood limit would cut the ramp.
+source_rate_limit = 0
+
+[account]
+listen = "127.0.0.1:$(free_port)"
+appids = ["bench-appid"]
+account = "sipserver"
+
+[api]
+listen = "127.0.0.1:$(free_port)"
+EOF
+    "$SIPEDGE_BIN" serve --config "$dir/sipedge.toml" >"$dir/stderr.log" 2>&1 &
+    echo $!
+}
+
+RESULTS="$WORK/results.tsv"
+SUMMARY="$WORK/summary.tsv"
+: >"$RESULTS"
+: >"$SUMMARY"
+
+for proxy in $PROXIES; do
+    for transport in $TRANSPORTS; do
+        case $transport in udp) t=u1 ;; tcp) t=t1 ;; *) echo "unknown transport $transport" >&2; exit 2 ;; esac
+        port=$(free_port)
+        if ! pid=$(start_"$proxy" "$port") || ! wait_listening "$pid" "$port"; then
+            echo "sip_load: $proxy did not start on 127.0.0.1:$port; see $WORK" >&2
+            printf '%s\t%s\tn/a\tn/a\tn/a\n' "$proxy" "$transport" >>"$SUMMARY"
+            continue
+        fi
+        PIDS+=("$pid")
+        sipp -sn uas -t "$t" -i 127.0.0.2 -p "$port" -bind_local -mi 127.0.0.2 -nostdin \
+            -max_socket 1000 >"$WORK/uas-$proxy-$transport.log" 2>&1 &
+        uas=$!
+        PIDS+=("$uas")
+        sleep 0.5
+        best=0
+        near=0
+        cpu_at_1000=n/a
+        for rate in $RATES; do
+            calls=$((rate * STEP_SECONDS))
+            [ "$calls" -gt "$MAX_CALLS" ] && calls=$MAX_CALLS
+            stats="$WORK/uac-$proxy-$transport-$rate.csv"
+            before=$(cpu_ticks "$pid")
+            start=$(date +%s%N)
+            sipp -sn uac "127.0.0.1:$port" -t "$t" -i 127.0.0.1 -p "$(free_port)" -bind_local \
+                -mi 127.0.0.1 -r "$rate" -m "$calls" -nostdin -max_socket 1000 \
+                -timeout "$((STEP_SECONDS * 2 + 10))s" -timeout_error \
+                -trace_stat -stf "$stats" -fd 1 -trace_err -error_file "$WORK/uac-$proxy-$transport-$rate.errors" \
+                >"$WORK/uac-$proxy-$transport-$rate.log" 2>&1 || true
+            end=$(date +%s%N)
+            after=$(cpu_ticks "$pid")
+            # Cumulative counters from the last row of SIPp's statistics file.
+            read -r ok failed < <(awk -F';' 'NR==1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+                { ok = $col["SuccessfulCall(C)"]; failed = $col["FailedCall(C)"] }
+                END { print ok + 0, failed + 0 }' "$stats" 2>/dev/null || echo "0 0")
+            missing=$((calls - ok - failed))
+            [ "$missing" -gt 0 ] && failed=$((failed + missing))
+            achieved=$(awk -v n="$ok" -v ns="$((end - start))" 'BEGIN { printf "%.0f", n / (ns / 1e9) }')
+            cpu_us=$(awk -v t="$((after - before))" -v hz="$CLK_TCK" -v n="$ok" \
+                'BEGIN { if (n > 0) printf "%.0f", t / hz * 1e6 / n; else print "n/a" }')
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$transport" "$rate" "$calls" \
+                "$ok" "$failed" "$achieved" "$cpu_us" | tee -a "$RESULTS" >&2
+            [ "$rate" = 1000 ] && cpu_at_1000=$cpu_us
+            [ "$failed" -eq 0 ] && best=$rate
+            [ $((failed * 1000)) -le "$calls" ] && near=$rate
+            if [ $((failed * 20)) -gt "$calls" ] || ! kill -0 "$pid" 2>/dev/null; then break; fi
+        done
+        printf '%s\t%s\t%s\t%s\t%s\n' "$proxy" "$transport" "$best" "$near" "$cpu_at_1000" >>"$SUMMARY"
+        kill -TERM "$uas" "$pid" 2>/dev/null || true
+        wait "$uas" "$pid" 2>/dev/null || true
+    done
+done
+
+echo
+echo "Per step (rate = target calls/s; achieved = passed calls / wall time of the step, which"
+echo "includes waiting out SIPp's timeout when a call got stuck):"
+printf '%-9s %-9s %6s %6s %6s %7s %9s %12s\n' proxy transport rate calls passed failed achieved cpu_us/call
+awk -F'\t' '{ printf "%-9s %-9s %6s %6s %6s %7s %9s %12s\n", $1, $2, $3, $4, $5, $6, $7, $8 }' "$RESULTS"
+echo
+echo "Summary:"
+printf '%-9s %-9s %14s %16s %22s\n' proxy transport "0 failed (c/s)" "<=0.1% failed" "cpu_us/call @1000 c/s"
+awk -F'\t' '{ printf "%-9s %-9s %14s %16s %22s\n", $1, $2, $3, $4, $5 }' "$SUMMARY"
+echo
+echo "Logs and SIPp statistics: $WORK"

@@ -1,0 +1,490 @@
+//! The call tracking task: the glue between the relay, the [`Tracker`] and the store.
+//!
+//! It drains the relay's hand-off queue ([`Relayed`]), parses each message once more (off the
+//! relay path), feeds the tracker, ticks it every second, and sends to the store's
+//! non-blocking [`Writer`]: every message and sipedge event of a call into its log, call
+//! snapshots while it is in progress, its CDR when it ends. It publishes live-call events on a
+//! broadcast channel (SSE) and keeps the map of live calls (`/api/calls/live`). On start it
+//! resumes the calls in progress saved by the previous run.
+//!
+//! Nothing here can slow SIP forwarding: the hand-off is `try_send` on the relay side, and
+//! every write here is a queue push; a closed store is counted and logged, not fatal.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sipedge_store::log::Direction as LogDirection;
+use sipedge_store::{
+    CdrId, LogEntry, LogKind, Store, StoreError, Transport, UnixMs, WriteOp, Writer,
+};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+use super::sdp::sdp_video;
+use super::{CallSnapshot, LiveCall, Method, Output, SipEvent, SipKind, Tracker};
+use crate::flow;
+use crate::observe::{Direction, Origin, Relayed};
+use crate::scan;
+
+/// What call tracking needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct TrackingConfig {
+    /// `node.name`: written into every CDR and part of its id.
+    pub node: String,
+    /// `sip.call_timeout`: a connected call with no BYE is closed as `timeout` after it.
+    pub call_timeout: Duration,
+    /// Cap on calls tracked at once (see [`Tracker::with_max_calls`]).
+    pub max_calls: usize,
+    /// Depth of the live-event channel: an SSE client that falls this far behind skips
+    /// events (and is told so by `broadcast`) instead of slowing call tracking down.
+    pub event_capacity: usize,
+}
+
+impl TrackingConfig {
+    /// Defaults for everything but the node name and the call timeout.
+    pub fn new(node: impl Into<String>, call_timeout: Duration) -> Self {
+        TrackingConfig {
+            node: node.into(),
+            call_timeout,
+            max_calls: super::DEFAULT_MAX_CALLS,
+            event_capacity: 1024,
+        }
+    }
+}
+
+/// SSE event names of SPEC §11.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LiveEventKind {
+    Started,
+    Ringing,
+    Answered,
+    Ended,
+}
+
+impl LiveEventKind {
+    /// The `event:` name on `/api/events`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LiveEventKind::Started => "call.started",
+            LiveEventKind::Ringing => "call.ringing",
+            LiveEventKind::Answered => "call.answered",
+            LiveEventKind::Ended => "call.ended",
+        }
+    }
+}
+
+/// One live-call event: its name and the call as `/api/calls/live` shows it (the HTTP side
+/// renders the times in `node.timezone`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveEvent {
+    /// Which event.
+    pub kind: LiveEventKind,
+    /// The call after the event (state `ended` for `call.ended`).
+    pub call: LiveCall,
+}
+
+/// The calls in progress now, shared with the HTTP side.
+#[derive(Debug, Clone, Default)]
+pub struct LiveCalls {
+    /// By id; written only by the tracking task, read by API requests.
+    calls: Arc<RwLock<HashMap<CdrId, LiveCall>>>,
+}
+
+impl LiveCalls {
+    /// Every call in progress, oldest first.
+    pub fn list(&self) -> Vec<LiveCall> {
+        let calls = self.calls.read().unwrap_or_else(PoisonError::into_inner);
+        let mut list: Vec<LiveCall> = calls.values().cloned().collect();
+        list.sort_by_key(|c| (c.start_time, c.id));
+        list
+    }
+
+    pub fn get(&self, id: CdrId) -> Option<LiveCall> {
+        let calls = self.calls.read().unwrap_or_else(PoisonError::into_inner);
+        calls.get(&id).cloned()
+    }
+
+    /// `sipedge_calls_active`.
+    pub fn len(&self) -> usize {
+        self.calls
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn upsert(&self, call: LiveCall) {
+        let mut calls = self.calls.write().unwrap_or_else(PoisonError::into_inner);
+        calls.insert(call.id, call);
+    }
+
+    fn remove(&self, id: CdrId) {
+        let mut calls = self.calls.write().unwrap_or_else(PoisonError::into_inner);
+        calls.remove(&id);
+    }
+}
+
+/// Counters of call tracking, for metrics and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrackingCounters {
+    /// Messages taken from the hand-off queue.
+    pub messages: u64,
+    /// Relayed messages that did not scan (should stay 0: the relay scanned them too).
+    pub unparsed: u64,
+    /// Messages of no tracked call (see [`super::TrackerStats::ignored`]).
+    pub ignored: u64,
+    /// Initial INVITEs not tracked (see [`super::TrackerStats::refused`]).
+    pub refused: u64,
+    /// Ringing calls closed to make room (see [`super::TrackerStats::evicted`]).
+    pub evicted: u64,
+    /// Calls resumed from the store at start.
+    pub resumed: u64,
+    /// Saved calls in progress that could not be read back, dropped at start.
+    pub unreadable: u64,
+    /// Writes the store refused because it was closed.
+    pub store_errors: u64,
+}
+
+/// Atomic twin of [`TrackingCounters`], written by the task.
+#[derive(Debug, Default)]
+struct Counters {
+    messages: AtomicU64,
+    unparsed: AtomicU64,
+    ignored: AtomicU64,
+    refused: AtomicU64,
+    evicted: AtomicU64,
+    resumed: AtomicU64,
+    unreadable: AtomicU64,
+    store_errors: AtomicU64,
+}
+
+/// The handle the rest of sipedge keeps on call tracking.
+#[derive(Debug, Clone)]
+pub struct CallTracking {
+    /// The calls in progress.
+    live: LiveCalls,
+    /// Live-call events; subscribe for SSE.
+    events: broadcast::Sender<LiveEvent>,
+    /// Shared with the task.
+    counters: Arc<Counters>,
+}
+
+impl CallTracking {
+    pub fn live(&self) -> &LiveCalls {
+        &self.live
+    }
+
+    /// A receiver of every live-call event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn counters(&self) -> TrackingCounters {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TrackingCounters {
+            messages: get(&c.messages),
+            unparsed: get(&c.unparsed),
+            ignored: get(&c.ignored),
+            refused: get(&c.refused),
+            evicted: get(&c.evicted),
+            resumed: get(&c.resumed),
+            unreadable: get(&c.unreadable),
+            store_errors: get(&c.store_errors),
+        }
+    }
+}
+
+/// Resumes the calls in progress saved in `store`, then spawns the task that drains
+/// `relayed` until `shutdown` completes or the relay drops its sender. At shutdown it
+/// processes what is still queued, so that every snapshot and CDR reaches the writer before
+/// the store is flushed. Fails only when the saved calls cannot be read.
+pub fn spawn(
+    cfg: TrackingConfig,
+    store: &Store,
+    relayed: mpsc::Receiver<Relayed>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(CallTracking, JoinHandle<()>), StoreError> {
+    let saved = store.calls_in_progress()?;
+    let (events, _) = broadcast::channel(cfg.event_capacity.max(1));
+    let handle = CallTracking {
+        live: LiveCalls::default(),
+        events,
+        counters: Arc::default(),
+    };
+    let mut worker = Worker {
+        tracker: Tracker::new(cfg.node.clone(), cfg.call_timeout).with_max_calls(cfg.max_calls),
+        writer: store.writer(),
+        node: cfg.node,
+        handle: handle.clone(),
+    };
+    worker.resume(saved, unix_ms(SystemTime::now()));
+    let task = tokio::spawn(worker.run(relayed, shutdown));
+    Ok((handle, task))
+}
+
+/// The task's state.
+struct Worker {
+    /// The state machine.
+    tracker: Tracker,
+    /// Where CDRs, snapshots and logs go.
+    writer: Writer,
+    /// `node.name`, for the live view of snapshots.
+    node: String,
+    /// What the rest of sipedge sees.
+    handle: CallTracking,
+}
+
+impl Worker {
+    async fn run(
+        mut self,
+        mut relayed: mpsc::Receiver<Relayed>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                r = relayed.recv() => match r {
+                    Some(r) => self.on_relayed(&r),
+                    None => break,
+                },
+                _ = tick.tick() => self.tick(unix_ms(SystemTime::now())),
+            }
+        }
+        // What was queued when the stop came, and no more: a relay still running must not
+        // keep the task alive.
+        for _ in 0..relayed.len() {
+            let Ok(r) = relayed.try_recv() else { break };
+            self.on_relayed(&r);
+        }
+    }
+
+    fn resume(&mut self, saved: Vec<(CdrId, Vec<u8>)>, now: UnixMs) {
+        let mut snapshots = Vec::with_capacity(saved.len());
+        for (id, bytes) in saved {
+            match CallSnapshot::decode(&bytes) {
+                Some(s) if s.id() == id => snapshots.push(s),
+                _ => {
+                    tracing::warn!(%id, "a saved call in progress could not be read back; dropped");
+                    self.handle
+                        .counters
+                        .unreadable
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.submit(WriteOp::RemoveCall(id));
+                }
+            }
+        }
+        self.handle
+            .counters
+            .resumed
+            .fetch_add(snapshots.len() as u64, Ordering::Relaxed);
+        self.tracker.resume(snapshots);
+        let live: Vec<LiveCall> = self.tracker.live_calls().collect();
+        for call in live {
+            let entry = LogEntry {
+                at: now,
+                kind: LogKind::Event {
+                    text: "sipedge restarted; call tracking resumed".into(),
+                },
+            };
+            self.submit(WriteOp::AppendLog(call.id, entry));
+            self.handle.live.upsert(call);
+        }
+        self.tick(now);
+    }
+
+    fn on_relayed(&mut self, r: &Relayed) {
+        self.handle
+            .counters
+            .messages
+            .fetch_add(1, Ordering::Relaxed);
+        let Ok(msg) = scan::scan(&r.bytes) else {
+            self.handle
+                .counters
+                .unparsed
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some(ev) = event_of(r, &msg) else {
+            self.handle
+                .counters
+                .unparsed
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let at = ev.at;
+        let outputs = self.tracker.on_event(ev.clone());
+        self.apply(outputs, at);
+        if let Some(id) = self.tracker.call_of(&ev) {
+            for entry in log_entries(r, &msg, at) {
+                self.submit(WriteOp::AppendLog(id, entry));
+            }
+        }
+        self.sync_stats();
+    }
+
+    fn tick(&mut self, now: UnixMs) {
+        let outputs = self.tracker.tick(now);
+        if !outputs.is_empty() {
+            self.apply(outputs, now);
+            self.sync_stats();
+        }
+    }
+
+    fn apply(&mut self, outputs: Vec<Output>, at: UnixMs) {
+        for output in outputs {
+            match output {
+                Output::Started(call) => self.publish(LiveEventKind::Started, call),
+                Output::Ringing(call) => self.publish(LiveEventKind::Ringing, call),
+                Output::Answered(call) => self.publish(LiveEventKind::Answered, call),
+                Output::Changed(snapshot) => {
+                    self.handle.live.upsert(snapshot.live(&self.node));
+                    self.submit(WriteOp::PutCall(snapshot.id(), snapshot.encode()));
+                }
+                Output::Ended(cdr) => {
+                    self.handle.live.remove(cdr.id);
+                    let call = LiveCall::from(&cdr);
+                    // The CDR write also drops the call-in-progress entry, in one batch.
+                    self.submit(WriteOp::PutCdr(Box::new(cdr)));
+                    // No subscriber is not an error: nobody watches the live view.
+                    let _ = self.handle.events.send(LiveEvent {
+                        kind: LiveEventKind::Ended,
+                        call,
+                    });
+                }
+                Output::Event(id, text) => {
+                    let entry = LogEntry {
+                        at,
+                        kind: LogKind::Event { text: text.into() },
+                    };
+                    self.submit(WriteOp::AppendLog(id, entry));
+                }
+            }
+        }
+    }
+
+    fn publish(&self, kind: LiveEventKind, call: LiveCall) {
+        self.handle.live.upsert(call.clone());
+        // No subscriber is not an error: nobody watches the live view.
+        let _ = self.handle.events.send(LiveEvent { kind, call });
+    }
+
+    fn submit(&self, op: WriteOp) {
+        if let Err(e) = self.writer.submit(op) {
+            let before = self
+                .handle
+                .counters
+                .store_errors
+                .fetch_add(1, Ordering::Relaxed);
+            if before == 0 {
+                tracing::error!(error = %e, "call tracking cannot write to the store");
+            }
+        }
+    }
+
+    fn sync_stats(&self) {
+        let stats = self.tracker.stats();
+        let c = &self.handle.counters;
+        c.ignored.store(stats.ignored, Ordering::Relaxed);
+        c.refused.store(stats.refused, Ordering::Relaxed);
+        c.evicted.store(stats.evicted, Ordering::Relaxed);
+    }
+}
+
+fn unix_ms(t: SystemTime) -> UnixMs {
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    UnixMs(ms)
+}
+
+fn transport_of(t: flow::Transport) -> Transport {
+    match t {
+        flow::Transport::Udp => Transport::Udp,
+        flow::Transport::Tcp => Transport::Tcp,
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The tracker's view of a relayed message; `None` when it lacks what every SIP message has
+/// (Call-ID, From, To, CSeq).
+fn event_of(r: &Relayed, msg: &scan::Message<'_>) -> Option<SipEvent> {
+    let call_id = msg.call_id()?;
+    let from = msg.from()?;
+    let to = msg.to()?;
+    let cseq = msg.cseq()?;
+    let kind = match msg.status() {
+        Some(status) => SipKind::Response { status },
+        None => SipKind::Request {
+            method: Method::from_bytes(msg.method_bytes()?),
+            request_uri: text(msg.request_uri()?),
+        },
+    };
+    let from_terminal = r.origin == Origin::Forwarded && r.direction == Direction::ToUpstream;
+    let terminal = match r.direction {
+        Direction::ToUpstream => r.src,
+        Direction::ToTerminal => r.dst,
+    };
+    let content_type = msg.content_type().and_then(|c| std::str::from_utf8(c).ok());
+    Some(SipEvent {
+        at: unix_ms(r.at),
+        from_terminal,
+        transport: transport_of(r.transport),
+        terminal: terminal.to_string(),
+        kind,
+        call_id: text(call_id),
+        from_uri: text(from.uri),
+        from_tag: from.tag.map(text),
+        to_uri: text(to.uri),
+        to_tag: to.tag.map(text),
+        cseq: cseq.number,
+        cseq_method: Method::from_bytes(cseq.method_raw),
+        sdp_video: sdp_video(content_type, msg.body()),
+    })
+}
+
+/// The call-log lines of one message: the message itself, and for a reply sipedge made, what
+/// sipedge did in words.
+fn log_entries(r: &Relayed, msg: &scan::Message<'_>, at: UnixMs) -> Vec<LogEntry> {
+    let direction = match r.origin {
+        Origin::Forwarded => LogDirection::Received,
+        Origin::Local => LogDirection::Sent,
+    };
+    let mut entries = vec![LogEntry {
+        at,
+        kind: LogKind::Sip {
+            direction,
+            transport: transport_of(r.transport),
+            src: r.src,
+            dst: r.dst,
+            text: r.bytes.to_vec(),
+        },
+    }];
+    if r.origin == Origin::Local {
+        let status = msg.status().map_or_else(String::new, |s| s.to_string());
+        let reason = msg.reason().map(text).unwrap_or_default();
+        entries.push(LogEntry {
+            at,
+            kind: LogKind::Event {
+                text: format!("sipedge replied {status} {reason} to {}", r.dst),
+            },
+        });
+    }
+    entries
+}
+
+#[cfg(test)]
+mod tests;

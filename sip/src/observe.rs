@@ -1,0 +1,346 @@
+//! What the relay tells the rest of sipedge: counters for the metrics endpoint, and one
+//! [`Relayed`] per message for call tracking, handed off without ever waiting.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::flow::Transport;
+
+/// Which way a message went through sipedge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From a terminal towards the Sipserver.
+    ToUpstream,
+    /// From the Sipserver (or sipedge itself) towards a terminal.
+    ToTerminal,
+}
+
+impl Direction {
+    /// Label used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::ToUpstream => "to_upstream",
+            Direction::ToTerminal => "to_terminal",
+        }
+    }
+
+    /// The other way.
+    pub fn reverse(self) -> Direction {
+        match self {
+            Direction::ToUpstream => Direction::ToTerminal,
+            Direction::ToTerminal => Direction::ToUpstream,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Direction::ToUpstream => 0,
+            Direction::ToTerminal => 1,
+        }
+    }
+}
+
+/// Who wrote the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A peer's message that sipedge forwarded; `bytes` are as received, before sipedge's
+    /// rewrite (that is what the peer said, and what parses the same for both sides).
+    Forwarded,
+    /// A reply sipedge made itself (400, 413, 483, 503, 200 to OPTIONS): call tracking sees
+    /// e.g. "483 sent" or "upstream unreachable" as this response.
+    Local,
+}
+
+/// One message through sipedge, for call tracking and the per-call SIP log.
+#[derive(Debug, Clone)]
+pub struct Relayed {
+    /// When sipedge received (or, for a local reply, sent) it.
+    pub at: SystemTime,
+    /// Towards the upstream or towards a terminal.
+    pub direction: Direction,
+    /// Whether it was forwarded or made by sipedge.
+    pub origin: Origin,
+    /// Transport on which it arrived (local replies: on which the request arrived).
+    pub transport: Transport,
+    /// The sender's address (local replies: sipedge's advertised address and port).
+    pub src: SocketAddr,
+    /// Where sipedge sent it.
+    pub dst: SocketAddr,
+    /// The whole message: parsed once more by call tracking, off the relay path (the
+    /// scanner's index borrows the relay buffer, so it cannot travel).
+    pub bytes: Bytes,
+}
+
+/// The sending half of the hand-off to call tracking, plus its drop counter.
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    /// Bounded queue to call tracking; `try_send` only, so forwarding never waits.
+    tx: mpsc::Sender<Relayed>,
+}
+
+impl Handoff {
+    /// Wraps the sender the root created (see [`crate::ProxyConfig::handoff_queue`]).
+    pub fn new(tx: mpsc::Sender<Relayed>) -> Handoff {
+        Handoff { tx }
+    }
+
+    /// Whether an observation would be accepted now: lets the relay skip copying the bytes
+    /// when call tracking is behind (the drop is counted by the caller via [`Handoff::send`]).
+    pub fn has_room(&self) -> bool {
+        self.tx.capacity() > 0
+    }
+
+    /// Queues `r`, or drops it and counts the drop when the queue is full or closed.
+    pub fn send(&self, r: Relayed, metrics: &Metrics) {
+        if self.tx.try_send(r).is_err() {
+            metrics.handoff_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Method names with their own counter; everything else counts as `OTHER`.
+pub const METHODS: [&str; 15] = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "REGISTER",
+    "OPTIONS",
+    "PRACK",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+    "INFO",
+    "REFER",
+    "MESSAGE",
+    "UPDATE",
+    "OTHER",
+];
+
+/// Index of `method` in [`METHODS`] (methods are case-sensitive in SIP).
+pub fn method_index(method: &[u8]) -> usize {
+    METHODS
+        .iter()
+        .take(METHODS.len() - 1)
+        .position(|m| m.as_bytes() == method)
+        .unwrap_or(METHODS.len() - 1)
+}
+
+/// Status codes 100..=699 each have a counter.
+const STATUSES: usize = 600;
+
+/// Why a message was not forwarded (besides a local reply, which is counted as a response).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not SIP, or missing what even a 400 needs.
+    Unparseable,
+    /// A response whose top Via is not sipedge's, or has nowhere to go.
+    Unroutable,
+    /// Over the per-source rate limit.
+    RateLimited,
+    /// Sending failed (socket error, connection gone, peer's queue full).
+    SendFailed,
+    /// Over `max_message_bytes` and not answerable with 413.
+    TooLarge,
+    /// A TCP connection closed at its buffer cap or the connection cap.
+    TcpCap,
+}
+
+/// Every [`DropReason`], in counter order, with its metrics label.
+pub const DROP_REASONS: [(DropReason, &str); 6] = [
+    (DropReason::Unparseable, "unparseable"),
+    (DropReason::Unroutable, "unroutable"),
+    (DropReason::RateLimited, "rate_limited"),
+    (DropReason::SendFailed, "send_failed"),
+    (DropReason::TooLarge, "too_large"),
+    (DropReason::TcpCap, "tcp_cap"),
+];
+
+/// Counters of the relay, read by the metrics endpoint; all updates are relaxed atomics so
+/// counting costs the relay nothing measurable.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Requests relayed or answered, by direction and method.
+    requests: [[AtomicU64; METHODS.len()]; 2],
+    /// Responses relayed or made, by direction, CSeq method and status.
+    responses: Box<[[[AtomicU64; STATUSES]; METHODS.len()]; 2]>,
+    /// Messages that could not be parsed (`sipedge_sip_parse_errors_total`).
+    pub parse_errors: AtomicU64,
+    /// Messages not forwarded, by [`DropReason`].
+    drops: [AtomicU64; DROP_REASONS.len()],
+    /// Observations lost because call tracking's queue was full.
+    pub handoff_dropped: AtomicU64,
+    /// TCP connections open now (inbound and outbound).
+    pub tcp_connections: AtomicU64,
+}
+
+/// One non-zero message counter, for export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageCount {
+    /// Request method, or the CSeq method of a response.
+    pub method: &'static str,
+    /// Status code of a response; `None` for a request.
+    pub status: Option<u16>,
+    /// Which way it went.
+    pub direction: Direction,
+    /// How many so far.
+    pub count: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            responses: Box::new(std::array::from_fn(|_| {
+                std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+            })),
+            parse_errors: AtomicU64::new(0),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            handoff_dropped: AtomicU64::new(0),
+            tcp_connections: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a request going `direction`.
+    pub fn request(&self, direction: Direction, method: &[u8]) {
+        if let Some(c) = self
+            .requests
+            .get(direction.index())
+            .and_then(|d| d.get(method_index(method)))
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a response going `direction`; codes outside 100..=699 are not SIP and ignored.
+    pub fn response(&self, direction: Direction, cseq_method: &[u8], status: u16) {
+        if let Some(c) = self
+            .responses
+            .get(direction.index())
+            .and_then(|d| d.get(method_index(cseq_method)))
+            .and_then(|m| m.get(usize::from(status).wrapping_sub(100)))
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a message not forwarded.
+    pub fn dropped(&self, reason: DropReason) {
+        if let Some(i) = DROP_REASONS.iter().position(|(r, _)| *r == reason)
+            && let Some(c) = self.drops.get(i)
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops so far, with their labels.
+    pub fn drops(&self) -> Vec<(&'static str, u64)> {
+        DROP_REASONS
+            .iter()
+            .zip(&self.drops)
+            .map(|((_, label), c)| (*label, c.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Every non-zero message counter (`sipedge_sip_messages_total{method,status,direction}`).
+    pub fn messages(&self) -> Vec<MessageCount> {
+        let mut out = Vec::new();
+        for direction in [Direction::ToUpstream, Direction::ToTerminal] {
+            let d = direction.index();
+            for (m, method) in METHODS.iter().enumerate() {
+                let count = self
+                    .requests
+                    .get(d)
+                    .and_then(|x| x.get(m))
+                    .map_or(0, |c| c.load(Ordering::Relaxed));
+                if count > 0 {
+                    out.push(MessageCount {
+                        method,
+                        status: None,
+                        direction,
+                        count,
+                    });
+                }
+                let Some(statuses) = self.responses.get(d).and_then(|x| x.get(m)) else {
+                    continue;
+                };
+                for (status, c) in (100u16..).zip(statuses.iter()) {
+                    let count = c.load(Ordering::Relaxed);
+                    if count > 0 {
+                        out.push(MessageCount {
+                            method,
+                            status: Some(status),
+                            direction,
+                            count,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters() {
+        let m = Metrics::default();
+        m.request(Direction::ToUpstream, b"INVITE");
+        m.request(Direction::ToUpstream, b"INVITE");
+        m.request(Direction::ToTerminal, b"invite");
+        m.response(Direction::ToTerminal, b"INVITE", 180);
+        m.response(Direction::ToTerminal, b"BYE", 699);
+        m.response(Direction::ToTerminal, b"BYE", 700);
+        m.response(Direction::ToTerminal, b"BYE", 99);
+        m.dropped(DropReason::RateLimited);
+        let got: Vec<_> = m
+            .messages()
+            .into_iter()
+            .map(|c| (c.method, c.status, c.direction, c.count))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("INVITE", None, Direction::ToUpstream, 2),
+                ("INVITE", Some(180), Direction::ToTerminal, 1),
+                ("BYE", Some(699), Direction::ToTerminal, 1),
+                ("OTHER", None, Direction::ToTerminal, 1),
+            ]
+        );
+        assert!(m.drops().contains(&("rate_limited", 1)));
+    }
+
+    #[tokio::test]
+    async fn handoff_never_waits_and_counts_drops() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let h = Handoff::new(tx);
+        let m = Metrics::default();
+        let r = Relayed {
+            at: SystemTime::now(),
+            direction: Direction::ToUpstream,
+            origin: Origin::Forwarded,
+            transport: Transport::Udp,
+            src: "192.0.2.1:5060".parse().unwrap(),
+            dst: "192.0.2.2:5060".parse().unwrap(),
+            bytes: Bytes::from_static(b"x"),
+        };
+        assert!(h.has_room());
+        h.send(r.clone(), &m);
+        assert!(!h.has_room());
+        h.send(r.clone(), &m);
+        assert_eq!(m.handoff_dropped.load(Ordering::Relaxed), 1);
+        assert!(rx.recv().await.is_some());
+        drop(rx);
+        h.send(r, &m);
+        assert_eq!(m.handoff_dropped.load(Ordering::Relaxed), 2);
+    }
+}
