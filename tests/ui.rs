@@ -7,6 +7,7 @@
 //! fails, saying which is missing, when one is.
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
+mod common;
 mod support;
 
 use std::net::SocketAddr;
@@ -15,6 +16,8 @@ use std::process::Command;
 
 use chrono::{Duration as Span, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
+use common::proxy::{Proxy, ProxySpec};
+use common::sipp::{Pair, Transport as SippTransport};
 use sipedge_store::{
     Alarm, AlarmId, AlarmKind, CallStatus, CallType, Cdr, CdrId, Direction, LogEntry, LogKind,
     Severity, Transport, UnixMs,
@@ -300,13 +303,15 @@ fn seed() -> (Seed, Cdr) {
     (seed, logged)
 }
 
-/// Runs `node --test tests/e2e/` against `api`; panics with node's whole output on failure.
-fn run_browser_tests(api: SocketAddr, extra: &[(&str, String)]) {
+/// Runs the browser test `files` (under `tests/e2e/`) with `node --test` against `api`;
+/// panics with node's whole output unless at least `min_passed` tests passed and none failed.
+fn run_browser_tests(api: SocketAddr, files: &[&str], min_passed: u32, extra: &[(&str, String)]) {
     let shots = repo().join("target/ui-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let mut command = Command::new("node");
     command
-        .args(["--test", "--test-concurrency=1", "tests/e2e/"])
+        .args(["--test", "--test-concurrency=1"])
+        .args(files.iter().map(|f| format!("tests/e2e/{f}")))
         .current_dir(repo())
         .env("SIPEDGE_URL", format!("http://{api}"))
         .env("SIPEDGE_CHROMIUM", CHROMIUM)
@@ -322,13 +327,26 @@ fn run_browser_tests(api: SocketAddr, extra: &[(&str, String)]) {
     );
     println!("{text}");
     assert!(out.status.success(), "browser tests failed:\n{text}");
-    // A run that found no test files would also exit 0.
+    // A run that found no test would also exit 0.
     let passed: u32 = text
         .lines()
         .find_map(|l| l.strip_prefix("# pass "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0);
-    assert!(passed >= 10, "only {passed} browser tests passed:\n{text}");
+    assert!(
+        passed >= min_passed,
+        "only {passed} browser tests passed:\n{text}"
+    );
+}
+
+/// The API listener of a proxy started by the SIP harness.
+fn api_of(proxy: &Proxy) -> SocketAddr {
+    proxy
+        .listeners
+        .iter()
+        .find(|(name, _)| name == "api")
+        .map(|(_, addr)| *addr)
+        .unwrap_or_else(|| panic!("no api listener in {:?}", proxy.listeners))
 }
 
 #[test]
@@ -343,6 +361,8 @@ fn the_front_end_in_a_browser() {
     )));
     run_browser_tests(
         open.addr("api"),
+        &["ui.test.mjs", "i18n.test.mjs"],
+        14,
         &[
             ("SIPEDGE_LOG_CDR", logged.id.to_string()),
             (
@@ -353,4 +373,41 @@ fn the_front_end_in_a_browser() {
             ("SIPEDGE_AUTH_PASSWORD", password.to_owned()),
         ],
     );
+}
+
+/// How long the SIPp call talks: long enough for the browser to see it and open its log.
+const CALL_MS: u32 = 10_000;
+
+#[test]
+fn a_sipp_call_is_on_live_calls_while_it_is_up() {
+    check_tools();
+    common::require_tool("sipp", "-v", "sip-tester");
+    let proxy = Proxy::start(ProxySpec::one_port());
+    let api = api_of(&proxy);
+    let (target, upstream) = (proxy.sip_addr(), proxy.upstream_addr());
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    // The call starts once the page is open and subscribed (the browser test writes `ready`).
+    let waiting = ready.clone();
+    let call = std::thread::spawn(move || {
+        let opened = common::wait_until(std::time::Duration::from_secs(60), || waiting.exists());
+        opened.then(|| {
+            Pair::new("video", SippTransport::Udp, 1)
+                .pause_ms(CALL_MS)
+                .run(target, upstream)
+        })
+    });
+    run_browser_tests(
+        api,
+        &["sipp.test.mjs"],
+        1,
+        &[
+            ("SIPEDGE_READY_FILE", ready.display().to_string()),
+            ("SIPEDGE_CALL_MS", CALL_MS.to_string()),
+        ],
+    );
+    call.join()
+        .unwrap()
+        .expect("the browser test never said it was ready")
+        .assert_passed();
 }

@@ -150,15 +150,21 @@ function ipOf(addr) {
   return (colon > 0 ? text.slice(0, colon) : text).replace(/^\[|\]$/g, '');
 }
 
-/** Which side of sipedge each message's far end is: the terminal is the CDR's `terminal`,
- * or, for a call still in progress, whoever sent the first request sipedge received. */
-function sides(cdr, sips) {
+/** The lane of every address in a call's log: 0 the terminal, 1 sipedge, 2 the Sipserver.
+ * The terminal is the CDR's `terminal` (for a call still in progress, whoever sent the first
+ * message sipedge received); sipedge is whatever sent the replies sipedge made itself (the
+ * `sent` entries); every other address is on the Sipserver's side. A relayed message is
+ * logged once with its sender and the address it was relayed to, so its arrow crosses
+ * sipedge's line from one end to the other. */
+function lanes(cdr, sips) {
   const terminal = cdr?.terminal || sips.find((e) => e.direction === 'received')?.src || '';
-  const far = (e) => (e.direction === 'received' ? e.src : e.dst);
-  const exact = sips.some((e) => far(e) === terminal);
-  const isTerminal = (e) => (exact ? far(e) === terminal : ipOf(far(e)) === ipOf(terminal));
-  const upstream = sips.find((e) => !isTerminal(e));
-  return { terminal, upstream: upstream ? far(upstream) : '', isTerminal };
+  const own = new Set(sips.filter((e) => e.direction === 'sent').map((e) => e.src));
+  const all = sips.flatMap((e) => [e.src, e.dst]);
+  const exact = all.includes(terminal);
+  const isTerminal = (addr) => (exact ? addr === terminal : ipOf(addr) === ipOf(terminal));
+  const laneOf = (addr) => (isTerminal(addr) ? 0 : own.has(addr) ? 1 : 2);
+  const upstream = all.find((a) => laneOf(a) === 2) || '';
+  return { terminal, upstream, laneOf };
 }
 
 /** A message's label: a request's method and URI, or a response's status and its method. */
@@ -180,7 +186,7 @@ function renderLadder(cdr, entries) {
     replace(ladder, el('div', { class: 'empty' }, t('log.empty')));
     return;
   }
-  const { terminal, upstream, isTerminal } = sides(cdr, sips);
+  const { terminal, upstream, laneOf } = lanes(cdr, sips);
   const t0 = epochMs(entries[0].at);
   const head = el(
     'div',
@@ -213,27 +219,31 @@ function renderLadder(cdr, entries) {
     if (entry.type !== 'sip') {
       return el('li', {}, el('div', { class: 'ladder-row event' }, time, el('div', { class: 'lanes' }, el('div', { class: 'event-note' }, el('span', { class: 'event-tag' }, t('log.event')), entry.text))));
     }
-    const toTerminal = isTerminal(entry);
-    const received = entry.direction === 'received';
-    // Left half: terminal ↔ sipedge; right half: sipedge ↔ Sipserver.
-    const seg = toTerminal ? 'seg-left' : 'seg-right';
-    const rightward = toTerminal ? received : !received;
+    const from = laneOf(entry.src);
+    const to = laneOf(entry.dst);
+    // Left half: terminal ↔ sipedge; right half: sipedge ↔ Sipserver; both: relayed through.
+    const span = Math.min(from, to) === 0 ? (Math.max(from, to) === 2 ? 'seg-full' : 'seg-left') : 'seg-right';
+    const rightward = to > from;
     const l = label(entry.text);
-    const who = toTerminal ? t('log.terminal') : 'Sipserver';
+    const names = [t('log.terminal'), 'sipedge', 'Sipserver'];
     const button = el(
       'button',
       {
         type: 'button',
         class: `ladder-row sip ${l.kind}`,
         dataset: { index: String(index) },
-        'aria-label': `${clockMs(entry.at)} ${received ? `${who} → sipedge` : `sipedge → ${who}`}: ${firstLine(entry.text)}`,
+        'aria-label': `${clockMs(entry.at)} ${names[from]} → ${names[to]}: ${firstLine(entry.text)}`,
         onclick: (event) => open(entry, event.currentTarget),
       },
       time,
       el(
         'div',
         { class: 'lanes' },
-        el('div', { class: `arrow ${seg} ${rightward ? 'dir-r' : 'dir-l'}` }, el('span', { class: 'arrow-label' }, el('strong', {}, l.main), ' ', el('span', { class: 'muted' }, l.extra))),
+        el(
+          'div',
+          { class: `arrow ${span} ${rightward ? 'dir-r' : 'dir-l'}` },
+          el('span', { class: 'arrow-label' }, el('span', { class: 'label-box' }, el('strong', {}, l.main), ' ', el('span', { class: 'muted' }, l.extra))),
+        ),
       ),
     );
     return el('li', {}, button);
