@@ -117,6 +117,11 @@ function submit() {
 }
 
 export async function show(_rest, params) {
+  if ((!params.get('start') || !params.get('end')) && shown) {
+    // Back from another view through the tab: the query on screen stays.
+    history.replaceState(null, '', `#/query${shownKey}`);
+    return;
+  }
   if (!params.get('start') || !params.get('end')) {
     // The document's defaults are the API's: ask it for today in the node's zone.
     try {

@@ -166,6 +166,13 @@ describe('query', () => {
     assert.equal(await page.locator('.bar-chart .bar-group').count(), 3);
     const csvHref = await page.getAttribute('#q-csv', 'href');
     assert.match(csvHref, /type=video/);
+    // Away to another view and back through the tab: the query on screen stays.
+    await page.click('a[data-route="live"]');
+    await page.click('a[data-route="query"]');
+    await page.waitForSelector('#page-query:not([hidden])');
+    assert.equal(await page.inputValue('#q-type'), 'video');
+    assert.equal(await page.locator('.bar-chart .bar-group').count(), 3);
+    assert.match(page.url(), /type=video/);
     const stats = await api(`/api/stats${csvHref.slice(csvHref.indexOf('?'))}`);
     assert.equal(stats.bucket, 'day');
     assert.equal(digits(await page.textContent('#stats-table td[data-type="all"][data-field="calls"]')), stats.totals.all.calls);
