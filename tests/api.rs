@@ -1108,11 +1108,32 @@ fn sipp_calls_make_events_in_order_and_cdrs_with_logs() {
     let proxy = Proxy::start(ProxySpec::one_port());
     let api = api_of(&proxy);
     let events = listen(api, None);
-    Pair::new("call", SippTransport::Udp, 3)
-        .rate(10)
-        .pause_ms(300)
-        .run(proxy.sip_addr(), proxy.upstream_addr())
-        .assert_passed();
+    let (target, upstream) = (proxy.sip_addr(), proxy.upstream_addr());
+    let calls = std::thread::spawn(move || {
+        Pair::new("call", SippTransport::Udp, 3)
+            .rate(10)
+            .pause_ms(1500)
+            .run(target, upstream)
+            .assert_passed();
+    });
+    // While the calls talk, they are live.
+    let mut live = Value::Null;
+    let seen_live = common::wait_until(Duration::from_secs(10), || {
+        live = json(&http(api, "GET", "/api/calls/live", ""));
+        live["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["state"] == "connected")
+    });
+    assert!(seen_live, "{live}");
+    let call = &live["items"][0];
+    assert_eq!(call["caller"], "8001");
+    assert!(
+        call["start_time"].as_str().unwrap().ends_with("+08:00"),
+        "{call}"
+    );
+    calls.join().unwrap();
     let got = wait_for(&events, 3);
 
     // Per call, in order: started, maybe ringing, answered, ended; each once.
@@ -1170,7 +1191,7 @@ fn sipp_calls_make_events_in_order_and_cdrs_with_logs() {
         assert_eq!(cdr["disposition"], "answered");
         assert_eq!(cdr["call_type"], "audio");
         assert_eq!(cdr["caller"], "8001");
-        assert!(cdr["talk_s"].as_f64().unwrap() >= 0.25, "{cdr}");
+        assert!(cdr["talk_s"].as_f64().unwrap() >= 1.4, "{cdr}");
         let log = json(&http(
             api,
             "GET",
