@@ -1,10 +1,16 @@
-//! The web front end in a real browser (SPEC §6): the real binary on a seeded store, driven
-//! by Debian's Chromium through playwright-core (`tests/e2e/`, run with `node --test`). The
-//! browser tests compare what the pages show with what the API answers, and save a
-//! screenshot of each page at 1366×768 in `target/ui-screenshots/`.
+//! The web front end in a real browser (SPEC §6): Debian's Chromium driven by playwright-core
+//! (`tests/e2e/`, run with `node --test`) against the real binary.
 //!
-//! Needs node, /usr/bin/chromium and `npm ci` in tests/e2e (tests/setup.sh installs them);
-//! fails, saying which is missing, when one is.
+//! - `the_front_end_in_a_browser`: a store seeded with three days of calls, a logged call and
+//!   alarms; the browser tests compare what the pages show with what the API answers, and
+//!   check the language switch, keyboard use and access control (a second node with
+//!   `api.users`).
+//! - `a_sipp_call_is_on_live_calls_while_it_is_up`: a SIPp video call through sipedge, seen
+//!   appearing on Live calls, with its log while it is up, and leaving when it ends.
+//!
+//! Screenshots of each page at 1366×768 (and a wall display) go to `target/ui-screenshots/`.
+//! Needs node, /usr/bin/chromium, `npm ci` in tests/e2e and sipp (tests/setup.sh installs
+//! them); fails, saying which is missing, when one is.
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
 mod common;
