@@ -168,6 +168,7 @@ async fn run(config: Config) -> Result<(), StartError> {
         &account_metrics,
         &store,
         sip.as_ref().map(sipedge_sip::Proxy::metrics),
+        tracking.as_ref().map(|(handle, _)| handle.clone()),
     );
     if let Some(webhook) = &monitor.webhook {
         webhook.register(&mut registry);

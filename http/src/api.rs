@@ -168,7 +168,7 @@ pub fn load_cursor_key(data_dir: &Path) -> std::io::Result<Vec<u8>> {
 /// the same access rules; they must not set a fallback. The front end is built apart from
 /// the API, and plugs in here.
 fn ui_router() -> Router {
-    Router::new()
+    crate::ui::router()
 }
 
 /// The router of the API listener.

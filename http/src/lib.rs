@@ -12,6 +12,7 @@
 //! - [`processes`]: `/api/processes`, from a snapshot the monitor provides.
 //! - [`health`]: whether this node can serve calls, shown on `/healthz`.
 //! - [`client`]: the one outgoing request, a JSON POST (the alarm webhook).
+//! - [`ui`]: the web front end, static files compiled in, served at `/`.
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -25,6 +26,7 @@ pub mod params;
 pub mod processes;
 pub mod render;
 pub mod server;
+pub mod ui;
 
 use axum::Json;
 use axum::http::StatusCode;
