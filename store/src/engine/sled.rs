@@ -69,7 +69,6 @@ pub(super) struct SledKv {
     synced_blobs: Mutex<HashSet<OsString>>,
 }
 
-
 /// How long an open waits for a previous handle's lock: sled's flusher thread outlives the
 /// last `Db` handle by a moment, so a reopen right after a close (a restart, a reload) would
 /// otherwise fail on a lock that is about to be released.
@@ -85,6 +84,14 @@ fn open_waiting_for_lock(path: &Path) -> Result<sled::Db, StoreError> {
                     && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::Other
+                    && e.to_string().contains("could not acquire lock") =>
+            {
+                return Err(StoreError::Locked {
+                    dir: path.to_path_buf(),
+                });
             }
             other => return other.map_err(fail("open the database")),
         }
