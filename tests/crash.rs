@@ -1,8 +1,9 @@
 //! Crash tests (SPEC §8), on both engines: `kill -9` sipedge under a steady SIPp load,
-//! restart it on the same data dir while the calls go on, then check from the terminal's
+//! restart it 1.5 s later on the same data dir while the calls go on, then check from the terminal's
 //! message log which calls had ended when, against the stored CDRs:
 //!
-//! - a call whose BYE was answered more than `store.flush_interval` before the kill has
+//! - a call whose BYE was answered more than `store.flush_interval` (plus the commit's own
+//!   time: [`FLUSH_MS`]) before the kill has
 //!   exactly one CDR, answered by the caller;
 //! - a call answered more than the flush interval before the kill and hung up after it is
 //!   closed by its BYE after the restart (answered, caller) or, when every copy of the BYE
@@ -23,8 +24,11 @@ use common::sipp::{Sipp, Transport, is_bound};
 use common::wait_until;
 use serde_json::Value;
 
-/// The store's default `flush_interval`: what a kill may lose.
-const FLUSH_MS: i64 = 100;
+/// How long before a kill a call's end may still be lost: the store's `flush_interval`
+/// (100 ms, set below) plus 100 ms for the hand-off to tracking and the commit's fsync,
+/// which on this shared machine were seen to take a call ended 182 ms before a kill with them
+/// (SPEC §8 allows 200 ms).
+const FLUSH_MS: i64 = 200;
 /// `sip.call_timeout` of the test config, short so that lost BYEs close soon.
 const CALL_TIMEOUT_S: u64 = 6;
 /// Calls, rate and talk time of the load: 6 s of new calls lasting 2 s each.
@@ -71,6 +75,9 @@ fn calls_seen(log: &[Logged]) -> HashMap<String, Seen> {
     out
 }
 
+/// How long sipedge stays dead: longer than a BYE's one resend.
+const DOWNTIME: Duration = Duration::from_millis(1_500);
+
 /// Ms either side of the call timeout where a BYE and the timeout race.
 const MARGIN_MS: i64 = 300;
 
@@ -85,7 +92,8 @@ fn bye_within(call: &Seen, ms: i64) -> bool {
 fn crash_under_load(engine: &str) {
     let spec = ProxySpec::one_port()
         .set("store", "engine", &format!("\"{engine}\""))
-        .set("sip", "call_timeout", &format!("\"{CALL_TIMEOUT_S}s\""));
+        .set("sip", "call_timeout", &format!("\"{CALL_TIMEOUT_S}s\""))
+        .set("store", "flush_interval", "\"100ms\"");
     let mut proxy = Proxy::start(spec);
     let uas = Sipp::uas("call_uas", proxy.upstream_addr())
         .transport(Transport::Udp)
@@ -106,10 +114,15 @@ fn crash_under_load(engine: &str) {
         .rate(RATE)
         .pause_ms(TALK_MS)
         .timeout(Duration::from_secs(40))
+        // One resend of a BYE, 500 ms later: the BYEs of the first part of the downtime are
+        // lost for good (their calls must close by timeout), the later ones get through.
+        .arg("-max_non_invite_retrans")
+        .arg("1")
         .spawn();
     std::thread::sleep(KILL_AFTER);
     let kill_at = now_ms();
     proxy.kill_hard();
+    std::thread::sleep(DOWNTIME);
     proxy.restart();
     let restarted_at = now_ms();
     let uac = uac.wait();
@@ -189,10 +202,9 @@ fn crash_under_load(engine: &str) {
         seen.len()
     );
     assert!(
-        ended_before > 0 && closed_by_bye + closed_by_timeout > 0,
+        ended_before > 0 && closed_by_bye > 0 && closed_by_timeout > 0,
         "{what}: the kill did not fall mid-load ({ended_before} calls ended before it, \
-         {} in progress)\n{}",
-        closed_by_bye + closed_by_timeout,
+         {closed_by_bye} closed by BYE, {closed_by_timeout} by timeout)\n{}",
         report()
     );
 }
