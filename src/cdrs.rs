@@ -16,6 +16,7 @@ use crate::config::Config;
 
 #[derive(Debug, Args)]
 pub struct CdrsArgs {
+    /// The service's config: node.data_dir, store.engine and node.timezone are used.
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
     /// Calls that started at or after this (`YYYYMMDDhhmmss`, `YYYY-MM-DD hh:mm:ss` in
