@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::ops::{Bound, ControlFlow};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::StoreError;
@@ -178,6 +178,9 @@ fn wait(rx: &Receiver<()>, timeout: Duration) -> Result<(), StoreError> {
 
 /// Ops per batch at most, so that one commit stays short under a burst.
 const MAX_BATCH_OPS: usize = 20_000;
+/// How often an open batch looks for a flush or stop request while it waits for its
+/// deadline: a clean stop need not wait a whole flush interval.
+const BATCH_POLL: Duration = Duration::from_millis(20);
 /// CDRs deleted per retention batch, so that retention never holds up writes for long.
 const PURGE_CHUNK: usize = 1_000;
 /// Log entries deleted per retention batch.
@@ -254,74 +257,104 @@ fn age_cutoff(now: UnixMs, age: Duration) -> UnixMs {
     )
 }
 
+/// What the writer loop does after handling one message.
+enum Next {
+    Continue,
+    Stop,
+}
+
 impl WriterThread {
     fn run(&mut self, rx: &Receiver<Msg>) {
         let mut pending: Vec<WriteOp> = Vec::new();
-        let mut deadline: Option<Instant> = None;
         loop {
-            let timeout = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None => self.next_purge.saturating_duration_since(Instant::now()),
-            };
-            match rx.recv_timeout(timeout) {
-                Ok(Msg::Op(op)) => {
-                    if pending.is_empty() {
-                        deadline = Some(Instant::now() + self.cfg.flush_interval);
+            if pending.is_empty() {
+                // Idle: block until the first write (or the next retention step).
+                let timeout = self.next_purge.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(timeout) {
+                    Ok(msg) => {
+                        if let Next::Stop = self.handle(msg, rx, &mut pending) {
+                            return;
+                        }
                     }
-                    pending.push(op);
-                    if pending.len() >= MAX_BATCH_OPS {
-                        self.commit_ops(&mut pending);
-                        deadline = None;
-                    }
+                    Err(RecvTimeoutError::Timeout) => self.background_purge(),
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
-                Ok(Msg::Flush(reply)) => {
-                    self.commit_ops(&mut pending);
-                    deadline = None;
-                    // The asker may have given up waiting; nothing to do then.
-                    let _ = reply.send(());
+                continue;
+            }
+            // A batch is open: sleep to its deadline and take everything queued meanwhile at
+            // once. Blocking in `recv` instead would wake this thread for every write, and
+            // under load those wake-ups cost more CPU than the commits themselves.
+            let deadline = Instant::now() + self.cfg.flush_interval;
+            while pending.len() < MAX_BATCH_OPS {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
                 }
-                Ok(Msg::Purge(reply)) => {
-                    self.commit_ops(&mut pending);
-                    deadline = None;
-                    let mut total = Purged::default();
-                    let result = loop {
-                        match self.purge_step() {
-                            Ok((step, more)) => {
-                                total.cdrs += step.cdrs;
-                                total.log_entries += step.log_entries;
-                                total.alarms += step.alarms;
-                                if !more {
-                                    break Ok(total);
-                                }
+                std::thread::sleep((deadline - now).min(BATCH_POLL));
+                loop {
+                    match rx.try_recv() {
+                        Ok(msg) => {
+                            if let Next::Stop = self.handle(msg, rx, &mut pending) {
+                                return;
                             }
-                            Err(e) => break Err(e),
                         }
-                    };
-                    let _ = reply.send(result);
-                }
-                Ok(Msg::Stop(reply)) => {
-                    // Writes other clones queued behind the stop are still taken.
-                    while let Ok(msg) = rx.try_recv() {
-                        if let Msg::Op(op) = msg {
-                            pending.push(op);
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            self.commit_ops(&mut pending);
+                            return;
                         }
                     }
-                    self.commit_ops(&mut pending);
-                    let _ = reply.send(());
-                    return;
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.commit_ops(&mut pending);
-                    deadline = None;
-                    // Here too under steady traffic, or retention would wait for a quiet night.
-                    self.background_purge();
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.commit_ops(&mut pending);
-                    return;
+                if pending.is_empty() {
+                    break;
                 }
             }
+            self.commit_ops(&mut pending);
+            // Here too under steady traffic, or retention would wait for a quiet night.
+            self.background_purge();
         }
+    }
+
+    /// One message: a write joins the open batch; a flush, purge or stop commits it first.
+    fn handle(&mut self, msg: Msg, rx: &Receiver<Msg>, pending: &mut Vec<WriteOp>) -> Next {
+        match msg {
+            Msg::Op(op) => pending.push(op),
+            Msg::Flush(reply) => {
+                self.commit_ops(pending);
+                // The asker may have given up waiting; nothing to do then.
+                let _ = reply.send(());
+            }
+            Msg::Purge(reply) => {
+                self.commit_ops(pending);
+                let mut total = Purged::default();
+                let result = loop {
+                    match self.purge_step() {
+                        Ok((step, more)) => {
+                            total.cdrs += step.cdrs;
+                            total.log_entries += step.log_entries;
+                            total.alarms += step.alarms;
+                            if !more {
+                                break Ok(total);
+                            }
+                        }
+                        Err(e) => break Err(e),
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Msg::Stop(reply) => {
+                // Writes other clones queued behind the stop are still taken.
+                while let Ok(msg) = rx.try_recv() {
+                    if let Msg::Op(op) = msg {
+                        pending.push(op);
+                    }
+                }
+                self.commit_ops(pending);
+                let _ = reply.send(());
+                return Next::Stop;
+            }
+        }
+        Next::Continue
     }
 
     /// One retention chunk when due; soon again while there is more to delete.
