@@ -1,0 +1,818 @@
+//! Load benchmark of the account responder (SPEC §3, `POST /AgoraAccount`) against a plain
+//! hyper "hello" server, both driven by the same client in the same run, so that the ratio
+//! between them means something on a machine whose speed and neighbours vary.
+//!
+//! Run with `cargo bench --bench account_load`; it takes about 40 s.
+//!
+//! What shares the cores: the real `sipedge` binary (release profile; its default runtime has
+//! one worker per core), the hello server (a runtime in this process with the same worker
+//! count) and the load client (another runtime in this process, same worker count). The
+//! client's own CPU is therefore inside every throughput figure; the "server CPU" column, read
+//! from /proc, is what each server alone spends per request.
+//!
+//! Per target: a closed loop at full speed (warm-up, then a measured window) gives its maximum
+//! rate; then an open loop at half of that target's own maximum, whose latencies are counted
+//! from each request's scheduled send time, so that a stalled server cannot hide the queue it
+//! causes (no coordinated omission). Every answer is checked: status 200 and `"resCode":"0"`.
+//!
+//! sipedge runs at `log.level = "info"`, as deployed, writing its one line per request to a
+//! file; a second sipedge at `log.level = "warn"` shows what that line costs.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{TimeDelta, Utc};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use md5::{Digest, Md5};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+
+/// Concurrent keep-alive connections of the client, the same for every target and phase.
+const CONNECTIONS: usize = 32;
+/// Closed loop: time for connections, caches and the CPU governor to settle, not counted.
+const MAX_WARMUP: Duration = Duration::from_secs(1);
+/// Closed loop: the counted window.
+const MAX_WINDOW: Duration = Duration::from_secs(5);
+/// Open loop: requests sent but not counted, so that the window starts in a steady state.
+const RATE_WARMUP: Duration = Duration::from_millis(500);
+/// Open loop: the counted window.
+const RATE_WINDOW: Duration = Duration::from_secs(5);
+/// Open loop: a server that falls this far behind its schedule is not waited for; what was
+/// still unsent then is reported instead, which keeps the run bounded.
+const RATE_GRACE: Duration = Duration::from_secs(2);
+/// Distinct prepared request bodies; the client cycles through them.
+const BODIES: usize = 4096;
+/// The appid of the benchmark's configuration, used to make the tokens.
+const APPID: &str = "bench-appid";
+/// The zone of the request timestamps, the example configuration's.
+const ZONE: chrono_tz::Tz = chrono_tz::Asia::Shanghai;
+/// What the hello server answers: the shape of a granted account reply, so that the client
+/// does the same work on both servers' answers.
+const HELLO: &[u8] =
+    br#"{"method":"getAgoraAccount","streamNumber":"1","resCode":"0","account":"sipserver"}"#;
+/// The targets the issue sets: sipedge's share of the hello server's maximum, and its p99 at
+/// half its own maximum.
+const TARGET_RATIO: f64 = 0.8;
+const TARGET_P99: Duration = Duration::from_millis(2);
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("account_load: some answers were wrong; the figures above are not valid");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("account_load: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Measures every target and prints the table; `Ok(false)` when any answer was wrong.
+fn run() -> Result<bool, String> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let hello_runtime = runtime(workers, "hello-server")?;
+    let client = runtime(workers, "load-client")?;
+    let hello_addr = hello_runtime.block_on(start_hello())?;
+    let bodies: Arc<[Bytes]> = account_bodies(APPID, BODIES).into();
+    let load_before = loadavg();
+
+    let mut rows = vec![client.block_on(measure(
+        "hello (plain hyper)",
+        hello_addr,
+        Cpu::ThreadsNamed("hello-server"),
+        &bodies,
+    ))];
+    let mut log_checks = Vec::new();
+    for level in ["info", "warn"] {
+        let mut sipedge = Sipedge::start(level)?;
+        let name = if level == "info" {
+            "sipedge (log info)"
+        } else {
+            "sipedge (log warn)"
+        };
+        let row = client.block_on(measure(
+            name,
+            sipedge.addr,
+            Cpu::Process(sipedge.child.id()),
+            &bodies,
+        ));
+        sipedge.stop()?;
+        log_checks.push((level, sipedge.request_lines()?, row.answered()));
+        rows.push(row);
+    }
+    drop(hello_runtime);
+
+    print_report(workers, &rows, &log_checks, &load_before, &loadavg());
+    Ok(rows.iter().all(|r| r.wrong() == 0))
+}
+
+fn runtime(workers: usize, name: &str) -> Result<Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the {name} runtime: {e}"))
+}
+
+/// The baseline: hyper's HTTP/1 server with nothing but a service that reads the body and
+/// answers a fixed JSON document.
+async fn start_hello() -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot bind the hello server: {e}"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("hello server address: {e}"))?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(hello);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn hello(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    request.into_body().collect().await?;
+    let mut response = Response::new(Full::new(Bytes::from_static(HELLO)));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+/// Request bodies as a terminal sends them, each with its own streamNumber and a valid token
+/// for a timestamp a little before now (well inside the allowed skew for the whole run),
+/// made before any timing starts so that hashing is not the client's cost.
+fn account_bodies(appid: &str, count: usize) -> Vec<Bytes> {
+    let now = Utc::now().with_timezone(&ZONE);
+    (0..count)
+        .map(|i| {
+            let age = TimeDelta::seconds(i64::try_from(i % 600).unwrap_or(0));
+            let timestamp = (now - age).format("%Y%m%d%H%M%S").to_string();
+            let token = hex::encode_upper(Md5::digest(format!("{appid}{timestamp}")));
+            let body = format!(
+                r#"{{"method":"getAgoraAccount","streamNumber":"{}","token":"{token}","timestamp":"{timestamp}"}}"#,
+                100_000 + i
+            );
+            Bytes::from(body)
+        })
+        .collect()
+}
+
+/// A running `sipedge serve` with its log in a file; killed on drop if not stopped.
+struct Sipedge {
+    child: Child,
+    /// The account listener's bound address, read from the log.
+    addr: SocketAddr,
+    /// The process's stderr, kept to count the per-request lines.
+    log: PathBuf,
+    /// Holds the config, data directory and log until the end of the run.
+    _dir: tempfile::TempDir,
+}
+
+impl Sipedge {
+    fn start(level: &str) -> Result<Sipedge, String> {
+        // Below info the start lines are not logged, so the account port is chosen here and
+        // the start is seen by connecting; at info it is read from the log as a user would.
+        let fixed = if level == "info" {
+            None
+        } else {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| format!("cannot find a free port: {e}"))?;
+            Some(probe)
+        };
+        let listen = fixed.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string());
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let config = format!(
+            "[node]\nname = \"bench\"\ntimezone = \"{zone}\"\ndata_dir = \"{data}\"\n\n\
+             [account]\nlisten = \"{listen}\"\nappids = [\"{APPID}\"]\naccount = \"sipserver\"\n\n\
+             [api]\nlisten = \"127.0.0.1:0\"\n\n[log]\nlevel = \"{level}\"\nformat = \"text\"\n",
+            zone = ZONE.name(),
+            data = dir.path().join("data").display(),
+        );
+        let config_path = dir.path().join("sipedge.toml");
+        std::fs::write(&config_path, config).map_err(|e| format!("write config: {e}"))?;
+        let log = dir.path().join("sipedge.log");
+        let log_file = std::fs::File::create(&log).map_err(|e| format!("log file: {e}"))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_sipedge"))
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("cannot start sipedge: {e}"))?;
+        let mut sipedge = Sipedge {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+            _dir: dir,
+        };
+        sipedge.addr = sipedge.wait_started(fixed)?;
+        Ok(sipedge)
+    }
+
+    /// Waits until sipedge serves and returns the account listener's address: from the
+    /// `sipedge started` and `listening` lines, or, with a `fixed` address, by connecting.
+    fn wait_started(&mut self, fixed: Option<SocketAddr>) -> Result<SocketAddr, String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if text.contains("sipedge started") {
+                return account_addr(&text)
+                    .ok_or_else(|| format!("no account listener in sipedge's log:\n{text}"));
+            }
+            if let Some(addr) = fixed {
+                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                    return Ok(addr);
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("sipedge exited at start ({status}):\n{text}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("sipedge did not start within 30 s:\n{text}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then waits for the drain to finish.
+    fn stop(&mut self) -> Result<(), String> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("sipedge did not stop within 15 s of SIGTERM".to_owned())
+    }
+
+    /// How many `account request` lines the log holds.
+    fn request_lines(&self) -> Result<usize, String> {
+        let text = std::fs::read_to_string(&self.log).map_err(|e| format!("read log: {e}"))?;
+        Ok(text
+            .lines()
+            .filter(|l| l.contains("account request"))
+            .count())
+    }
+}
+
+impl Drop for Sipedge {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The `addr=` of the `listening listener=account` line.
+fn account_addr(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .filter(|l| l.contains(" listening ") && l.contains("listener=account"))
+        .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
+        .and_then(|a| a.trim_matches('"').parse().ok())
+}
+
+/// Where a server's CPU time is read.
+#[derive(Clone, Copy)]
+enum Cpu {
+    /// Every thread of another process.
+    Process(u32),
+    /// The threads of this process whose name starts so.
+    ThreadsNamed(&'static str),
+}
+
+/// Time on CPU so far, from `/proc/…/task/*/schedstat` (nanoseconds, unlike the tick-rounded
+/// `stat`).
+fn cpu_time(cpu: Cpu) -> Duration {
+    let (dir, prefix) = match cpu {
+        Cpu::Process(pid) => (format!("/proc/{pid}/task"), None),
+        Cpu::ThreadsNamed(prefix) => ("/proc/self/task".to_owned(), Some(prefix)),
+    };
+    let mut nanos = 0u64;
+    for task in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = task.path();
+        if let Some(prefix) = prefix {
+            let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            if !name.starts_with(prefix) {
+                continue;
+            }
+        }
+        let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+        nanos += stat
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Duration::from_nanos(nanos)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+/// Everything measured on one target.
+struct Row {
+    name: &'static str,
+    max: MaxReport,
+    rate: RateReport,
+}
+
+impl Row {
+    fn wrong(&self) -> u64 {
+        self.max.tally.wrong + self.rate.tally.wrong + self.rate.unsent
+    }
+
+    /// Requests the server answered with any HTTP response, warm-ups included.
+    fn answered(&self) -> u64 {
+        self.max.tally.answered + self.rate.tally.answered
+    }
+}
+
+async fn measure(name: &'static str, addr: SocketAddr, cpu: Cpu, bodies: &Arc<[Bytes]>) -> Row {
+    let max = max_rate(addr, cpu, bodies).await;
+    let rate = fixed_rate(addr, bodies, max.per_second / 2.0).await;
+    Row { name, max, rate }
+}
+
+/// Counts of one phase, warm-up included, and the first problem seen.
+#[derive(Default)]
+struct Tally {
+    /// Answers of any status: each is one request the server handled (and logged).
+    answered: u64,
+    /// Answers that were not 200 with `"resCode":"0"`, and connections that failed.
+    wrong: u64,
+    first_problem: Option<String>,
+}
+
+impl Tally {
+    fn problem(&mut self, problem: Problem) {
+        self.wrong += 1;
+        if let Problem::Answer(_) = problem {
+            self.answered += 1;
+        }
+        if self.first_problem.is_none() {
+            self.first_problem = Some(problem.to_string());
+        }
+    }
+
+    fn add(&mut self, other: Tally) {
+        self.answered += other.answered;
+        self.wrong += other.wrong;
+        if self.first_problem.is_none() {
+            self.first_problem = other.first_problem;
+        }
+    }
+}
+
+enum Problem {
+    /// The connection failed; a new one is needed.
+    Connection(String),
+    /// The server answered, wrongly.
+    Answer(String),
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::Connection(e) => write!(f, "connection: {e}"),
+            Problem::Answer(e) => write!(f, "answer: {e}"),
+        }
+    }
+}
+
+/// One client connection.
+struct Client {
+    sender: SendRequest<Full<Bytes>>,
+    host: HeaderValue,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Result<Client, Problem> {
+        let failed = |e: &dyn std::fmt::Display| Problem::Connection(format!("{addr}: {e}"));
+        let stream = TcpStream::connect(addr).await.map_err(|e| failed(&e))?;
+        stream.set_nodelay(true).map_err(|e| failed(&e))?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| failed(&e))?;
+        tokio::spawn(connection);
+        let host = HeaderValue::from_str(&addr.to_string()).map_err(|e| failed(&e))?;
+        Ok(Client { sender, host })
+    }
+
+    /// One account request and the check of its answer.
+    async fn exchange(&mut self, body: Bytes) -> Result<(), Problem> {
+        let broken = |e: hyper::Error| Problem::Connection(e.to_string());
+        self.sender.ready().await.map_err(broken)?;
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = hyper::Method::POST;
+        *request.uri_mut() = hyper::Uri::from_static("/AgoraAccount");
+        let headers = request.headers_mut();
+        headers.insert(HOST, self.host.clone());
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let response = self.sender.send_request(request).await.map_err(broken)?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(broken)?;
+        check_answer(status, &body.to_bytes()).map_err(Problem::Answer)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Answer<'a> {
+    #[serde(rename = "resCode", borrow)]
+    res_code: &'a str,
+}
+
+fn check_answer(status: StatusCode, body: &[u8]) -> Result<(), String> {
+    let shown = || String::from_utf8_lossy(body).into_owned();
+    if status != StatusCode::OK {
+        return Err(format!("status {status}: {}", shown()));
+    }
+    match serde_json::from_slice::<Answer<'_>>(body) {
+        Ok(answer) if answer.res_code == "0" => Ok(()),
+        _ => Err(format!("not a granted answer: {}", shown())),
+    }
+}
+
+/// The closed loop's result.
+struct MaxReport {
+    /// Answers completed per second in the counted window.
+    per_second: f64,
+    /// The server's CPU per counted request.
+    cpu_per_request: Duration,
+    /// Response times at full speed (a closed loop: for information, not the target).
+    latencies: Vec<u64>,
+    tally: Tally,
+}
+
+/// Every connection sends its next request as soon as the previous answer arrives.
+async fn max_rate(addr: SocketAddr, cpu: Cpu, bodies: &Arc<[Bytes]>) -> MaxReport {
+    let start = Instant::now();
+    let counted_from = start + MAX_WARMUP;
+    let end = counted_from + MAX_WINDOW;
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|k| {
+            let bodies = bodies.clone();
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                let mut latencies = Vec::new();
+                let mut client = None;
+                let mut next = k;
+                while Instant::now() < end {
+                    let Some(conn) = client.as_mut() else {
+                        match Client::connect(addr).await {
+                            Ok(c) => client = Some(c),
+                            Err(p) => {
+                                tally.problem(p);
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                        }
+                        continue;
+                    };
+                    let body = bodies.get(next % bodies.len()).cloned().unwrap_or_default();
+                    next += CONNECTIONS;
+                    let sent = Instant::now();
+                    let result = conn.exchange(body).await;
+                    let done = Instant::now();
+                    match result {
+                        Ok(()) => {
+                            tally.answered += 1;
+                            if done > counted_from && done <= end {
+                                latencies.push(nanos(done - sent));
+                            }
+                        }
+                        Err(p @ Problem::Connection(_)) => {
+                            client = None;
+                            tally.problem(p);
+                        }
+                        Err(p) => tally.problem(p),
+                    }
+                }
+                (tally, latencies)
+            })
+        })
+        .collect();
+    tokio::time::sleep_until(counted_from.into()).await;
+    let cpu_before = cpu_time(cpu);
+    tokio::time::sleep_until(end.into()).await;
+    let cpu_used = cpu_time(cpu).saturating_sub(cpu_before);
+
+    let mut tally = Tally::default();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok((t, l)) => {
+                tally.add(t);
+                latencies.extend(l);
+            }
+            Err(e) => tally.problem(Problem::Connection(format!("client task: {e}"))),
+        }
+    }
+    latencies.sort_unstable();
+    let counted = latencies.len();
+    MaxReport {
+        per_second: counted as f64 / MAX_WINDOW.as_secs_f64(),
+        cpu_per_request: cpu_used / u32::try_from(counted.max(1)).unwrap_or(u32::MAX),
+        latencies,
+        tally,
+    }
+}
+
+/// The open loop's result; all latency lists sorted, in nanoseconds.
+struct RateReport {
+    /// The rate asked for: half the target's maximum.
+    asked: f64,
+    /// Answers completed per second of the counted window.
+    achieved: f64,
+    /// From the scheduled send time to the complete answer: what a terminal would wait.
+    latencies: Vec<u64>,
+    /// From the scheduled send time to the actual send: the client's own timer slack (tokio's
+    /// timer has 1 ms resolution) plus any wait for the previous answer on the connection.
+    lateness: Vec<u64>,
+    /// From the actual send to the complete answer.
+    service: Vec<u64>,
+    /// Scheduled requests not sent because the server was more than RATE_GRACE behind.
+    unsent: u64,
+    tally: Tally,
+}
+
+/// Requests at fixed times regardless of answers: connection k sends at
+/// `t0 + k/rate + j·CONNECTIONS/rate`, so the connections together send at `rate`.
+async fn fixed_rate(addr: SocketAddr, bodies: &Arc<[Bytes]>, rate: f64) -> RateReport {
+    let mut tally = Tally::default();
+    let mut clients = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        match Client::connect(addr).await {
+            Ok(c) => clients.push(c),
+            Err(p) => tally.problem(p),
+        }
+    }
+    let rate = rate.max(1.0);
+    let interval = Duration::from_secs_f64(clients.len().max(1) as f64 / rate);
+    let t0 = Instant::now() + Duration::from_millis(20);
+    let counted_from = t0 + RATE_WARMUP;
+    let end = counted_from + RATE_WINDOW;
+    let give_up = end + RATE_GRACE;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(k, mut client)| {
+            let bodies = bodies.clone();
+            let first = t0 + Duration::from_secs_f64(k as f64 / rate);
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                let mut samples = Vec::new();
+                let mut unsent = 0u64;
+                let mut broken = false;
+                let mut next = k;
+                let mut scheduled = first;
+                while scheduled < end {
+                    let counted = scheduled >= counted_from;
+                    let now = Instant::now();
+                    if broken || now > give_up {
+                        unsent += u64::from(counted);
+                        scheduled += interval;
+                        continue;
+                    }
+                    if scheduled > now {
+                        tokio::time::sleep_until(scheduled.into()).await;
+                    }
+                    let body = bodies.get(next % bodies.len()).cloned().unwrap_or_default();
+                    next += CONNECTIONS;
+                    let sent = Instant::now();
+                    let result = client.exchange(body).await;
+                    let done = Instant::now();
+                    match result {
+                        Ok(()) => {
+                            tally.answered += 1;
+                            if counted {
+                                samples.push((
+                                    nanos(done - scheduled),
+                                    nanos(sent - scheduled),
+                                    nanos(done - sent),
+                                ));
+                            }
+                        }
+                        Err(p @ Problem::Connection(_)) => {
+                            tally.problem(p);
+                            match Client::connect(addr).await {
+                                Ok(c) => client = c,
+                                Err(p) => {
+                                    tally.problem(p);
+                                    broken = true;
+                                }
+                            }
+                        }
+                        Err(p) => tally.problem(p),
+                    }
+                    scheduled += interval;
+                }
+                (tally, samples, unsent)
+            })
+        })
+        .collect();
+
+    let mut samples = Vec::new();
+    let mut unsent = 0;
+    for task in tasks {
+        match task.await {
+            Ok((t, s, u)) => {
+                tally.add(t);
+                samples.extend(s);
+                unsent += u;
+            }
+            Err(e) => tally.problem(Problem::Connection(format!("client task: {e}"))),
+        }
+    }
+    let achieved = samples.len() as f64 / RATE_WINDOW.as_secs_f64();
+    let sorted = |pick: fn(&(u64, u64, u64)) -> u64| {
+        let mut v: Vec<u64> = samples.iter().map(pick).collect();
+        v.sort_unstable();
+        v
+    };
+    RateReport {
+        asked: rate,
+        achieved,
+        latencies: sorted(|s| s.0),
+        lateness: sorted(|s| s.1),
+        service: sorted(|s| s.2),
+        unsent,
+        tally,
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The value below which a fraction `q` of the sorted samples lie (nearest rank).
+fn percentile(sorted: &[u64], q: f64) -> Option<u64> {
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
+}
+
+fn ms(nanos: Option<u64>) -> String {
+    nanos.map_or_else(|| "-".to_owned(), |n| format!("{:.3}", n as f64 / 1e6))
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
+}
+
+fn print_report(
+    workers: usize,
+    rows: &[Row],
+    log_checks: &[(&str, usize, u64)],
+    load_before: &str,
+    load_after: &str,
+) {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\naccount_load: POST /AgoraAccount, {CONNECTIONS} keep-alive connections, HTTP/1.1 on 127.0.0.1"
+    );
+    let _ = writeln!(
+        out,
+        "{workers} cores shared by the server under test ({workers} tokio workers; sipedge's default \
+         and the hello server's) and this load client ({workers} workers); load average before {load_before}, after {load_after}"
+    );
+    let _ = writeln!(
+        out,
+        "\nmaximum: closed loop, {} s warm-up + {} s counted",
+        MAX_WARMUP.as_secs_f64(),
+        MAX_WINDOW.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "{:<22} {:>10} {:>16} {:>9} {:>9} {:>7}",
+        "server", "req/s", "server CPU µs/req", "p50 ms", "p99 ms", "wrong"
+    );
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "{:<22} {:>10.0} {:>16.1} {:>9} {:>9} {:>7}",
+            row.name,
+            row.max.per_second,
+            row.max.cpu_per_request.as_secs_f64() * 1e6,
+            ms(percentile(&row.max.latencies, 0.50)),
+            ms(percentile(&row.max.latencies, 0.99)),
+            row.max.tally.wrong,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nhalf of each maximum: open loop, {} s warm-up + {} s counted; latency from the scheduled send time",
+        RATE_WARMUP.as_secs_f64(),
+        RATE_WINDOW.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "{:<22} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>6} {:>6}",
+        "server",
+        "asked/s",
+        "got/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "late p99 ms",
+        "serv p99 ms",
+        "wrong",
+        "unsent"
+    );
+    for row in rows {
+        let r = &row.rate;
+        let _ = writeln!(
+            out,
+            "{:<22} {:>8.0} {:>8.0} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>6} {:>6}",
+            row.name,
+            r.asked,
+            r.achieved,
+            ms(percentile(&r.latencies, 0.50)),
+            ms(percentile(&r.latencies, 0.99)),
+            ms(percentile(&r.latencies, 0.999)),
+            ms(r.latencies.last().copied()),
+            ms(percentile(&r.lateness, 0.99)),
+            ms(percentile(&r.service, 0.99)),
+            r.tally.wrong,
+            r.unsent,
+        );
+    }
+    for row in rows {
+        let problem = row.max.tally.first_problem.as_ref().or(row
+            .rate
+            .tally
+            .first_problem
+            .as_ref());
+        if let Some(problem) = problem {
+            let _ = writeln!(out, "first problem on {}: {problem}", row.name);
+        }
+    }
+    for (level, lines, answered) in log_checks {
+        let _ = writeln!(
+            out,
+            "sipedge at log {level}: {lines} \"account request\" log lines for {answered} answered requests"
+        );
+    }
+
+    let hello = rows.first();
+    let sipedge = rows.get(1);
+    if let (Some(hello), Some(sipedge)) = (hello, sipedge) {
+        let ratio = sipedge.max.per_second / hello.max.per_second.max(1.0);
+        let p99 = percentile(&sipedge.rate.latencies, 0.99);
+        let p99_met = p99.is_some_and(|p| p < nanos(TARGET_P99)) && sipedge.rate.unsent == 0;
+        let _ = writeln!(
+            out,
+            "\ntarget: {} throughput >= {TARGET_RATIO} x {}: {ratio:.3} x -> {}",
+            sipedge.name,
+            hello.name,
+            verdict(ratio >= TARGET_RATIO)
+        );
+        if let Some(warn) = rows.get(2) {
+            let _ = writeln!(
+                out,
+                "        ({} would be {:.3} x)",
+                warn.name,
+                warn.max.per_second / hello.max.per_second.max(1.0)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "target: {} p99 < {} ms at half its maximum ({:.0}/s): {} ms -> {}",
+            sipedge.name,
+            TARGET_P99.as_secs_f64() * 1e3,
+            sipedge.rate.asked,
+            ms(p99),
+            verdict(p99_met)
+        );
+    }
+    print!("{out}");
+}
