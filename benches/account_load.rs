@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,17 +40,24 @@ use tokio::runtime::Runtime;
 
 /// Concurrent keep-alive connections of the client, the same for every target and phase.
 const CONNECTIONS: usize = 32;
-/// Closed loop: time for connections, caches and the CPU governor to settle, not counted.
-const MAX_WARMUP: Duration = Duration::from_secs(1);
-/// Closed loop: the counted window.
-const MAX_WINDOW: Duration = Duration::from_secs(5);
-/// Open loop: requests sent but not counted, so that the window starts in a steady state.
-const RATE_WARMUP: Duration = Duration::from_millis(500);
-/// Open loop: the counted window.
-const RATE_WINDOW: Duration = Duration::from_secs(5);
+/// The targets take turns, one short window each per round, so that the other builders'
+/// bursts on this shared machine fall on all of them alike instead of on whichever ran then.
+const ROUNDS: usize = 5;
+/// Once per target before the rounds: connections, caches and allocators settle.
+const FIRST_WARMUP: Duration = Duration::from_secs(1);
+/// Closed loop, each round: new connections settle, not counted.
+const MAX_WARMUP: Duration = Duration::from_millis(250);
+/// Closed loop, each round: the counted window.
+const MAX_WINDOW: Duration = Duration::from_secs(1);
+/// Open loop, each round: requests sent but not counted, so that the window starts steady.
+const RATE_WARMUP: Duration = Duration::from_millis(250);
+/// Open loop, each round: the counted window.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// Open loop: a server that falls this far behind its schedule is not waited for; what was
 /// still unsent then is reported instead, which keeps the run bounded.
 const RATE_GRACE: Duration = Duration::from_secs(2);
+/// A request unanswered this long counts as a failed connection, which bounds every phase.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Distinct prepared request bodies; the client cycles through them.
 const BODIES: usize = 4096;
 /// The appid of the benchmark's configuration, used to make the tokens.
@@ -85,36 +93,39 @@ fn run() -> Result<bool, String> {
     let hello_runtime = runtime(workers, "hello-server")?;
     let client = runtime(workers, "load-client")?;
     let hello_addr = hello_runtime.block_on(start_hello())?;
+    let mut info = Sipedge::start("info")?;
+    let mut warn = Sipedge::start("warn")?;
     let bodies: Arc<[Bytes]> = account_bodies(APPID, BODIES).into();
     let load_before = loadavg();
 
-    let mut rows = vec![client.block_on(measure(
-        "hello (plain hyper)",
-        hello_addr,
-        Cpu::ThreadsNamed("hello-server"),
-        &bodies,
-    ))];
+    let mut rows = [
+        Row::new(
+            "hello (plain hyper)",
+            hello_addr,
+            Cpu::ThreadsNamed("hello-server"),
+        ),
+        Row::new(
+            "sipedge (log info)",
+            info.addr,
+            Cpu::Process(info.child.id()),
+        ),
+        Row::new(
+            "sipedge (log warn)",
+            warn.addr,
+            Cpu::Process(warn.child.id()),
+        ),
+    ];
+    client.block_on(measure(&mut rows, &bodies));
+    let load_after = loadavg();
+
     let mut log_checks = Vec::new();
-    for level in ["info", "warn"] {
-        let mut sipedge = Sipedge::start(level)?;
-        let name = if level == "info" {
-            "sipedge (log info)"
-        } else {
-            "sipedge (log warn)"
-        };
-        let row = client.block_on(measure(
-            name,
-            sipedge.addr,
-            Cpu::Process(sipedge.child.id()),
-            &bodies,
-        ));
+    for (sipedge, row) in [(&mut info, &rows[1]), (&mut warn, &rows[2])] {
         sipedge.stop()?;
-        log_checks.push((level, sipedge.request_lines()?, row.answered()));
-        rows.push(row);
+        log_checks.push((row.name, sipedge.request_lines()?, row.answered()));
     }
     drop(hello_runtime);
 
-    print_report(workers, &rows, &log_checks, &load_before, &loadavg());
+    print_report(workers, &rows, &log_checks, &load_before, &load_after);
     Ok(rows.iter().all(|r| r.wrong() == 0))
 }
 
@@ -242,10 +253,10 @@ impl Sipedge {
                 return account_addr(&text)
                     .ok_or_else(|| format!("no account listener in sipedge's log:\n{text}"));
             }
-            if let Some(addr) = fixed {
-                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                    return Ok(addr);
-                }
+            if let Some(addr) = fixed
+                && std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+            {
+                return Ok(addr);
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("sipedge exited at start ({status}):\n{text}"));
@@ -342,11 +353,28 @@ fn loadavg() -> String {
 /// Everything measured on one target.
 struct Row {
     name: &'static str,
+    addr: SocketAddr,
+    cpu: Cpu,
+    /// The closed-loop windows of all rounds together.
     max: MaxReport,
+    /// Each round's closed-loop rate, to show the spread within the run.
+    round_rates: Vec<f64>,
+    /// The open-loop windows of all rounds together.
     rate: RateReport,
 }
 
 impl Row {
+    fn new(name: &'static str, addr: SocketAddr, cpu: Cpu) -> Row {
+        Row {
+            name,
+            addr,
+            cpu,
+            max: MaxReport::default(),
+            round_rates: Vec::new(),
+            rate: RateReport::default(),
+        }
+    }
+
     fn wrong(&self) -> u64 {
         self.max.tally.wrong + self.rate.tally.wrong + self.rate.unsent
     }
@@ -357,10 +385,31 @@ impl Row {
     }
 }
 
-async fn measure(name: &'static str, addr: SocketAddr, cpu: Cpu, bodies: &Arc<[Bytes]>) -> Row {
-    let max = max_rate(addr, cpu, bodies).await;
-    let rate = fixed_rate(addr, bodies, max.per_second / 2.0).await;
-    Row { name, max, rate }
+/// First every target's maximum, in rounds; then every target at half its own maximum, in
+/// rounds.
+async fn measure(rows: &mut [Row], bodies: &Arc<[Bytes]>) {
+    for row in rows.iter_mut() {
+        let warm = max_rate(row.addr, row.cpu, bodies, FIRST_WARMUP, Duration::ZERO).await;
+        row.max.add(warm);
+    }
+    for _ in 0..ROUNDS {
+        for row in rows.iter_mut() {
+            let round = max_rate(row.addr, row.cpu, bodies, MAX_WARMUP, MAX_WINDOW).await;
+            row.round_rates.push(round.per_second());
+            row.max.add(round);
+        }
+    }
+    for _ in 0..ROUNDS {
+        for row in rows.iter_mut() {
+            let rate = row.max.per_second() / 2.0;
+            let round = fixed_rate(row.addr, bodies, rate).await;
+            row.rate.add(round);
+        }
+    }
+    for row in rows.iter_mut() {
+        row.max.latencies.sort_unstable();
+        row.rate.sort();
+    }
 }
 
 /// Counts of one phase, warm-up included, and the first problem seen.
@@ -438,10 +487,17 @@ impl Client {
         let headers = request.headers_mut();
         headers.insert(HOST, self.host.clone());
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let response = self.sender.send_request(request).await.map_err(broken)?;
-        let status = response.status();
-        let body = response.into_body().collect().await.map_err(broken)?;
-        check_answer(status, &body.to_bytes()).map_err(Problem::Answer)
+        let exchange = async {
+            let response = self.sender.send_request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?;
+            Ok::<_, hyper::Error>((status, body.to_bytes()))
+        };
+        let (status, body) = tokio::time::timeout(ANSWER_TIMEOUT, exchange)
+            .await
+            .map_err(|_| Problem::Connection(format!("no answer within {ANSWER_TIMEOUT:?}")))?
+            .map_err(broken)?;
+        check_answer(status, &body).map_err(Problem::Answer)
     }
 }
 
@@ -462,22 +518,49 @@ fn check_answer(status: StatusCode, body: &[u8]) -> Result<(), String> {
     }
 }
 
-/// The closed loop's result.
+/// The closed loop's result, of one window or of several added together.
+#[derive(Default)]
 struct MaxReport {
-    /// Answers completed per second in the counted window.
-    per_second: f64,
-    /// The server's CPU per counted request.
-    cpu_per_request: Duration,
+    /// Answers completed inside the counted windows.
+    counted: u64,
+    /// The counted windows' total length.
+    window: Duration,
+    /// The server's CPU time during the counted windows.
+    cpu: Duration,
     /// Response times at full speed (a closed loop: for information, not the target).
     latencies: Vec<u64>,
     tally: Tally,
 }
 
+impl MaxReport {
+    fn per_second(&self) -> f64 {
+        self.counted as f64 / self.window.as_secs_f64().max(1e-9)
+    }
+
+    fn cpu_per_request(&self) -> Duration {
+        self.cpu / u32::try_from(self.counted.max(1)).unwrap_or(u32::MAX)
+    }
+
+    fn add(&mut self, other: MaxReport) {
+        self.counted += other.counted;
+        self.window += other.window;
+        self.cpu += other.cpu;
+        self.latencies.extend(other.latencies);
+        self.tally.add(other.tally);
+    }
+}
+
 /// Every connection sends its next request as soon as the previous answer arrives.
-async fn max_rate(addr: SocketAddr, cpu: Cpu, bodies: &Arc<[Bytes]>) -> MaxReport {
+async fn max_rate(
+    addr: SocketAddr,
+    cpu: Cpu,
+    bodies: &Arc<[Bytes]>,
+    warmup: Duration,
+    window: Duration,
+) -> MaxReport {
     let start = Instant::now();
-    let counted_from = start + MAX_WARMUP;
-    let end = counted_from + MAX_WINDOW;
+    let counted_from = start + warmup;
+    let end = counted_from + window;
     let tasks: Vec<_> = (0..CONNECTIONS)
         .map(|k| {
             let bodies = bodies.clone();
@@ -536,26 +619,27 @@ async fn max_rate(addr: SocketAddr, cpu: Cpu, bodies: &Arc<[Bytes]>) -> MaxRepor
             Err(e) => tally.problem(Problem::Connection(format!("client task: {e}"))),
         }
     }
-    latencies.sort_unstable();
-    let counted = latencies.len();
     MaxReport {
-        per_second: counted as f64 / MAX_WINDOW.as_secs_f64(),
-        cpu_per_request: cpu_used / u32::try_from(counted.max(1)).unwrap_or(u32::MAX),
+        counted: latencies.len() as u64,
+        window,
+        cpu: cpu_used,
         latencies,
         tally,
     }
 }
 
-/// The open loop's result; all latency lists sorted, in nanoseconds.
+/// The open loop's result, of one window or of several added together; latencies in
+/// nanoseconds.
+#[derive(Default)]
 struct RateReport {
     /// The rate asked for: half the target's maximum.
     asked: f64,
-    /// Answers completed per second of the counted window.
-    achieved: f64,
+    /// The counted windows' total length.
+    window: Duration,
     /// From the scheduled send time to the complete answer: what a terminal would wait.
     latencies: Vec<u64>,
-    /// From the scheduled send time to the actual send: the client's own timer slack (tokio's
-    /// timer has 1 ms resolution) plus any wait for the previous answer on the connection.
+    /// From the scheduled send time to the actual send: the pacer's wake-up slack (tens of
+    /// µs) plus the wait for a free connection when all are busy, i.e. the server's queue.
     lateness: Vec<u64>,
     /// From the actual send to the complete answer.
     service: Vec<u64>,
@@ -564,8 +648,33 @@ struct RateReport {
     tally: Tally,
 }
 
-/// Requests at fixed times regardless of answers: connection k sends at
-/// `t0 + k/rate + j·CONNECTIONS/rate`, so the connections together send at `rate`.
+impl RateReport {
+    /// Answers completed per second of the counted windows.
+    fn achieved(&self) -> f64 {
+        self.latencies.len() as f64 / self.window.as_secs_f64().max(1e-9)
+    }
+
+    fn add(&mut self, other: RateReport) {
+        self.asked = other.asked;
+        self.window += other.window;
+        self.latencies.extend(other.latencies);
+        self.lateness.extend(other.lateness);
+        self.service.extend(other.service);
+        self.unsent += other.unsent;
+        self.tally.add(other.tally);
+    }
+
+    fn sort(&mut self) {
+        self.latencies.sort_unstable();
+        self.lateness.sort_unstable();
+        self.service.sort_unstable();
+    }
+}
+
+/// Requests at fixed times regardless of answers: request i is due at `t0 + i/rate`, and the
+/// first free connection sends it. A plain thread releases the due requests, because tokio's
+/// timer rounds to whole milliseconds, half the latency target; its sleeps are exact to
+/// tens of µs.
 async fn fixed_rate(addr: SocketAddr, bodies: &Arc<[Bytes]>, rate: f64) -> RateReport {
     let mut tally = Tally::default();
     let mut clients = Vec::with_capacity(CONNECTIONS);
@@ -576,44 +685,68 @@ async fn fixed_rate(addr: SocketAddr, bodies: &Arc<[Bytes]>, rate: f64) -> RateR
         }
     }
     let rate = rate.max(1.0);
-    let interval = Duration::from_secs_f64(clients.len().max(1) as f64 / rate);
     let t0 = Instant::now() + Duration::from_millis(20);
     let counted_from = t0 + RATE_WARMUP;
     let end = counted_from + RATE_WINDOW;
     let give_up = end + RATE_GRACE;
+    let due = move |i: u64| t0 + Duration::from_secs_f64(i as f64 / rate);
+    let total = ((RATE_WARMUP + RATE_WINDOW).as_secs_f64() * rate).ceil() as u64;
+    let released = Arc::new(tokio::sync::Semaphore::new(0));
+    let taken = Arc::new(AtomicU64::new(0));
+
+    let pacer = {
+        let released = released.clone();
+        std::thread::Builder::new()
+            .name("load-pacer".to_owned())
+            .spawn(move || {
+                let mut count = 0u64;
+                while count < total && Instant::now() < give_up {
+                    let now = Instant::now();
+                    let mut ready = 0usize;
+                    while count < total && due(count) <= now {
+                        count += 1;
+                        ready += 1;
+                    }
+                    released.add_permits(ready);
+                    std::thread::sleep(due(count).saturating_duration_since(Instant::now()));
+                }
+            })
+    };
+
     let tasks: Vec<_> = clients
         .into_iter()
         .enumerate()
-        .map(|(k, mut client)| {
+        .map(|(k, client)| {
             let bodies = bodies.clone();
-            let first = t0 + Duration::from_secs_f64(k as f64 / rate);
+            let released = released.clone();
+            let taken = taken.clone();
             tokio::spawn(async move {
                 let mut tally = Tally::default();
                 let mut samples = Vec::new();
-                let mut unsent = 0u64;
-                let mut broken = false;
+                let mut client = Some(client);
                 let mut next = k;
-                let mut scheduled = first;
-                while scheduled < end {
-                    let counted = scheduled >= counted_from;
-                    let now = Instant::now();
-                    if broken || now > give_up {
-                        unsent += u64::from(counted);
-                        scheduled += interval;
-                        continue;
-                    }
-                    if scheduled > now {
-                        tokio::time::sleep_until(scheduled.into()).await;
-                    }
+                while let Ok(permit) = released.acquire().await {
+                    permit.forget();
+                    let scheduled = due(taken.fetch_add(1, Ordering::Relaxed));
+                    let conn = match client.as_mut() {
+                        Some(conn) => conn,
+                        None => match Client::connect(addr).await {
+                            Ok(c) => client.insert(c),
+                            Err(p) => {
+                                tally.problem(p);
+                                continue;
+                            }
+                        },
+                    };
                     let body = bodies.get(next % bodies.len()).cloned().unwrap_or_default();
                     next += CONNECTIONS;
                     let sent = Instant::now();
-                    let result = client.exchange(body).await;
+                    let result = conn.exchange(body).await;
                     let done = Instant::now();
                     match result {
                         Ok(()) => {
                             tally.answered += 1;
-                            if counted {
+                            if scheduled >= counted_from {
                                 samples.push((
                                     nanos(done - scheduled),
                                     nanos(sent - scheduled),
@@ -622,48 +755,42 @@ async fn fixed_rate(addr: SocketAddr, bodies: &Arc<[Bytes]>, rate: f64) -> RateR
                             }
                         }
                         Err(p @ Problem::Connection(_)) => {
+                            client = None;
                             tally.problem(p);
-                            match Client::connect(addr).await {
-                                Ok(c) => client = c,
-                                Err(p) => {
-                                    tally.problem(p);
-                                    broken = true;
-                                }
-                            }
                         }
                         Err(p) => tally.problem(p),
                     }
-                    scheduled += interval;
                 }
-                (tally, samples, unsent)
+                (tally, samples)
             })
         })
         .collect();
 
+    while taken.load(Ordering::Relaxed) < total && Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    released.close();
     let mut samples = Vec::new();
-    let mut unsent = 0;
     for task in tasks {
         match task.await {
-            Ok((t, s, u)) => {
+            Ok((t, s)) => {
                 tally.add(t);
                 samples.extend(s);
-                unsent += u;
             }
             Err(e) => tally.problem(Problem::Connection(format!("client task: {e}"))),
         }
     }
-    let achieved = samples.len() as f64 / RATE_WINDOW.as_secs_f64();
-    let sorted = |pick: fn(&(u64, u64, u64)) -> u64| {
-        let mut v: Vec<u64> = samples.iter().map(pick).collect();
-        v.sort_unstable();
-        v
-    };
+    match pacer.map(|p| p.join()) {
+        Ok(Ok(())) => {}
+        _ => tally.problem(Problem::Connection("the pacer thread failed".to_owned())),
+    }
+    let unsent = total.saturating_sub(taken.load(Ordering::Relaxed));
     RateReport {
         asked: rate,
-        achieved,
-        latencies: sorted(|s| s.0),
-        lateness: sorted(|s| s.1),
-        service: sorted(|s| s.2),
+        window: RATE_WINDOW,
+        latencies: samples.iter().map(|s| s.0).collect(),
+        lateness: samples.iter().map(|s| s.1).collect(),
+        service: samples.iter().map(|s| s.2).collect(),
         unsent,
         tally,
     }
@@ -701,27 +828,40 @@ fn print_report(
     );
     let _ = writeln!(
         out,
-        "{workers} cores shared by the server under test ({workers} tokio workers; sipedge's default \
-         and the hello server's) and this load client ({workers} workers); load average before {load_before}, after {load_after}"
+        "{workers} cores shared by every server ({workers} tokio workers each: sipedge's default, \
+         and the hello server's) and this load client ({workers} workers); \
+         load average before {load_before}, after {load_after}"
     );
     let _ = writeln!(
         out,
-        "\nmaximum: closed loop, {} s warm-up + {} s counted",
+        "targets take turns: {ROUNDS} rounds of one window each, after a {} s warm-up each",
+        FIRST_WARMUP.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "\nmaximum: closed loop, per round {} s warm-up + {} s counted",
         MAX_WARMUP.as_secs_f64(),
         MAX_WINDOW.as_secs_f64()
     );
     let _ = writeln!(
         out,
-        "{:<22} {:>10} {:>16} {:>9} {:>9} {:>7}",
-        "server", "req/s", "server CPU µs/req", "p50 ms", "p99 ms", "wrong"
+        "{:<20} {:>8} {:>17} {:>10} {:>7} {:>7} {:>6}",
+        "server", "req/s", "rounds min-max", "CPU µs/req", "p50 ms", "p99 ms", "wrong"
     );
     for row in rows {
+        let low = row
+            .round_rates
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        let high = row.round_rates.iter().copied().fold(0.0, f64::max);
         let _ = writeln!(
             out,
-            "{:<22} {:>10.0} {:>16.1} {:>9} {:>9} {:>7}",
+            "{:<20} {:>8.0} {:>17} {:>10.1} {:>7} {:>7} {:>6}",
             row.name,
-            row.max.per_second,
-            row.max.cpu_per_request.as_secs_f64() * 1e6,
+            row.max.per_second(),
+            format!("{low:.0}-{high:.0}"),
+            row.max.cpu_per_request().as_secs_f64() * 1e6,
             ms(percentile(&row.max.latencies, 0.50)),
             ms(percentile(&row.max.latencies, 0.99)),
             row.max.tally.wrong,
@@ -729,13 +869,18 @@ fn print_report(
     }
     let _ = writeln!(
         out,
-        "\nhalf of each maximum: open loop, {} s warm-up + {} s counted; latency from the scheduled send time",
+        "(CPU µs/req: the server's own CPU time per answer, from /proc/…/schedstat)"
+    );
+    let _ = writeln!(
+        out,
+        "\nhalf of each maximum: open loop, per round {} s warm-up + {} s counted; \
+         latency from the scheduled send time",
         RATE_WARMUP.as_secs_f64(),
         RATE_WINDOW.as_secs_f64()
     );
     let _ = writeln!(
         out,
-        "{:<22} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>6} {:>6}",
+        "{:<20} {:>8} {:>8} {:>7} {:>7} {:>8} {:>7} {:>11} {:>11} {:>6} {:>6}",
         "server",
         "asked/s",
         "got/s",
@@ -752,10 +897,10 @@ fn print_report(
         let r = &row.rate;
         let _ = writeln!(
             out,
-            "{:<22} {:>8.0} {:>8.0} {:>8} {:>8} {:>8} {:>8} {:>11} {:>11} {:>6} {:>6}",
+            "{:<20} {:>8.0} {:>8.0} {:>7} {:>7} {:>8} {:>7} {:>11} {:>11} {:>6} {:>6}",
             row.name,
             r.asked,
-            r.achieved,
+            r.achieved(),
             ms(percentile(&r.latencies, 0.50)),
             ms(percentile(&r.latencies, 0.99)),
             ms(percentile(&r.latencies, 0.999)),
@@ -766,6 +911,10 @@ fn print_report(
             r.unsent,
         );
     }
+    let _ = writeln!(
+        out,
+        "(late: scheduled -> sent, i.e. waiting for a free connection; serv: sent -> answered)"
+    );
     for row in rows {
         let problem = row.max.tally.first_problem.as_ref().or(row
             .rate
@@ -776,32 +925,37 @@ fn print_report(
             let _ = writeln!(out, "first problem on {}: {problem}", row.name);
         }
     }
-    for (level, lines, answered) in log_checks {
+    for (name, lines, answered) in log_checks {
         let _ = writeln!(
             out,
-            "sipedge at log {level}: {lines} \"account request\" log lines for {answered} answered requests"
+            "{name}: {lines} \"account request\" log lines for {answered} answered requests"
         );
     }
 
-    let hello = rows.first();
-    let sipedge = rows.get(1);
-    if let (Some(hello), Some(sipedge)) = (hello, sipedge) {
-        let ratio = sipedge.max.per_second / hello.max.per_second.max(1.0);
+    if let [hello, sipedge, rest @ ..] = rows {
+        let ratio = sipedge.max.per_second() / hello.max.per_second().max(1.0);
+        let per_round = sipedge
+            .round_rates
+            .iter()
+            .zip(&hello.round_rates)
+            .map(|(s, h)| s / h.max(1.0));
+        let low = per_round.clone().fold(f64::INFINITY, f64::min);
+        let high = per_round.fold(0.0, f64::max);
         let p99 = percentile(&sipedge.rate.latencies, 0.99);
         let p99_met = p99.is_some_and(|p| p < nanos(TARGET_P99)) && sipedge.rate.unsent == 0;
         let _ = writeln!(
             out,
-            "\ntarget: {} throughput >= {TARGET_RATIO} x {}: {ratio:.3} x -> {}",
+            "\ntarget: {} throughput >= {TARGET_RATIO} x {}: {ratio:.3} x (rounds {low:.3}-{high:.3}) -> {}",
             sipedge.name,
             hello.name,
             verdict(ratio >= TARGET_RATIO)
         );
-        if let Some(warn) = rows.get(2) {
+        for other in rest {
             let _ = writeln!(
                 out,
-                "        ({} would be {:.3} x)",
-                warn.name,
-                warn.max.per_second / hello.max.per_second.max(1.0)
+                "        {}: {:.3} x",
+                other.name,
+                other.max.per_second() / hello.max.per_second().max(1.0)
             );
         }
         let _ = writeln!(
