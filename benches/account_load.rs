@@ -15,15 +15,16 @@
 //! from each request's scheduled send time, so that a stalled server cannot hide the queue it
 //! causes (no coordinated omission). Every answer is checked: status 200 and `"resCode":"0"`.
 //!
-//! sipedge runs at `log.level = "info"`, as deployed, writing its one line per request to a
-//! file; a second sipedge at `log.level = "warn"` shows what that line costs.
+//! sipedge runs at `log.level = "info"`, as deployed, its one line per request read from its
+//! stderr by a thread here as journald would; a second sipedge at `log.level = "warn"`
+//! shows what that line costs.
 
 use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -120,8 +121,7 @@ fn run() -> Result<bool, String> {
 
     let mut log_checks = Vec::new();
     for (sipedge, row) in [(&mut info, &rows[1]), (&mut warn, &rows[2])] {
-        sipedge.stop()?;
-        log_checks.push((row.name, sipedge.request_lines()?, row.answered()));
+        log_checks.push((row.name, sipedge.stop()?, row.answered()));
     }
     drop(hello_runtime);
 
@@ -188,16 +188,23 @@ fn account_bodies(appid: &str, count: usize) -> Vec<Bytes> {
         .collect()
 }
 
-/// A running `sipedge serve` with its log in a file; killed on drop if not stopped.
+/// A running `sipedge serve`, killed on drop if not stopped. Its stderr goes into a pipe that
+/// a thread of this process drains, as journald drains a unit's stderr on a node; a file
+/// would instead make sipedge wait on this machine's busy disk.
 struct Sipedge {
     child: Child,
     /// The account listener's bound address, read from the log.
     addr: SocketAddr,
-    /// The process's stderr, kept to count the per-request lines.
-    log: PathBuf,
-    /// Holds the config, data directory and log until the end of the run.
+    /// The log's first lines, for the start and for error messages.
+    head: Arc<Mutex<String>>,
+    /// Reads the log to its end; returns how many `account request` lines it held.
+    reader: Option<std::thread::JoinHandle<u64>>,
+    /// Holds the config and data directory until the end of the run.
     _dir: tempfile::TempDir,
 }
+
+/// Lines of the log kept in `Sipedge::head`.
+const HEAD_LINES: usize = 50;
 
 impl Sipedge {
     fn start(level: &str) -> Result<Sipedge, String> {
@@ -222,25 +229,40 @@ impl Sipedge {
         );
         let config_path = dir.path().join("sipedge.toml");
         std::fs::write(&config_path, config).map_err(|e| format!("write config: {e}"))?;
-        let log = dir.path().join("sipedge.log");
-        let log_file = std::fs::File::create(&log).map_err(|e| format!("log file: {e}"))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_sipedge"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sipedge"))
             .args(["serve", "--config"])
             .arg(&config_path)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log_file)
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start sipedge: {e}"))?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| "sipedge's stderr is not a pipe".to_owned())?;
+        let head = Arc::new(Mutex::new(String::new()));
+        let reader = {
+            let head = head.clone();
+            std::thread::Builder::new()
+                .name("sipedge-log".to_owned())
+                .spawn(move || drain_log(stderr, &head))
+                .map_err(|e| format!("cannot start the log reader: {e}"))?
+        };
         let mut sipedge = Sipedge {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            log,
+            head,
+            reader: Some(reader),
             _dir: dir,
         };
         sipedge.addr = sipedge.wait_started(fixed)?;
         Ok(sipedge)
+    }
+
+    fn head(&self) -> String {
+        self.head.lock().map(|h| h.clone()).unwrap_or_default()
     }
 
     /// Waits until sipedge serves and returns the account listener's address: from the
@@ -248,7 +270,7 @@ impl Sipedge {
     fn wait_started(&mut self, fixed: Option<SocketAddr>) -> Result<SocketAddr, String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let text = self.head();
             if text.contains("sipedge started") {
                 return account_addr(&text)
                     .ok_or_else(|| format!("no account listener in sipedge's log:\n{text}"));
@@ -268,28 +290,49 @@ impl Sipedge {
         }
     }
 
-    /// SIGTERM, then waits for the drain to finish.
-    fn stop(&mut self) -> Result<(), String> {
+    /// SIGTERM, waits for the drain, and returns how many `account request` lines it logged.
+    fn stop(&mut self) -> Result<u64, String> {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
+        loop {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return Ok(());
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("sipedge did not stop within 15 s of SIGTERM".to_owned());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Err("sipedge did not stop within 15 s of SIGTERM".to_owned())
+        match self.reader.take().map(|r| r.join()) {
+            Some(Ok(lines)) => Ok(lines),
+            _ => Err("the log reader failed".to_owned()),
+        }
     }
+}
 
-    /// How many `account request` lines the log holds.
-    fn request_lines(&self) -> Result<usize, String> {
-        let text = std::fs::read_to_string(&self.log).map_err(|e| format!("read log: {e}"))?;
-        Ok(text
-            .lines()
-            .filter(|l| l.contains("account request"))
-            .count())
+/// Reads sipedge's stderr to its end, keeping the first lines and counting request lines.
+fn drain_log(stderr: std::process::ChildStderr, head: &Mutex<String>) -> u64 {
+    let mut reader = BufReader::with_capacity(1 << 16, stderr);
+    let mut line = Vec::with_capacity(512);
+    let mut kept = 0;
+    let mut requests = 0;
+    while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+        if line
+            .windows(b"account request".len())
+            .any(|w| w == b"account request")
+        {
+            requests += 1;
+        }
+        if kept < HEAD_LINES {
+            kept += 1;
+            if let Ok(mut head) = head.lock() {
+                head.push_str(&String::from_utf8_lossy(&line));
+            }
+        }
+        line.clear();
     }
+    requests
 }
 
 impl Drop for Sipedge {
@@ -317,6 +360,9 @@ enum Cpu {
     /// The threads of this process whose name starts so.
     ThreadsNamed(&'static str),
 }
+
+/// The load client's threads: the runtime's workers and the pacer.
+const CLIENT_CPU: Cpu = Cpu::ThreadsNamed("load-");
 
 /// Time on CPU so far, from `/proc/…/task/*/schedstat` (nanoseconds, unlike the tick-rounded
 /// `stat`).
@@ -527,6 +573,9 @@ struct MaxReport {
     window: Duration,
     /// The server's CPU time during the counted windows.
     cpu: Duration,
+    /// The load client's CPU time during the counted windows: what the server could have
+    /// used had it the cores to itself, as on a node.
+    client_cpu: Duration,
     /// Response times at full speed (a closed loop: for information, not the target).
     latencies: Vec<u64>,
     tally: Tally,
@@ -541,10 +590,15 @@ impl MaxReport {
         self.cpu / u32::try_from(self.counted.max(1)).unwrap_or(u32::MAX)
     }
 
+    fn client_cpu_per_request(&self) -> Duration {
+        self.client_cpu / u32::try_from(self.counted.max(1)).unwrap_or(u32::MAX)
+    }
+
     fn add(&mut self, other: MaxReport) {
         self.counted += other.counted;
         self.window += other.window;
         self.cpu += other.cpu;
+        self.client_cpu += other.client_cpu;
         self.latencies.extend(other.latencies);
         self.tally.add(other.tally);
     }
@@ -605,8 +659,10 @@ async fn max_rate(
         .collect();
     tokio::time::sleep_until(counted_from.into()).await;
     let cpu_before = cpu_time(cpu);
+    let client_before = cpu_time(CLIENT_CPU);
     tokio::time::sleep_until(end.into()).await;
     let cpu_used = cpu_time(cpu).saturating_sub(cpu_before);
+    let client_cpu = cpu_time(CLIENT_CPU).saturating_sub(client_before);
 
     let mut tally = Tally::default();
     let mut latencies = Vec::new();
@@ -623,6 +679,7 @@ async fn max_rate(
         counted: latencies.len() as u64,
         window,
         cpu: cpu_used,
+        client_cpu,
         latencies,
         tally,
     }
@@ -817,7 +874,7 @@ fn verdict(met: bool) -> &'static str {
 fn print_report(
     workers: usize,
     rows: &[Row],
-    log_checks: &[(&str, usize, u64)],
+    log_checks: &[(&str, u64, u64)],
     load_before: &str,
     load_after: &str,
 ) {
@@ -845,8 +902,15 @@ fn print_report(
     );
     let _ = writeln!(
         out,
-        "{:<20} {:>8} {:>17} {:>10} {:>7} {:>7} {:>6}",
-        "server", "req/s", "rounds min-max", "CPU µs/req", "p50 ms", "p99 ms", "wrong"
+        "{:<20} {:>8} {:>15} {:>10} {:>13} {:>7} {:>7} {:>6}",
+        "server",
+        "req/s",
+        "rounds min-max",
+        "CPU µs/req",
+        "client µs/req",
+        "p50 ms",
+        "p99 ms",
+        "wrong"
     );
     for row in rows {
         let low = row
@@ -857,11 +921,12 @@ fn print_report(
         let high = row.round_rates.iter().copied().fold(0.0, f64::max);
         let _ = writeln!(
             out,
-            "{:<20} {:>8.0} {:>17} {:>10.1} {:>7} {:>7} {:>6}",
+            "{:<20} {:>8.0} {:>15} {:>10.1} {:>13.1} {:>7} {:>7} {:>6}",
             row.name,
             row.max.per_second(),
             format!("{low:.0}-{high:.0}"),
             row.max.cpu_per_request().as_secs_f64() * 1e6,
+            row.max.client_cpu_per_request().as_secs_f64() * 1e6,
             ms(percentile(&row.max.latencies, 0.50)),
             ms(percentile(&row.max.latencies, 0.99)),
             row.max.tally.wrong,
@@ -869,7 +934,8 @@ fn print_report(
     }
     let _ = writeln!(
         out,
-        "(CPU µs/req: the server's own CPU time per answer, from /proc/…/schedstat)"
+        "(CPU µs/req: the server's own CPU time per answer, from /proc/…/schedstat; \
+         client µs/req: this client's, which the server shares the cores with here)"
     );
     let _ = writeln!(
         out,
@@ -956,6 +1022,16 @@ fn print_report(
                 "        {}: {:.3} x",
                 other.name,
                 other.max.per_second() / hello.max.per_second().max(1.0)
+            );
+        }
+        for other in [sipedge].into_iter().chain(rest) {
+            let _ = writeln!(
+                out,
+                "        CPU per answer, {} / {}: {:.3} (the ratio with the cores to itself)",
+                hello.name,
+                other.name,
+                hello.max.cpu_per_request().as_secs_f64()
+                    / other.max.cpu_per_request().as_secs_f64().max(1e-12)
             );
         }
         let _ = writeln!(
