@@ -98,6 +98,14 @@ fn run() -> Result<bool, String> {
     let mut warn = Sipedge::start("warn")?;
     let bodies: Arc<[Bytes]> = account_bodies(APPID, BODIES).into();
     let load_before = loadavg();
+    let ours = [
+        Cpu::ThreadsNamed(""),
+        Cpu::Process(info.child.id()),
+        Cpu::Process(warn.child.id()),
+    ];
+    let ours_before: Duration = ours.iter().map(|c| cpu_time(*c)).sum();
+    let busy_before = machine_busy();
+    let started = Instant::now();
 
     let mut rows = [
         Row::new(
@@ -118,6 +126,16 @@ fn run() -> Result<bool, String> {
     ];
     client.block_on(measure(&mut rows, &bodies));
     let load_after = loadavg();
+    let ours_used = ours
+        .iter()
+        .map(|c| cpu_time(*c))
+        .sum::<Duration>()
+        .saturating_sub(ours_before);
+    let others = machine_busy()
+        .saturating_sub(busy_before)
+        .saturating_sub(ours_used)
+        .as_secs_f64()
+        / started.elapsed().as_secs_f64();
 
     let mut log_checks = Vec::new();
     for (sipedge, row) in [(&mut info, &rows[1]), (&mut warn, &rows[2])] {
@@ -125,7 +143,13 @@ fn run() -> Result<bool, String> {
     }
     drop(hello_runtime);
 
-    print_report(workers, &rows, &log_checks, &load_before, &load_after);
+    let machine = Machine {
+        workers,
+        load_before,
+        load_after,
+        others,
+    };
+    print_report(&machine, &rows, &log_checks);
     Ok(rows.iter().all(|r| r.wrong() == 0))
 }
 
@@ -388,6 +412,33 @@ fn cpu_time(cpu: Cpu) -> Duration {
             .unwrap_or(0);
     }
     Duration::from_nanos(nanos)
+}
+
+/// CPU time the whole machine spent busy so far, from `/proc/stat`, whose unit is the
+/// kernel's USER_HZ: 100 per second on every Linux this runs on.
+fn machine_busy() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: u64 = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .enumerate()
+        // user nice system idle iowait irq softirq steal: all but idle and iowait.
+        .filter(|(i, _)| *i != 3 && *i != 4 && *i < 8)
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// The conditions of the run, printed with the figures.
+struct Machine {
+    workers: usize,
+    load_before: String,
+    load_after: String,
+    /// Cores' worth of CPU that other processes used during the measurement.
+    others: f64,
 }
 
 fn loadavg() -> String {
@@ -871,13 +922,13 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }
 }
 
-fn print_report(
-    workers: usize,
-    rows: &[Row],
-    log_checks: &[(&str, u64, u64)],
-    load_before: &str,
-    load_after: &str,
-) {
+fn print_report(machine: &Machine, rows: &[Row], log_checks: &[(&str, u64, u64)]) {
+    let Machine {
+        workers,
+        load_before,
+        load_after,
+        others,
+    } = machine;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -888,6 +939,15 @@ fn print_report(
         "{workers} cores shared by every server ({workers} tokio workers each: sipedge's default, \
          and the hello server's) and this load client ({workers} workers); \
          load average before {load_before}, after {load_after}"
+    );
+    let _ = writeln!(
+        out,
+        "other processes used {others:.2} of the {workers} cores during the measurement{}",
+        if *others > 0.2 {
+            ": latencies are theirs as much as ours; compare the servers within this run only"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         out,
