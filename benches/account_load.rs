@@ -2,18 +2,20 @@
 //! hyper "hello" server, both driven by the same client in the same run, so that the ratio
 //! between them means something on a machine whose speed and neighbours vary.
 //!
-//! Run with `cargo bench --bench account_load`; it takes about 40 s.
+//! Run with `cargo bench --bench account_load`; it takes about 45 s.
 //!
 //! What shares the cores: the real `sipedge` binary (release profile; its default runtime has
 //! one worker per core), the hello server (a runtime in this process with the same worker
 //! count) and the load client (another runtime in this process, same worker count). The
-//! client's own CPU is therefore inside every throughput figure; the "server CPU" column, read
-//! from /proc, is what each server alone spends per request.
+//! client's own CPU is therefore inside every throughput figure; the "CPU µs/req" column,
+//! read from /proc, is what each server alone spends per answer, and the ratio of those is
+//! what the throughput ratio would be with the cores to the server alone, as on a node.
 //!
-//! Per target: a closed loop at full speed (warm-up, then a measured window) gives its maximum
-//! rate; then an open loop at half of that target's own maximum, whose latencies are counted
-//! from each request's scheduled send time, so that a stalled server cannot hide the queue it
-//! causes (no coordinated omission). Every answer is checked: status 200 and `"resCode":"0"`.
+//! First every target's maximum: a closed loop at full speed. Then every target at half its
+//! own maximum: an open loop whose latencies are counted from each request's scheduled send
+//! time, so that a stalled server cannot hide the queue it causes (no coordinated omission).
+//! The targets take turns in short windows, and the report says how much CPU other processes
+//! took meanwhile. Every answer is checked: status 200 and `"resCode":"0"`.
 //!
 //! sipedge runs at `log.level = "info"`, as deployed, its one line per request read from its
 //! stderr by a thread here as journald would; a second sipedge at `log.level = "warn"`
