@@ -218,6 +218,7 @@ fn account_bodies(appid: &str, count: usize) -> Vec<Bytes> {
 /// a thread of this process drains, as journald drains a unit's stderr on a node; a file
 /// would instead make sipedge wait on this machine's busy disk.
 struct Sipedge {
+    /// The process, to find its CPU time and to stop it.
     child: Child,
     /// The account listener's bound address, read from the log.
     addr: SocketAddr,
@@ -436,7 +437,9 @@ fn machine_busy() -> Duration {
 
 /// The conditions of the run, printed with the figures.
 struct Machine {
+    /// Cores, hence tokio workers of every server and of the client.
     workers: usize,
+    /// The load average as the measurement started and ended: how busy the machine was.
     load_before: String,
     load_after: String,
     /// Cores' worth of CPU that other processes used during the measurement.
@@ -451,8 +454,11 @@ fn loadavg() -> String {
 
 /// Everything measured on one target.
 struct Row {
+    /// How the report names the target.
     name: &'static str,
+    /// Where the client sends its requests.
     addr: SocketAddr,
+    /// Where the target's CPU time is read.
     cpu: Cpu,
     /// The closed-loop windows of all rounds together.
     max: MaxReport,
@@ -518,6 +524,7 @@ struct Tally {
     answered: u64,
     /// Answers that were not 200 with `"resCode":"0"`, and connections that failed.
     wrong: u64,
+    /// Printed with the report, so that a wrong run says why.
     first_problem: Option<String>,
 }
 
@@ -559,7 +566,9 @@ impl std::fmt::Display for Problem {
 
 /// One client connection.
 struct Client {
+    /// hyper's handle on the connection, whose driver runs as its own task.
     sender: SendRequest<Full<Bytes>>,
+    /// HTTP/1.1 requires a Host header, and hyper's low-level client does not add one.
     host: HeaderValue,
 }
 
@@ -602,6 +611,7 @@ impl Client {
 
 #[derive(serde::Deserialize)]
 struct Answer<'a> {
+    /// The only field the check needs: "0" is a granted account.
     #[serde(rename = "resCode", borrow)]
     res_code: &'a str,
 }
@@ -631,6 +641,7 @@ struct MaxReport {
     client_cpu: Duration,
     /// Response times at full speed (a closed loop: for information, not the target).
     latencies: Vec<u64>,
+    /// Answered and wrong requests, warm-ups included.
     tally: Tally,
 }
 
@@ -755,6 +766,7 @@ struct RateReport {
     service: Vec<u64>,
     /// Scheduled requests not sent because the server was more than RATE_GRACE behind.
     unsent: u64,
+    /// Answered and wrong requests, warm-ups included.
     tally: Tally,
 }
 
