@@ -45,17 +45,17 @@ use tokio::runtime::Runtime;
 const CONNECTIONS: usize = 32;
 /// The targets take turns, one short window each per round, so that the other builders'
 /// bursts on this shared machine fall on all of them alike instead of on whichever ran then.
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 10;
 /// Once per target before the rounds: connections, caches and allocators settle.
-const FIRST_WARMUP: Duration = Duration::from_secs(1);
+const FIRST_WARMUP: Duration = Duration::from_millis(500);
 /// Closed loop, each round: new connections settle, not counted.
-const MAX_WARMUP: Duration = Duration::from_millis(250);
+const MAX_WARMUP: Duration = Duration::from_millis(150);
 /// Closed loop, each round: the counted window.
-const MAX_WINDOW: Duration = Duration::from_secs(1);
+const MAX_WINDOW: Duration = Duration::from_millis(500);
 /// Open loop, each round: requests sent but not counted, so that the window starts steady.
-const RATE_WARMUP: Duration = Duration::from_millis(250);
+const RATE_WARMUP: Duration = Duration::from_millis(200);
 /// Open loop, each round: the counted window.
-const RATE_WINDOW: Duration = Duration::from_secs(1);
+const RATE_WINDOW: Duration = Duration::from_millis(500);
 /// Open loop: a server that falls this far behind its schedule is not waited for; what was
 /// still unsent then is reported instead, which keeps the run bounded.
 const RATE_GRACE: Duration = Duration::from_secs(2);
@@ -1074,18 +1074,21 @@ fn print_report(machine: &Machine, rows: &[Row], log_checks: &[(&str, u64, u64)]
 
     if let [hello, sipedge, rest @ ..] = rows {
         let ratio = sipedge.max.per_second() / hello.max.per_second().max(1.0);
-        let per_round = sipedge
+        let mut per_round: Vec<f64> = sipedge
             .round_rates
             .iter()
             .zip(&hello.round_rates)
-            .map(|(s, h)| s / h.max(1.0));
-        let low = per_round.clone().fold(f64::INFINITY, f64::min);
-        let high = per_round.fold(0.0, f64::max);
+            .map(|(s, h)| s / h.max(1.0))
+            .collect();
+        per_round.sort_by(f64::total_cmp);
+        let low = per_round.first().copied().unwrap_or(0.0);
+        let high = per_round.last().copied().unwrap_or(0.0);
+        let median = per_round.get(per_round.len() / 2).copied().unwrap_or(0.0);
         let p99 = percentile(&sipedge.rate.latencies, 0.99);
         let p99_met = p99.is_some_and(|p| p < nanos(TARGET_P99)) && sipedge.rate.unsent == 0;
         let _ = writeln!(
             out,
-            "\ntarget: {} throughput >= {TARGET_RATIO} x {}: {ratio:.3} x (rounds {low:.3}-{high:.3}) -> {}",
+            "\ntarget: {} throughput >= {TARGET_RATIO} x {}: {ratio:.3} x (rounds {low:.3}-{high:.3}, median {median:.3}) -> {}",
             sipedge.name,
             hello.name,
             verdict(ratio >= TARGET_RATIO)
