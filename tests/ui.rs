@@ -53,6 +53,12 @@ account = "sipserver"
 [api]
 listen = "127.0.0.1:0"
 {api_extra}
+[monitor]
+interval = "1s"
+probe_timeout = "500ms"
+[[monitor.process]]
+name = "sipedge"
+match_name = "sipedge"
 "#
     )
 }

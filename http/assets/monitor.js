@@ -90,10 +90,6 @@ async function loadProcesses() {
 }
 
 /** The first of `names` that `p` has. */
-function pick(p, ...names) {
-  for (const name of names) if (p[name] !== undefined && p[name] !== null) return p[name];
-  return undefined;
-}
 
 function stateClass(state) {
   const s = String(state || '').toLowerCase();
@@ -131,15 +127,18 @@ function renderProcesses() {
           'tbody',
           {},
           processes.map((p) => {
-            const state = pick(p, 'state', 'status') ?? '';
-            const pids = pick(p, 'pids', 'pid');
-            const cpu = pick(p, 'cpu_percent', 'cpu');
-            const mem = pick(p, 'memory_bytes', 'rss_bytes', 'memory');
-            const since = pick(p, 'started_at', 'since');
+            // The shape of /api/processes: name, matcher, pids, count, cpu_percent (null
+            // until a second sample), rss_mb, state (unknown|ok|missing|over_limit),
+            // critical, last_change.
+            const state = p.state ?? '';
+            const pids = p.pids;
+            const cpu = p.cpu_percent;
+            const mem = typeof p.rss_mb === 'number' ? p.rss_mb * 1024 * 1024 : undefined;
+            const since = p.last_change;
             return el(
               'tr',
               { class: stateClass(state) === 'bad' ? 'row-bad' : '' },
-              el('th', { scope: 'row' }, pick(p, 'name', 'target') ?? '—', p.critical ? el('span', { class: 'badge critical small' }, t('proc.critical')) : null),
+              el('th', { scope: 'row', title: p.matcher ?? '' }, p.name ?? '—', p.critical ? el('span', { class: 'badge critical small' }, t('proc.critical')) : null),
               el('td', {}, el('span', { class: `badge proc-${stateClass(state)}` }, t(`proc.state.${String(state).toLowerCase()}`, { fallback: String(state) }))),
               el('td', { class: 'mono' }, Array.isArray(pids) ? pids.join(', ') || '—' : pids ?? '—'),
               el('td', { class: 'num mono' }, typeof cpu === 'number' ? `${cpu.toFixed(1)} %` : '—'),

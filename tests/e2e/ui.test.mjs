@@ -374,6 +374,9 @@ describe('monitoring and live calls', () => {
       if (items.length > 0) {
         await page.waitForSelector('#processes table');
         assert.equal(await page.locator('#processes tbody tr').count(), items.length);
+        const row = await page.textContent('#processes tbody tr');
+        assert.match(row, new RegExp(items[0].name));
+        if (typeof items[0].rss_mb === 'number') assert.match(row, /[KMG]iB/);
       } else {
         await page.waitForSelector('#processes .empty');
         assert.match(await page.textContent('#processes'), /未配置/);
