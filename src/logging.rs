@@ -14,7 +14,7 @@ pub fn init(config: &LogConfig) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::logwriter::stderr())
         .with_ansi(std::io::stderr().is_terminal());
     match config.format {
         LogFormat::Text => builder.init(),

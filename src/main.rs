@@ -6,6 +6,7 @@ mod cdrs;
 mod config;
 mod live;
 mod logging;
+mod logwriter;
 mod metrics;
 mod monitor;
 mod serve;

@@ -64,7 +64,11 @@ pub fn main(config_path: &Path) -> ExitCode {
         Ok(rt) => rt,
         Err(err) => return fail(&StartError::Runtime(err)),
     };
-    match runtime.block_on(run(config)) {
+    let outcome = runtime.block_on(run(config));
+    // Tasks still winding down may log; their lines go out with the rest below.
+    drop(runtime);
+    crate::logwriter::flush();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&err),
     }
@@ -72,7 +76,8 @@ pub fn main(config_path: &Path) -> ExitCode {
 
 fn fail(err: &StartError) -> ExitCode {
     // Plain stderr, not the logger: this one line must reach the operator whatever the
-    // configured level or format.
+    // configured level or format, after whatever was logged before it.
+    crate::logwriter::flush();
     eprintln!("sipedge: {err}");
     ExitCode::from(EXIT_CONFIG)
 }

@@ -19,6 +19,7 @@ pub fn watch(token: CancellationToken) -> std::io::Result<()> {
             _ = int.recv() => {}
         }
         tracing::warn!("second signal: exiting without waiting for the drain");
+        crate::logwriter::flush();
         std::process::exit(130);
     });
     Ok(())

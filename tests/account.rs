@@ -232,7 +232,13 @@ fn two_hundred_concurrent_requests() {
             )
         );
     }
-    let log = se.stderr();
+    // Log lines are written out in batches a few milliseconds apart.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut log = se.stderr();
+    while log.matches("account request").count() < 200 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        log = se.stderr();
+    }
     assert_eq!(
         log.matches("account request").count(),
         200,
