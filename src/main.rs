@@ -6,6 +6,8 @@ mod config;
 mod live;
 mod logging;
 mod metrics;
+mod notify;
+mod reload;
 mod serve;
 mod shutdown;
 mod token;

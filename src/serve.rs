@@ -57,12 +57,12 @@ pub fn main(config_path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    crate::logging::init(&config.log);
+    let log_level = crate::logging::init(&config.log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => return fail(&StartError::Runtime(err)),
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, config_path, log_level)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&err),
     }
@@ -94,7 +94,11 @@ fn prepare_data_dir(path: &Path) -> Result<(), StartError> {
     std::fs::remove_file(&probe).map_err(err)
 }
 
-async fn run(config: Config) -> Result<(), StartError> {
+async fn run(
+    config: Config,
+    config_path: &Path,
+    log_level: crate::logging::LevelHandle,
+) -> Result<(), StartError> {
     prepare_data_dir(&config.node.data_dir)?;
     let account_listener = bind("account responder", config.account.listen).await?;
     let api_listener = bind("CDR API", config.api.listen).await?;
@@ -121,7 +125,8 @@ async fn run(config: Config) -> Result<(), StartError> {
     };
 
     let shutdown = CancellationToken::new();
-    crate::shutdown::watch(shutdown.clone()).map_err(StartError::Signals)?;
+    crate::shutdown::watch(shutdown.clone(), config.node.stop_timeout)
+        .map_err(StartError::Signals)?;
     // Tracking ends when the proxy has stopped and dropped its end of the hand-off, so that
     // every message relayed before the stop still reaches a CDR.
     let tracking = match &config.sip {
@@ -148,20 +153,22 @@ async fn run(config: Config) -> Result<(), StartError> {
         closing.close();
     });
 
-    let account_router = account::router(Arc::new(AccountState {
-        config: config.account.clone(),
+    let account_state = Arc::new(AccountState {
+        config: std::sync::RwLock::new(Arc::new(config.account.clone())),
         timezone: config.node.timezone.0,
         node: config.node.name.clone(),
         health: health.clone(),
         metrics: account_metrics.clone(),
-    }));
+    });
+    let access = Arc::new(Access::new(config.api.allow.clone(), &config.api.users));
+    let account_router = account::router(account_state.clone());
     let api_router = api::router(Arc::new(ApiState {
         node: config.node.name.clone(),
         timezone: config.node.timezone.0,
         health: health.clone(),
         store: store.clone(),
         cursor_key,
-        access: Arc::new(Access::new(config.api.allow.clone(), &config.api.users)),
+        access: access.clone(),
         live: match &tracking {
             Some((handle, _)) => Arc::new(crate::live::TrackedCalls {
                 tracking: handle.clone(),
@@ -188,7 +195,16 @@ async fn run(config: Config) -> Result<(), StartError> {
     if let Some(proxy) = &sip {
         tracing::info!(advertise = %proxy.advertise(), "SIP Via and Record-Route address");
     }
+    let live = crate::reload::Live {
+        account: account_state,
+        access,
+        log: log_level,
+    };
+    crate::reload::spawn(config_path.to_owned(), config.clone(), live)
+        .map_err(StartError::Signals)?;
     tracing::info!(node = %config.node.name, version = env!("CARGO_PKG_VERSION"), "sipedge started");
+    crate::notify::ready("serving");
+    crate::notify::spawn_watchdog();
 
     let limits = ServerLimits::default();
     let tasks = [
@@ -220,6 +236,10 @@ async fn run(config: Config) -> Result<(), StartError> {
         if let Err(err) = task.await {
             tracing::error!(error = %err, "a task failed");
         }
+    }
+    // Every part has handed its last writes to the store; make them durable before exit.
+    if let Err(err) = store.flush(config.node.stop_timeout) {
+        tracing::error!(error = %err, "the store could not flush its last writes");
     }
     drop(store);
     tracing::info!("sipedge stopped");

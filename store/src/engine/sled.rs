@@ -69,7 +69,6 @@ pub(super) struct SledKv {
     synced_blobs: Mutex<HashSet<OsString>>,
 }
 
-
 /// How long an open waits for a previous handle's lock: sled's flusher thread outlives the
 /// last `Db` handle by a moment, so a reopen right after a close (a restart, a reload) would
 /// otherwise fail on a lock that is about to be released.
