@@ -10,3 +10,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
+
+# systemd-analyze, for `systemd-analyze verify systemd/sipedge.service` (tests/ops.rs).
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends systemd
+fi
