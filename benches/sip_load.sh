@@ -32,6 +32,9 @@ STEP_SECONDS=${STEP_SECONDS:-10}
 MAX_CALLS=${MAX_CALLS:-5000}
 SIPEDGE_BIN=${SIPEDGE_BIN:-$ROOT/target/release/sipedge}
 KAMAILIO_WORKERS=${KAMAILIO_WORKERS:-2}
+# SIPp's own socket buffers: with the default (~200 KiB) the SIPp UAS drops datagrams on a
+# busy machine (seen in /proc/net/udp), and the ramp measures SIPp instead of the proxy.
+SIPP_BUFFER=${SIPP_BUFFER:-4194304}
 CLK_TCK=$(getconf CLK_TCK)
 
 for tool in sipp ss; do
@@ -137,7 +140,7 @@ for proxy in $PROXIES; do
             continue
         fi
         PIDS+=("$pid")
-        sipp -sn uas -t "$t" -i 127.0.0.2 -p "$port" -bind_local -mi 127.0.0.2 -nostdin \
+        sipp -sn uas -t "$t" -buff_size "$SIPP_BUFFER" -i 127.0.0.2 -p "$port" -bind_local -mi 127.0.0.2 -nostdin \
             -max_socket 1000 >"$WORK/uas-$proxy-$transport.log" 2>&1 &
         uas=$!
         PIDS+=("$uas")
@@ -151,7 +154,7 @@ for proxy in $PROXIES; do
             stats="$WORK/uac-$proxy-$transport-$rate.csv"
             before=$(cpu_ticks "$pid")
             start=$(date +%s%N)
-            sipp -sn uac "127.0.0.1:$port" -t "$t" -i 127.0.0.1 -p "$(free_port)" -bind_local \
+            sipp -sn uac "127.0.0.1:$port" -t "$t" -buff_size "$SIPP_BUFFER" -i 127.0.0.1 -p "$(free_port)" -bind_local \
                 -mi 127.0.0.1 -r "$rate" -m "$calls" -nostdin -max_socket 1000 \
                 -timeout "$((STEP_SECONDS * 2 + 10))s" -timeout_error \
                 -trace_stat -stf "$stats" -fd 1 -trace_err -error_file "$WORK/uac-$proxy-$transport-$rate.errors" \

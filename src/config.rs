@@ -28,6 +28,9 @@ pub struct Config {
     /// and API alone, as in their tests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sip: Option<sipedge_sip::ProxyConfig>,
+    /// Watched processes, the upstream probe, disk and store checks, alarms.
+    #[serde(default)]
+    pub monitor: crate::monitor::config::MonitorConfig,
 }
 
 /// The `[store]` table: the engine, and the store crate's own settings (written out here
@@ -251,6 +254,7 @@ impl Config {
         if let Some(Err(err)) = self.sip.as_ref().map(sipedge_sip::ProxyConfig::validate) {
             problems.push(err.to_string());
         }
+        problems.extend(self.monitor.problems());
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
                 "log.level: {:?} is not a level or filter: {err}",
@@ -366,6 +370,75 @@ account = "sipserver"
             Err("listen"),
         );
         check("this is = not = toml", Err("line 1"));
+        let monitor = |text: &str| format!("{MINIMAL}\n[monitor]\n{text}\n");
+        let process = |text: &str| monitor(&format!("[[monitor.process]]\nname = \"p\"\n{text}"));
+        check(
+            &monitor("interval = \"1s\"\nprobe_timeout = \"500ms\"\nprobe_upstream = false"),
+            Ok(()),
+        );
+        check(
+            &monitor("interval = \"1s\"\nprobe_timeout = \"1s\""),
+            Err("monitor.probe_timeout"),
+        );
+        check(&monitor("interval = \"5 apples\""), Err("interval"));
+        check(
+            &monitor("probe_failures = 0"),
+            Err("monitor.probe_failures"),
+        );
+        check(
+            &monitor("disk_min_free_percent = 120.0"),
+            Err("monitor.disk_min_free_percent"),
+        );
+        check(&monitor("webhook = \"https://x/\""), Err("monitor.webhook"));
+        check(&monitor("colour = 1"), Err("colour"));
+        check(&process("match_name = \"nginx\""), Ok(()));
+        check(
+            &process(
+                "match_cmdline = \"java .*Sipserver\"\nmin_count = 2\nmax_cpu_percent = 300.0\nmax_rss_mb = 8192.0\ncritical = true",
+            ),
+            Ok(()),
+        );
+        check(&process("pidfile = \"/run/x.pid\""), Ok(()));
+        check(
+            &process(""),
+            Err("monitor.process[0].name: give exactly one"),
+        );
+        check(
+            &process("match_name = \"a\"\npidfile = \"/run/x.pid\""),
+            Err("exactly one"),
+        );
+        check(
+            &process("match_name = \"a-name-longer-than-15\""),
+            Err("monitor.process[0].match_name"),
+        );
+        check(
+            &process("match_cmdline = \"(unclosed\""),
+            Err("monitor.process[0].match_cmdline"),
+        );
+        check(
+            &process("pidfile = \"run/x.pid\""),
+            Err("monitor.process[0].pidfile"),
+        );
+        check(
+            &process("match_name = \"a\"\nmin_count = 0"),
+            Err("monitor.process[0].min_count"),
+        );
+        check(
+            &process("match_name = \"a\"\nmax_cpu_percent = 0.0"),
+            Err("monitor.process[0].max_cpu_percent"),
+        );
+        check(
+            &process("match_name = \"a\"\nmax_rss_mb = -1.0"),
+            Err("monitor.process[0].max_rss_mb"),
+        );
+        check(&process("match_name = \"a\"\ncolor = 1"), Err("color"));
+        check(
+            &format!(
+                "{}[[monitor.process]]\nname = \"p\"\nmatch_name = \"b\"\n",
+                process("match_name = \"a\"\n")
+            ),
+            Err("monitor.process[1].name: \"p\" appears twice"),
+        );
         check(
             &format!("{MINIMAL}\n[api]\nallow = [\"10.0.0.0/8\", \"::1/128\"]\n"),
             Ok(()),

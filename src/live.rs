@@ -46,13 +46,14 @@ pub async fn forward_events(tracking: CallTracking, hub: EventHub, zone: Tz) {
             Ok(event) => {
                 hub.publish(event.kind.name(), &render::live_call(&event.call, zone));
             }
-            // The hub keeps its own replay window; a gap here means SSE clients miss some
-            // updates, which the live view repairs by reloading /api/calls/live.
+            // Some updates never reach the hub; a `reset` tells SSE clients to reload
+            // /api/calls/live instead of trusting a list with gaps.
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(
                     missed,
                     "live-call events skipped: the event forwarder fell behind"
                 );
+                hub.publish("reset", &serde_json::json!({ "missed": missed }));
             }
             Err(RecvError::Closed) => break,
         }

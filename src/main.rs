@@ -6,6 +6,7 @@ mod config;
 mod live;
 mod logging;
 mod metrics;
+mod monitor;
 mod notify;
 mod reload;
 mod serve;

@@ -14,13 +14,20 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use sipedge_http::account::AccountMetrics;
 use sipedge_sip::Metrics as SipMetrics;
+use sipedge_sip::call::CallTracking;
 use sipedge_store::{AlarmKind, Store};
 
 /// Active alarms read per scrape at most; more than this is a storm the number shows anyway.
 const MAX_ACTIVE_ALARMS: usize = 10_000;
 
-/// Builds the registry the API serves; `sip` is the relay's counters when it runs.
-pub fn registry(account: &AccountMetrics, store: &Store, sip: Option<Arc<SipMetrics>>) -> Registry {
+/// Builds the registry the API serves; `sip` is the relay's counters and `tracking` call
+/// tracking, when they run.
+pub fn registry(
+    account: &AccountMetrics,
+    store: &Store,
+    sip: Option<Arc<SipMetrics>>,
+    tracking: Option<CallTracking>,
+) -> Registry {
     let mut registry = Registry::with_prefix("sipedge");
     account.register(&mut registry);
     registry.register_collector(Box::new(StoreCollector {
@@ -29,7 +36,38 @@ pub fn registry(account: &AccountMetrics, store: &Store, sip: Option<Arc<SipMetr
     if let Some(metrics) = sip {
         registry.register_collector(Box::new(SipCollector { metrics }));
     }
+    if let Some(tracking) = tracking {
+        registry.register_collector(Box::new(CallsCollector { tracking }));
+    }
     registry
+}
+
+/// Calls in progress and call tracking's own counters.
+#[derive(Debug)]
+struct CallsCollector {
+    /// Its live map and counters, read at each scrape.
+    tracking: CallTracking,
+}
+
+impl Collector for CallsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let active = ConstGauge::new(self.tracking.live().len() as i64);
+        active.encode(encoder.encode_descriptor(
+            "calls_active",
+            "Calls in progress now",
+            None,
+            active.metric_type(),
+        )?)?;
+        let counters = self.tracking.counters();
+        let unparsed = ConstCounter::new(counters.unparsed);
+        unparsed.encode(encoder.encode_descriptor(
+            "tracking_unparsed_messages",
+            "Relayed messages call tracking could not read",
+            None,
+            unparsed.metric_type(),
+        )?)?;
+        Ok(())
+    }
 }
 
 /// The relay's counters: messages by method, status and direction, parse errors, drops.
@@ -179,7 +217,7 @@ mod tests {
         sip.request(sipedge_sip::Direction::ToUpstream, b"INVITE");
         sip.response(sipedge_sip::Direction::ToTerminal, b"INVITE", 180);
         sip.parse_errors.fetch_add(2, Ordering::Relaxed);
-        let registry = registry(&account, &store, Some(sip));
+        let registry = registry(&account, &store, Some(sip), None);
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
         for line in [

@@ -43,6 +43,8 @@ enum StartError {
     },
     #[error(transparent)]
     Sip(#[from] sipedge_sip::Error),
+    #[error(transparent)]
+    Monitor(#[from] crate::monitor::MonitorError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot watch signals: {0}")]
@@ -153,6 +155,30 @@ async fn run(
         closing.close();
     });
 
+    let monitor = crate::monitor::start(
+        &config.monitor,
+        &config.node.data_dir,
+        config.sip.as_ref(),
+        crate::monitor::Outputs {
+            node: config.node.name.clone(),
+            timezone: config.node.timezone.0,
+            store: store.clone(),
+            events: events.clone(),
+            health: health.clone(),
+        },
+        shutdown.clone(),
+    )
+    .await?;
+    let mut registry = crate::metrics::registry(
+        &account_metrics,
+        &store,
+        sip.as_ref().map(sipedge_sip::Proxy::metrics),
+        tracking.as_ref().map(|(handle, _)| handle.clone()),
+    );
+    if let Some(webhook) = &monitor.webhook {
+        webhook.register(&mut registry);
+    }
+
     let account_state = Arc::new(AccountState {
         config: std::sync::RwLock::new(Arc::new(config.account.clone())),
         timezone: config.node.timezone.0,
@@ -177,11 +203,8 @@ async fn run(
             None => Arc::new(crate::live::NoCallTracking),
         },
         events: events.clone(),
-        metrics: Arc::new(crate::metrics::registry(
-            &account_metrics,
-            &store,
-            sip.as_ref().map(sipedge_sip::Proxy::metrics),
-        )),
+        metrics: Arc::new(registry),
+        processes: monitor.processes,
     }));
 
     for (name, listener) in [("account", &account_listener), ("api", &api_listener)] {

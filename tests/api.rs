@@ -7,14 +7,16 @@ mod common;
 mod support;
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Duration as Span, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use common::proxy::{Proxy, ProxySpec};
+use common::sipp::{Pair, Transport as SippTransport};
 use serde_json::Value;
 use sipedge_store::{
     Alarm, AlarmId, AlarmKind, CallStatus, CallType, Cdr, CdrFilter, Direction, LogEntry, LogKind,
@@ -1027,4 +1029,269 @@ fn metrics_show_the_relays_counters() {
                 .any(|l| l.starts_with("sipedge_sip_messages_total{method=\"OPTIONS\""))
     });
     assert!(counted, "{text}");
+}
+
+/// One server-sent event as received.
+#[derive(Debug, Clone)]
+struct Sse {
+    id: Option<String>,
+    name: String,
+    data: String,
+}
+
+/// Reads `/api/events` in the background (from `last_id` when given), collecting events until
+/// the stream ends or the test ends.
+fn listen(api: std::net::SocketAddr, last_id: Option<&str>) -> Arc<Mutex<Vec<Sse>>> {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let mut stream = TcpStream::connect(api).unwrap();
+    let resume = last_id
+        .map(|id| format!("Last-Event-ID: {id}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET /api/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{resume}\r\n"
+    )
+    .unwrap();
+    let (hello_tx, hello_rx) = std::sync::mpsc::channel();
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        let reader = BufReader::new(stream);
+        let mut current = Sse {
+            id: None,
+            name: String::new(),
+            data: String::new(),
+        };
+        for line in reader.lines() {
+            let Ok(line) = line else { return };
+            // Chunked framing puts the size on a line of its own; SSE fields have a colon.
+            if line.starts_with(": sipedge events") {
+                let _ = hello_tx.send(());
+            } else if let Some(v) = line.strip_prefix("id: ") {
+                current.id = Some(v.to_owned());
+            } else if let Some(v) = line.strip_prefix("event: ") {
+                current.name = v.to_owned();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                current.data.push_str(v);
+            } else if line.is_empty() && !current.name.is_empty() {
+                sink.lock().unwrap().push(current.clone());
+                current = Sse {
+                    id: None,
+                    name: String::new(),
+                    data: String::new(),
+                };
+            }
+        }
+    });
+    hello_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the event stream opened");
+    got
+}
+
+fn wait_for(events: &Arc<Mutex<Vec<Sse>>>, ended: usize) -> Vec<Sse> {
+    let done = common::wait_until(Duration::from_secs(20), || {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.name == "call.ended")
+            .count()
+            >= ended
+    });
+    let got = events.lock().unwrap().clone();
+    assert!(done, "{ended} call.ended expected in {got:#?}");
+    got
+}
+
+#[test]
+fn sipp_calls_make_events_in_order_and_cdrs_with_logs() {
+    let proxy = Proxy::start(ProxySpec::one_port());
+    let api = api_of(&proxy);
+    let events = listen(api, None);
+    let (target, upstream) = (proxy.sip_addr(), proxy.upstream_addr());
+    let calls = std::thread::spawn(move || {
+        Pair::new("call", SippTransport::Udp, 3)
+            .rate(10)
+            .pause_ms(1500)
+            .run(target, upstream)
+            .assert_passed();
+    });
+    // While the calls talk, they are live.
+    let mut live = Value::Null;
+    let seen_live = common::wait_until(Duration::from_secs(10), || {
+        live = json(&http(api, "GET", "/api/calls/live", ""));
+        live["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["state"] == "connected")
+    });
+    assert!(seen_live, "{live}");
+    let mut metrics = String::new();
+    let counted = common::wait_until(Duration::from_secs(5), || {
+        metrics = http(api, "GET", "/metrics", "").body;
+        metrics.lines().any(|l| {
+            l.strip_prefix("sipedge_calls_active ")
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n >= 1)
+        })
+    });
+    assert!(counted, "{metrics}");
+    let call = &live["items"][0];
+    assert_eq!(call["caller"], "8001");
+    assert!(
+        call["start_time"].as_str().unwrap().ends_with("+08:00"),
+        "{call}"
+    );
+    calls.join().unwrap();
+    let got = wait_for(&events, 3);
+
+    // Per call, in order: started, maybe ringing, answered, ended; each once.
+    let mut per_call: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for e in &got {
+        let data: Value = serde_json::from_str(&e.data).unwrap();
+        per_call
+            .entry(data["id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(e.name.clone());
+    }
+    assert_eq!(per_call.len(), 3, "{got:#?}");
+    for (id, names) in &per_call {
+        let without_ringing: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| *n != "call.ringing")
+            .collect();
+        assert_eq!(
+            without_ringing,
+            ["call.started", "call.answered", "call.ended"],
+            "{id}: {names:?}"
+        );
+        assert!(names.iter().filter(|n| *n == "call.ringing").count() <= 1);
+    }
+    let ids: Vec<u64> = got
+        .iter()
+        .map(|e| e.id.as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+    let ended: Value = serde_json::from_str(&got.last().unwrap().data).unwrap();
+    assert_eq!(ended["state"], "ended");
+    assert_eq!(ended["caller"], "8001");
+
+    // A client that saw only the first event gets exactly the rest.
+    let again = listen(api, got[0].id.as_deref());
+    let replay = wait_for(&again, 3);
+    let replay_ids: Vec<&str> = replay.iter().filter_map(|e| e.id.as_deref()).collect();
+    let want: Vec<&str> = got[1..].iter().filter_map(|e| e.id.as_deref()).collect();
+    assert_eq!(replay_ids, want);
+
+    // The CDRs and their logs.
+    let mut items = Vec::new();
+    let stored = common::wait_until(Duration::from_secs(10), || {
+        items = json(&http(api, "GET", "/api/cdrs", ""))["items"]
+            .as_array()
+            .unwrap()
+            .clone();
+        items.len() == 3
+    });
+    assert!(stored, "{items:#?}");
+    for cdr in &items {
+        assert!(per_call.contains_key(cdr["id"].as_str().unwrap()), "{cdr}");
+        assert_eq!(cdr["status"], "connected");
+        assert_eq!(cdr["disposition"], "answered");
+        assert_eq!(cdr["call_type"], "audio");
+        assert_eq!(cdr["caller"], "8001");
+        assert!(cdr["talk_s"].as_f64().unwrap() >= 1.4, "{cdr}");
+        let log = json(&http(
+            api,
+            "GET",
+            &format!("/api/cdrs/{}/log", cdr["id"].as_str().unwrap()),
+            "",
+        ));
+        let texts: Vec<&str> = log["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "sip")
+            .map(|e| e["text"].as_str().unwrap())
+            .collect();
+        assert!(
+            texts.first().is_some_and(|t| t.starts_with("INVITE ")),
+            "{log}"
+        );
+        assert!(texts.iter().any(|t| t.starts_with("BYE ")), "{log}");
+    }
+    let stats = json(&http(api, "GET", "/api/stats", ""));
+    assert_eq!(stats["totals"]["audio"]["calls"], 3);
+    assert_eq!(stats["totals"]["audio"]["connected"], 3);
+    assert_eq!(
+        json(&http(api, "GET", "/api/calls/live", ""))["items"],
+        Value::Array(vec![])
+    );
+}
+
+#[test]
+fn paging_returns_every_record_once_while_calls_arrive() {
+    let proxy = Proxy::start(ProxySpec::one_port());
+    let api = api_of(&proxy);
+    let (target, upstream) = (proxy.sip_addr(), proxy.upstream_addr());
+    Pair::new("call", SippTransport::Udp, 20)
+        .rate(50)
+        .run(target, upstream)
+        .assert_passed();
+    let mut before = Vec::new();
+    assert!(common::wait_until(Duration::from_secs(10), || {
+        before = ids(json(&http(api, "GET", "/api/cdrs?limit=1000", ""))["items"]
+            .as_array()
+            .unwrap());
+        before.len() == 20
+    }));
+    let more = std::thread::spawn(move || {
+        Pair::new("call", SippTransport::Udp, 30)
+            .rate(10)
+            .run(target, upstream)
+            .assert_passed();
+    });
+    // Start paging once the new calls are being stored, and page slowly while more are.
+    assert!(common::wait_until(Duration::from_secs(20), || {
+        json(&http(api, "GET", "/api/cdrs?limit=1000", ""))["items"]
+            .as_array()
+            .unwrap()
+            .len()
+            > 21
+    }));
+    let mut seen: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/cdrs?limit=3&cursor={c}"),
+            None => "/api/cdrs?limit=3".to_owned(),
+        };
+        let page = json(&http(api, "GET", &path, ""));
+        seen.extend(ids(page["items"].as_array().unwrap()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let total_after_paging = json(&http(api, "GET", "/api/cdrs?limit=1000", ""))["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    more.join().unwrap();
+    assert!(
+        total_after_paging < 50 && total_after_paging > seen.len(),
+        "calls arrived during paging: {total_after_paging} stored, {} seen",
+        seen.len()
+    );
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no record twice: {seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {seen:?}"
+    );
+    for id in &before {
+        assert!(unique.contains(id), "{id} missed");
+    }
 }

@@ -2,18 +2,24 @@
 # Installs what the test suite needs on a Debian machine, skipping what is already there.
 # Run as root (CI is); on a developer machine run it once with sudo.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
+# The browser tests (tests/ui.rs): Debian's Chromium driven by playwright-core from npm, and
+# a CJK font so that the Chinese pages render (and screenshot) as operators see them.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+fc-list 2>/dev/null | grep -qi 'CJK' || need_apt+=(fonts-noto-cjk)
+# systemd-analyze, for `systemd-analyze verify systemd/sipedge.service` (tests/ops.rs).
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
-# systemd-analyze, for `systemd-analyze verify systemd/sipedge.service` (tests/ops.rs).
-if ! command -v systemd-analyze >/dev/null 2>&1; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends systemd
+if [ ! -d tests/e2e/node_modules/playwright-core ]; then
+  (cd tests/e2e && npm ci --no-audit --no-fund)
 fi

@@ -8,7 +8,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2};
 use axum::extract::{ConnectInfo, Request, State};
@@ -58,7 +57,10 @@ pub fn check_hash(hash: &str) -> Result<(), String> {
 
 /// The PHC string of `password` with a fresh random salt (argon2id, the crate's defaults).
 pub fn hash_password(password: &str) -> Result<String, String> {
-    let salt = SaltString::generate(&mut OsRng);
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for a salt: {e}"))?;
+    let salt =
+        SaltString::encode_b64(&bytes).map_err(|e| format!("cannot encode the salt: {e}"))?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
@@ -66,11 +68,10 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 }
 
 /// 32 random bytes, e.g. for a signing key.
-pub fn random_key() -> [u8; 32] {
-    use argon2::password_hash::rand_core::RngCore;
+pub fn random_key() -> std::io::Result<[u8; 32]> {
     let mut key = [0u8; 32];
-    OsRng.fill_bytes(&mut key);
-    key
+    getrandom::fill(&mut key).map_err(|e| std::io::Error::other(format!("no randomness: {e}")))?;
+    Ok(key)
 }
 
 /// The access rules of the API listener, shared by every request.
@@ -106,7 +107,8 @@ impl Rules {
                 .collect(),
             decoy: users
                 .first()
-                .and_then(|_| hash_password(&hex::encode(random_key())).ok())
+                .and_then(|_| random_key().ok())
+                .and_then(|key| hash_password(&hex::encode(key)).ok())
                 .unwrap_or_default(),
         }
     }

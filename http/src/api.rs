@@ -30,6 +30,7 @@ use crate::events::EventHub;
 use crate::health::Health;
 use crate::json_error;
 use crate::params::{self, BadParam, Extra};
+use crate::processes::ProcessSource;
 use crate::render::{self, CdrView};
 
 /// Rows per store batch of the CSV export; with [`CSV_QUEUE`] batches in flight this bounds
@@ -133,6 +134,8 @@ pub struct ApiState {
     pub events: EventHub,
     /// Everything `/metrics` shows; built by the root, which knows every part.
     pub metrics: Arc<Registry>,
+    /// What `/api/processes` lists; the monitor in the root provides it.
+    pub processes: Arc<dyn ProcessSource>,
 }
 
 /// The key that signs paging cursors, from the data dir, made on first use.
@@ -144,7 +147,7 @@ pub fn load_cursor_key(data_dir: &Path) -> std::io::Result<Vec<u8>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let key = access::random_key();
+    let key = access::random_key()?;
     let tmp = data_dir.join(format!("{CURSOR_KEY_FILE}.tmp"));
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -165,7 +168,7 @@ pub fn load_cursor_key(data_dir: &Path) -> std::io::Result<Vec<u8>> {
 /// the same access rules; they must not set a fallback. The front end is built apart from
 /// the API, and plugs in here.
 fn ui_router() -> Router {
-    Router::new()
+    crate::ui::router()
 }
 
 /// The router of the API listener.
@@ -182,6 +185,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/calls/live", get(live_calls))
         .route("/api/events", get(events))
         .route("/api/alarms", get(alarms))
+        .route("/api/processes", get(crate::processes::processes))
         .route("/metrics", get(metrics))
         .with_state(state)
         .merge(ui_router())

@@ -9,18 +9,24 @@
 //! - [`params`]: the query conditions of the source document as URL parameters.
 //! - [`render`]: CDRs, statistics, logs and alarms as the API shows them; [`chart`]: the SVG.
 //! - [`events`]: the replaying event hub behind `/api/events`.
+//! - [`processes`]: `/api/processes`, from a snapshot the monitor provides.
 //! - [`health`]: whether this node can serve calls, shown on `/healthz`.
+//! - [`client`]: the one outgoing request, a JSON POST (the alarm webhook).
+//! - [`ui`]: the web front end, static files compiled in, served at `/`.
 #![forbid(unsafe_code)]
 
 pub mod access;
 pub mod account;
 pub mod api;
 pub mod chart;
+pub mod client;
 pub mod events;
 pub mod health;
 pub mod params;
+pub mod processes;
 pub mod render;
 pub mod server;
+pub mod ui;
 
 use axum::Json;
 use axum::http::StatusCode;

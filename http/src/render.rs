@@ -317,6 +317,33 @@ pub fn alarm(a: &Alarm, zone: Tz) -> Value {
     })
 }
 
+/// A call in progress, as `/api/calls/live` and the `call.*` events show it.
+pub fn live_call(call: &LiveCall, zone: Tz) -> Value {
+    let time = |t: Option<UnixMs>| t.map(|t| rfc3339(t, zone));
+    json!({
+        "id": call.id.to_string(),
+        "node": call.node,
+        "call_id": call.call_id,
+        "caller": call.caller,
+        "called": call.called,
+        "caller_uri": call.caller_uri,
+        "called_uri": call.called_uri,
+        "call_type": call_type_str(call.call_type),
+        "state": match call.state {
+            LiveState::Trying => "trying",
+            LiveState::Ringing => "ringing",
+            LiveState::Connected => "connected",
+            LiveState::Ended => "ended",
+        },
+        "start_time": rfc3339(call.start_time, zone),
+        "ring_time": time(call.ring_time),
+        "answer_time": time(call.answer_time),
+        "video_started_at": time(call.video_started_at),
+        "transport": transport_str(call.transport),
+        "terminal": call.terminal,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,6 +521,20 @@ mod tests {
     }
 
     #[test]
+    fn live_calls_show_zoned_times_and_their_state() {
+        let cdr = cdr();
+        let mut call = LiveCall::from(&cdr);
+        call.state = LiveState::Connected;
+        call.ring_time = None;
+        let v = live_call(&call, zone());
+        assert_eq!(v["state"], json!("connected"));
+        assert_eq!(v["start_time"], json!("2026-11-18T19:06:40.123+08:00"));
+        assert_eq!(v["ring_time"], Value::Null);
+        assert_eq!(v["call_type"], json!("video"));
+        assert_eq!(v["id"], json!(cdr.id.to_string()));
+    }
+
+    #[test]
     fn counters_table() {
         let c = |calls, connected, talk_ms| {
             counters(&Counters {
@@ -511,31 +552,4 @@ mod tests {
             json!({"calls":3,"connected":2,"connect_rate":0.6667,"talk_s":3.001,"avg_talk_s":1.501})
         );
     }
-}
-
-/// A call in progress, as `/api/calls/live` and the `call.*` events show it.
-pub fn live_call(call: &LiveCall, zone: Tz) -> Value {
-    let time = |t: Option<UnixMs>| t.map(|t| rfc3339(t, zone));
-    json!({
-        "id": call.id.to_string(),
-        "node": call.node,
-        "call_id": call.call_id,
-        "caller": call.caller,
-        "called": call.called,
-        "caller_uri": call.caller_uri,
-        "called_uri": call.called_uri,
-        "call_type": call_type_str(call.call_type),
-        "state": match call.state {
-            LiveState::Trying => "trying",
-            LiveState::Ringing => "ringing",
-            LiveState::Connected => "connected",
-            LiveState::Ended => "ended",
-        },
-        "start_time": rfc3339(call.start_time, zone),
-        "ring_time": time(call.ring_time),
-        "answer_time": time(call.answer_time),
-        "video_started_at": time(call.video_started_at),
-        "transport": transport_str(call.transport),
-        "terminal": call.terminal,
-    })
 }

@@ -63,6 +63,7 @@ pub mod error;
 pub mod flow;
 pub mod limit;
 pub mod observe;
+pub mod probe;
 pub mod proxy;
 pub mod relay;
 pub mod stun;

@@ -116,6 +116,8 @@ impl ProxySpec {
             "listen",
             quote(&format!("{PROXY_IP}:{}", ports::free_port())),
         );
+        // OPTIONS probes would reach the SIPp UAS as calls it does not expect.
+        put("monitor", "probe_upstream", "false".to_owned());
         for (section, keys) in &self.extra {
             for (key, value) in keys {
                 put(section, key, value.clone());

@@ -1,0 +1,609 @@
+//! Black-box tests of process monitoring, alarms, the upstream probe and health (SPEC §7):
+//! the real binary watching real processes, a SIPp UAS as the upstream, and a plain TCP
+//! webhook receiver.
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Sipedge, http};
+
+/// A copy of `sleep` under a unique name, so that its process name is ours alone.
+struct Helper {
+    path: PathBuf,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Helper {
+    fn new(tag: &str) -> Helper {
+        let dir = tempfile::tempdir().unwrap();
+        // The kernel keeps 15 bytes of a process name.
+        let name: String = format!("{tag}{}", std::process::id())
+            .chars()
+            .take(15)
+            .collect();
+        let path = dir.path().join(&name);
+        std::fs::copy(sleep_binary(), &path).unwrap();
+        Helper {
+            path,
+            child: None,
+            _dir: dir,
+        }
+    }
+
+    fn name(&self) -> String {
+        self.path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn start(&mut self) -> u32 {
+        let child = Command::new(&self.path).arg("1000").spawn().unwrap();
+        let pid = child.id();
+        self.child = Some(child);
+        pid
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn sleep_binary() -> PathBuf {
+    ["/bin/sleep", "/usr/bin/sleep"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("the tests copy `sleep` (coreutils); install it")
+}
+
+fn base_config(monitor: &str, extra: &str) -> String {
+    format!(
+        r#"
+[node]
+name = "mon-01"
+data_dir = "{{DATA}}"
+[account]
+listen = "127.0.0.1:0"
+appids = ["test-appid-0001"]
+account = "sipserver"
+[api]
+listen = "127.0.0.1:0"
+[store]
+flush_interval = "20ms"
+[monitor]
+interval = "1s"
+probe_timeout = "300ms"
+disk_min_free_mb = 0
+disk_min_free_percent = 0.0
+{monitor}
+{extra}
+"#
+    )
+}
+
+fn get_json(se: &Sipedge, path: &str) -> (u16, Value) {
+    let reply = http(se.addr("api"), "GET", path, "");
+    let body = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
+    (reply.status, body)
+}
+
+/// The alarms `/api/alarms` lists (all, newest first).
+fn alarms(se: &Sipedge) -> Vec<Value> {
+    let (status, body) = get_json(se, "/api/alarms?limit=1000");
+    assert_eq!(status, 200, "{body}");
+    body["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn find<'a>(list: &'a [Value], kind: &str, target: &str, active: bool) -> Option<&'a Value> {
+    list.iter()
+        .find(|a| a["kind"] == kind && a["target"] == target && a["cleared_at"].is_null() == active)
+}
+
+/// Polls until `ready` gives a value or `limit` passes; returns it and when it came.
+fn poll<T>(limit: Duration, mut ready: impl FnMut() -> Option<T>) -> Option<(T, Instant)> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = ready() {
+            return Some((v, Instant::now()));
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Reads `/api/events` in the background, keeping the text received.
+struct Events {
+    text: Arc<Mutex<String>>,
+}
+
+impl Events {
+    fn open(addr: SocketAddr) -> Events {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(format!("GET /api/events HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .unwrap();
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = text.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        let events = Events { text };
+        assert!(
+            poll(Duration::from_secs(5), || events
+                .text()
+                .contains("sipedge events")
+                .then_some(()))
+            .is_some(),
+            "the event stream did not start: {}",
+            events.text()
+        );
+        events
+    }
+
+    fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    /// The `data` of each `name` event, in order.
+    fn data(&self, name: &str) -> Vec<Value> {
+        let text = self.text();
+        let mut out = Vec::new();
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            if line == format!("event: {name}") {
+                for next in lines.by_ref() {
+                    if let Some(data) = next.strip_prefix("data: ") {
+                        out.push(serde_json::from_str(data).unwrap());
+                        break;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[test]
+fn a_killed_process_raises_an_alarm_and_its_restart_clears_it() {
+    let mut helper = Helper::new("mt-proc-");
+    let first_pid = helper.start();
+    let name = helper.name();
+    let se = Sipedge::start(&base_config(
+        "probe_upstream = false",
+        &format!(
+            "[[monitor.process]]\nname = \"helper\"\nmatch_name = \"{name}\"\ncritical = true\nmax_rss_mb = 4096.0\n"
+        ),
+    ));
+    let api = se.addr("api");
+
+    // Watched and fine.
+    let (row, _) = poll(Duration::from_secs(5), || {
+        let (_, body) = get_json(&se, "/api/processes");
+        let row = body["items"][0].clone();
+        (row["state"] == "ok").then_some(row)
+    })
+    .expect("the helper shows as ok");
+    assert_eq!(row["name"], "helper");
+    assert_eq!(row["matcher"], format!("name {name}"));
+    assert_eq!(row["pids"], serde_json::json!([first_pid]));
+    assert_eq!(row["count"], 1);
+    assert!(row["rss_mb"].as_f64().unwrap() > 0.0, "{row}");
+    assert_eq!(http(api, "GET", "/healthz", "").status, 200);
+    let events = Events::open(api);
+
+    // Killed: missing within two intervals, on the API and the event stream; critical, so
+    // health is down on both listeners.
+    helper.kill();
+    let killed = Instant::now();
+    let (_, seen) = poll(Duration::from_secs(5), || {
+        find(&alarms(&se), "process_missing", "helper", true).cloned()
+    })
+    .expect("a process_missing alarm");
+    let took = seen - killed;
+    eprintln!("process_missing on /api/alarms {took:?} after the kill");
+    assert!(
+        took <= Duration::from_millis(2000 + 500),
+        "raised after {took:?}"
+    );
+    let raised = events.data("alarm.raised");
+    let missing = raised
+        .iter()
+        .find(|a| a["kind"] == "process_missing")
+        .unwrap_or_else(|| panic!("alarm.raised on /api/events: {}", events.text()));
+    assert_eq!(missing["target"], "helper");
+    assert_eq!(missing["severity"], "critical");
+    assert_eq!(missing["node"], "mon-01");
+    assert!(missing["cleared_at"].is_null());
+    for listener in ["api", "account"] {
+        let reply = http(se.addr(listener), "GET", "/healthz", "");
+        assert_eq!(reply.status, 503, "{listener}: {}", reply.body);
+        assert!(reply.body.contains("helper"), "{}", reply.body);
+    }
+    let (_, body) = get_json(&se, "/api/processes");
+    assert_eq!(body["items"][0]["state"], "missing");
+    assert_eq!(body["items"][0]["count"], 0);
+
+    // Started again: the same alarm cleared (same id), a restarted alarm, health back.
+    let second_pid = helper.start();
+    assert_ne!(first_pid, second_pid);
+    let (list, _) = poll(Duration::from_secs(5), || {
+        let list = alarms(&se);
+        find(&list, "process_restarted", "helper", true)
+            .is_some()
+            .then_some(list)
+    })
+    .expect("a process_restarted alarm");
+    let cleared = find(&list, "process_missing", "helper", false).expect("missing cleared");
+    assert_eq!(cleared["id"], missing["id"]);
+    assert!(find(&list, "process_missing", "helper", true).is_none());
+    assert_eq!(http(api, "GET", "/healthz", "").status, 200);
+    assert!(
+        poll(Duration::from_secs(3), || {
+            let cleared = events.data("alarm.cleared");
+            cleared
+                .iter()
+                .any(|a| a["id"] == missing["id"])
+                .then_some(())
+        })
+        .is_some(),
+        "alarm.cleared on /api/events: {}",
+        events.text()
+    );
+    assert!(
+        events
+            .data("alarm.raised")
+            .iter()
+            .any(|a| a["kind"] == "process_restarted")
+    );
+    let (_, body) = get_json(&se, "/api/processes");
+    assert_eq!(body["items"][0]["pids"], serde_json::json!([second_pid]));
+
+    // The gauge counts active alarms by kind.
+    let metrics = http(api, "GET", "/metrics", "").body;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "sipedge_alarms_active{kind=\"process_restarted\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// SIPp answering every OPTIONS with 200, as the Sipserver's stand-in.
+struct OptionsUas {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+const OPTIONS_UAS: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="answer OPTIONS">
+  <recv request="OPTIONS"/>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]uas[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+</scenario>
+"#;
+
+impl OptionsUas {
+    fn start(addr: SocketAddr) -> OptionsUas {
+        support_require_sipp();
+        let dir = tempfile::tempdir().unwrap();
+        let scenario = dir.path().join("options_uas.xml");
+        std::fs::write(&scenario, OPTIONS_UAS).unwrap();
+        let log = std::fs::File::create(dir.path().join("sipp.log")).unwrap();
+        let child = Command::new("sipp")
+            .arg("-sf")
+            .arg(&scenario)
+            .args([
+                "-t",
+                "u1",
+                "-i",
+                &addr.ip().to_string(),
+                "-p",
+                &addr.port().to_string(),
+            ])
+            .args(["-bind_local", "-nostdin", "-nd", "-trace_err"])
+            .current_dir(dir.path())
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        OptionsUas { child, _dir: dir }
+    }
+
+    fn stop(mut self) {
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OptionsUas {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn support_require_sipp() {
+    if let Err(e) = Command::new("sipp").arg("-v").output() {
+        panic!(
+            "`sipp` cannot run ({e}); this test uses it as the upstream. Install it (tests/setup.sh) and run again."
+        );
+    }
+}
+
+/// A UDP port free on 127.0.0.1 now (bound then released).
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A port free for both UDP and TCP, for the proxy's one-port range.
+fn free_sip_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn account_status(se: &Sipedge) -> u16 {
+    let token = Command::new(support::binary())
+        .args(["token", "--appid", "test-appid-0001"])
+        .output()
+        .unwrap();
+    let body = String::from_utf8(token.stdout).unwrap();
+    http(se.addr("account"), "POST", "/AgoraAccount", body.trim()).status
+}
+
+#[test]
+fn a_silent_upstream_takes_the_node_out_and_its_return_brings_it_back() {
+    let upstream = SocketAddr::from(([127, 0, 0, 1], free_udp_port()));
+    let uas = OptionsUas::start(upstream);
+    let sip_port = free_sip_port();
+    let se = Sipedge::start(&base_config(
+        "probe_upstream = true\nprobe_failures = 2",
+        &format!(
+            "[sip]\nlisten = \"127.0.0.1\"\nports = \"{sip_port}-{sip_port}\"\nupstream = \"{upstream}\"\n"
+        ),
+    ));
+    let api = se.addr("api");
+    // Up, answering: health and the account responder fine.
+    let (_, up_at) = poll(Duration::from_secs(10), || {
+        (http(api, "GET", "/healthz", "").status == 200 && account_status(&se) == 200).then_some(())
+    })
+    .expect("healthy with the upstream answering");
+    // Stay up over several probes.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        http(api, "GET", "/healthz", "").status,
+        200,
+        "{}",
+        se.stderr()
+    );
+    assert!(up_at.elapsed() > Duration::from_secs(2));
+    let upstream_name = upstream.to_string();
+    assert!(find(&alarms(&se), "upstream_down", &upstream_name, true).is_none());
+
+    // Silent: down within probe_failures × interval + probe_timeout (2 × 1 s + 0.3 s).
+    uas.stop();
+    let stopped = Instant::now();
+    let (_, down) = poll(Duration::from_secs(6), || {
+        (http(api, "GET", "/healthz", "").status == 503).then_some(())
+    })
+    .expect("health down once the upstream is silent");
+    let took = down - stopped;
+    eprintln!("/healthz 503 {took:?} after the upstream stopped");
+    assert!(
+        took <= Duration::from_millis(2300 + 500),
+        "down after {took:?}"
+    );
+    assert_eq!(account_status(&se), 503);
+    let reply = http(se.addr("account"), "GET", "/healthz", "");
+    assert_eq!(reply.status, 503);
+    assert!(reply.body.contains(&upstream_name), "{}", reply.body);
+    // Health changes at once; the stored alarm follows within the store's flush interval.
+    let (alarm, _) = poll(Duration::from_secs(3), || {
+        find(&alarms(&se), "upstream_down", &upstream_name, true).cloned()
+    })
+    .expect("upstream_down active");
+    assert_eq!(alarm["severity"], "critical");
+    let id = alarm["id"].clone();
+
+    // Back: 200 again and the alarm cleared.
+    let _uas = OptionsUas::start(upstream);
+    poll(Duration::from_secs(6), || {
+        (http(api, "GET", "/healthz", "").status == 200).then_some(())
+    })
+    .expect("health back once the upstream answers");
+    assert_eq!(account_status(&se), 200);
+    let cleared = poll(Duration::from_secs(3), || {
+        find(&alarms(&se), "upstream_down", &upstream_name, false).cloned()
+    })
+    .expect("upstream_down cleared")
+    .0;
+    assert_eq!(cleared["id"], id);
+}
+
+/// A webhook receiver: answers every POST with 200 and keeps the JSON bodies.
+struct Receiver {
+    bodies: Arc<Mutex<Vec<Value>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    fn start(addr: SocketAddr) -> Receiver {
+        let listener = TcpListener::bind(addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sink, halt) = (bodies.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !halt.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        if let Some(body) = read_post(stream) {
+                            sink.lock()
+                                .unwrap()
+                                .push(serde_json::from_str(&body).unwrap());
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Receiver { bodies, stop }
+    }
+
+    fn bodies(&self) -> Vec<Value> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Reads one POST (headers, then Content-Length bytes) and answers 200.
+fn read_post(mut stream: TcpStream) -> Option<String> {
+    stream.set_nonblocking(false).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    assert!(line.starts_with("POST /hook "), "{line}");
+    let mut length = 0;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).ok()?;
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().ok()?;
+            }
+            if name.eq_ignore_ascii_case("content-type") {
+                assert_eq!(value.trim(), "application/json");
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    stream
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    String::from_utf8(body).ok()
+}
+
+fn webhook_alarms(receiver: &Receiver, event: &str, kind: &str) -> usize {
+    receiver
+        .bodies()
+        .iter()
+        .filter(|b| b["event"] == event && b["alarm"]["kind"] == kind)
+        .count()
+}
+
+#[test]
+fn the_webhook_gets_every_alarm_change_even_after_being_away() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hook = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut helper = Helper::new("mt-hook-");
+    let name = helper.name();
+    // Nothing listens on the webhook's port yet, and the helper is not running: the
+    // missing alarm is raised at the first look and must wait in the queue.
+    let se = Sipedge::start(&base_config(
+        &format!("probe_upstream = false\nwebhook = \"http://{hook}/hook\""),
+        &format!("[[monitor.process]]\nname = \"hooked\"\nmatch_name = \"{name}\"\n"),
+    ));
+    poll(Duration::from_secs(5), || {
+        find(&alarms(&se), "process_missing", "hooked", true).map(|_| ())
+    })
+    .expect("process_missing raised");
+    std::thread::sleep(Duration::from_secs(3));
+    let metrics = http(se.addr("api"), "GET", "/metrics", "").body;
+    let failures: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sipedge_webhook_failures_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(failures >= 2, "retried while away: {failures}");
+
+    // The receiver comes up: the queued alarm arrives.
+    let receiver = Receiver::start(hook);
+    poll(Duration::from_secs(10), || {
+        (webhook_alarms(&receiver, "alarm.raised", "process_missing") == 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("queued alarm delivered: {:?}", receiver.bodies()));
+    let first = &receiver.bodies()[0];
+    assert_eq!(first["alarm"]["target"], "hooked");
+    assert_eq!(first["alarm"]["node"], "mon-01");
+
+    // Then changes as they happen, in order: cleared, restarted.
+    helper.start();
+    poll(Duration::from_secs(5), || {
+        (webhook_alarms(&receiver, "alarm.raised", "process_restarted") == 0
+            && webhook_alarms(&receiver, "alarm.cleared", "process_missing") == 1)
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("cleared delivered: {:?}", receiver.bodies()));
+    let bodies = receiver.bodies();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert_eq!(bodies[1]["alarm"]["id"], bodies[0]["alarm"]["id"]);
+    assert!(bodies[1]["alarm"]["cleared_at"].is_string());
+}
