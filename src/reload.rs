@@ -9,6 +9,7 @@ use std::sync::Arc;
 use sipedge_http::access::Access;
 use sipedge_http::account::AccountState;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 use toml::Value;
 
 use crate::config::Config;
@@ -36,11 +37,21 @@ pub struct Live {
 }
 
 /// Applies each SIGHUP's file to `live`; `started` is what the process runs with for the keys
-/// that need a restart.
-pub fn spawn(path: PathBuf, started: Config, live: Live) -> std::io::Result<()> {
+/// that need a restart. Ends when the stop begins: a reload then would tell systemd
+/// `READY=1` in the middle of the drain.
+pub fn spawn(
+    path: PathBuf,
+    started: Config,
+    live: Live,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
-        while hup.recv().await.is_some() {
+        loop {
+            tokio::select! {
+                received = hup.recv() => if received.is_none() { break },
+                () = stop.cancelled() => break,
+            }
             crate::notify::reloading();
             let path = path.clone();
             let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;

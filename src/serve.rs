@@ -223,8 +223,13 @@ async fn run(
         access,
         log: log_level,
     };
-    crate::reload::spawn(config_path.to_owned(), config.clone(), live)
-        .map_err(StartError::Signals)?;
+    crate::reload::spawn(
+        config_path.to_owned(),
+        config.clone(),
+        live,
+        shutdown.clone(),
+    )
+    .map_err(StartError::Signals)?;
     tracing::info!(node = %config.node.name, version = env!("CARGO_PKG_VERSION"), "sipedge started");
     crate::notify::ready("serving");
     crate::notify::spawn_watchdog();

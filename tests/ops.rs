@@ -419,3 +419,47 @@ fn sigterm_during_calls_exits_0_and_loses_no_call() {
         again.stderr()
     );
 }
+
+#[test]
+fn the_packaged_config_needs_an_appid_and_is_a_node_config_once_it_has_one() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let check = |path: &Path, quiet: bool| {
+        let mut command = Command::new(binary());
+        command.arg("check-config").arg("--config").arg(path);
+        if quiet {
+            command.arg("--quiet");
+        }
+        command.output().unwrap()
+    };
+    let shipped = root.join("etc/debian/sipedge.toml");
+    let out = check(&shipped, true);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("account.appids"),
+        "{out:?}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let filled = dir.path().join("sipedge.toml");
+    let text = std::fs::read_to_string(&shipped).unwrap();
+    std::fs::write(
+        &filled,
+        text.replace("appids = []", "appids = [\"bank-appid\"]"),
+    )
+    .unwrap();
+    let quiet = check(&filled, true);
+    assert!(
+        quiet.status.success() && quiet.stdout.is_empty(),
+        "{quiet:?}"
+    );
+    let shown = String::from_utf8(check(&filled, false).stdout).unwrap();
+    for expected in [
+        "data_dir = \"/var/lib/sipedge\"",
+        "listen = \"0.0.0.0:14700\"",
+        "listen = \"0.0.0.0:8068\"",
+        "listen = \"0.0.0.0\"",
+        "stop_timeout = \"10s\"",
+    ] {
+        assert!(shown.contains(expected), "{expected} not in\n{shown}");
+    }
+}
