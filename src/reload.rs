@@ -72,9 +72,6 @@ pub fn spawn(
 fn apply(started: &Config, new: &Config, live: &Live) {
     live.account.set_config(new.account.clone());
     live.access.replace(new.api.allow.clone(), &new.api.users);
-    if let Err(why) = live.log.set(&new.log.level) {
-        tracing::warn!(reason = %why, "log.level not changed");
-    }
     let restart = restart_needed(started, new);
     if !restart.is_empty() {
         tracing::warn!(
@@ -88,6 +85,10 @@ fn apply(started: &Config, new: &Config, live: &Live) {
         level = %new.log.level,
         "configuration reloaded"
     );
+    // Last, so that the lines above are filtered by the level they were written under.
+    if let Err(why) = live.log.set(&new.log.level) {
+        tracing::warn!(reason = %why, "log.level not changed");
+    }
 }
 
 /// The dotted keys, other than the live ones, whose values differ between the two configs.

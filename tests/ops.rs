@@ -266,8 +266,12 @@ fn reload_serves_the_new_account_on_open_connections() {
         &format!("{PROXY_IP}:{}", ports::free_port()),
     );
     assert!(changed.contains("10.0.0.0/8") && !changed.contains(&api_addr.to_string()));
+    // log.level applies too: the per-request info lines stop.
+    let changed = format!("{changed}\n[log]\nlevel = \"warn\"\n");
     std::fs::write(&path, changed).unwrap();
     reload(&se, 1);
+    let info_lines = se.stderr().matches("account request").count();
+    assert_eq!(info_lines, 1, "{}", se.stderr());
 
     // The same connection, opened before the reload, gets the new account.
     assert_eq!(
@@ -283,6 +287,7 @@ fn reload_serves_the_new_account_on_open_connections() {
         granted(&exchange(&mut fresh, &token_body("new-appid"))).as_deref(),
         Some("acc-new")
     );
+    assert_eq!(se.stderr().matches("account request").count(), info_lines);
     // api.allow applied: loopback is no longer allowed, on the unchanged listener.
     assert_eq!(http(api_addr, "GET", "/healthz", "").status, 403);
     let log = se.stderr();
