@@ -2,6 +2,7 @@
 //! does; the work is in the modules it calls.
 #![forbid(unsafe_code)]
 
+mod cdrs;
 mod config;
 mod live;
 mod logging;
@@ -49,6 +50,9 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// List the stored CDRs offline, newest first (refused while a running sipedge holds the
+    /// store).
+    Cdrs(cdrs::CdrsArgs),
     /// Print a valid account-request body for an appid.
     Token(token::TokenArgs),
     /// Read a password on stdin and print its argon2id hash for an `[[api.users]]` entry.
@@ -72,6 +76,13 @@ fn main() -> ExitCode {
             }
         },
         Command::HashPassword => hash_password(),
+        Command::Cdrs(args) => match cdrs::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("sipedge: {err}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         Command::Token(args) => match token::run(&args) {
             Ok(body) => {
                 println!("{body}");

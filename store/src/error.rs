@@ -32,6 +32,11 @@ pub enum StoreError {
          use a matching sipedge build or a new data directory"
     )]
     SchemaVersion { found: u32, supported: u32 },
+    #[error(
+        "another process has the store in {} open (a running sipedge?); stop it first",
+        dir.display()
+    )]
+    Locked { dir: PathBuf },
     #[error("a stored {what} cannot be read ({detail}); the store may be damaged")]
     Corrupt { what: &'static str, detail: String },
     #[error("bucket edges must be at least two times in increasing order")]

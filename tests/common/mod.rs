@@ -14,6 +14,8 @@
 // Every integration-test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod cdrs;
+pub mod msglog;
 pub mod ports;
 pub mod proxy;
 pub mod sentinel;

@@ -253,6 +253,53 @@ impl Proxy {
         }
     }
 
+    /// The API listener's address (`api.listen`), as sipedge announced it.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(name, _)| name == "api")
+            .map(|(_, addr)| *addr)
+            .unwrap_or_else(|| panic!("sipedge announced no `api` listener\n{}", self.report()))
+    }
+
+    /// `kill -9`: no flush, no goodbye, as a crash or a power cut.
+    pub fn kill_hard(&mut self) {
+        signal_group(self.child.id(), "KILL");
+        let _ = self.child.wait();
+    }
+
+    /// Starts sipedge again on the same config and data dir (after [`Proxy::stop`] or
+    /// [`Proxy::kill_hard`]) and waits until it listens on every SIP port.
+    pub fn restart(&mut self) {
+        assert_eq!(
+            self.kind,
+            Kind::Sipedge,
+            "only sipedge restarts on its data dir"
+        );
+        assert!(
+            !matches!(self.child.try_wait(), Ok(None)),
+            "restart of a proxy that still runs"
+        );
+        let binary = env!("CARGO_BIN_EXE_sipedge");
+        let mut command = Command::new(binary);
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .env("NO_COLOR", "1");
+        let (child, stderr, lines) = spawn(&mut command);
+        if let (Ok(mut all), Ok(before)) = (stderr.lock(), self.stderr.lock()) {
+            let mut joined = before.clone();
+            joined.push("----- restarted".to_owned());
+            joined.append(&mut all);
+            *all = joined;
+        }
+        self.child = child;
+        self.stderr = stderr;
+        self.listeners.clear();
+        self.wait_for_listeners(&lines);
+    }
+
     /// The command line and stderr, for failure messages.
     pub fn report(&self) -> String {
         format!(

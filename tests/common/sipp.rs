@@ -462,7 +462,7 @@ impl Pair {
 }
 
 /// Whether something already holds `addr` for this transport (a bind there fails).
-fn is_bound(addr: SocketAddr, transport: Transport) -> bool {
+pub fn is_bound(addr: SocketAddr, transport: Transport) -> bool {
     match transport {
         Transport::Udp => std::net::UdpSocket::bind(addr).is_err(),
         Transport::Tcp | Transport::TcpPerCall => std::net::TcpListener::bind(addr).is_err(),

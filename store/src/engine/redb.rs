@@ -36,7 +36,12 @@ impl RedbKv {
     pub(super) fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = Database::builder()
             .create(dir.join(FILE))
-            .map_err(fail("open the database file"))?;
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                    dir: dir.to_path_buf(),
+                },
+                other => fail("open the database file")(other),
+            })?;
         // Readers open tables that must exist, so create them all up front.
         let mut txn = db.begin_write().map_err(fail("begin a write"))?;
         txn.set_quick_repair(true);

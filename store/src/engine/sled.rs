@@ -85,6 +85,14 @@ fn open_waiting_for_lock(path: &Path) -> Result<sled::Db, StoreError> {
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::Other
+                    && e.to_string().contains("could not acquire lock") =>
+            {
+                return Err(StoreError::Locked {
+                    dir: path.to_path_buf(),
+                });
+            }
             other => return other.map_err(fail("open the database")),
         }
     }
