@@ -97,6 +97,14 @@ pub struct NodeConfig {
     pub timezone: Zone,
     /// Where the embedded store and the flow-token key live.
     pub data_dir: PathBuf,
+    /// The longest a graceful stop (SIGTERM) may take to drain, save calls and flush before
+    /// the process exits anyway; keep it under systemd's `TimeoutStopSec`.
+    #[serde(default = "default_stop_timeout", with = "humantime_serde")]
+    pub stop_timeout: Duration,
+}
+
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_timezone() -> Zone {
@@ -235,6 +243,9 @@ impl Config {
         if self.node.name.trim().is_empty() {
             problems.push("node.name: must not be empty".to_owned());
         }
+        if self.node.stop_timeout.is_zero() {
+            problems.push("node.stop_timeout: must be longer than 0s".to_owned());
+        }
         if self.node.data_dir.as_os_str().is_empty() {
             problems.push("node.data_dir: must not be empty".to_owned());
         }
@@ -342,6 +353,14 @@ account = "sipserver"
             Err("account"),
         );
         check(&format!("{MINIMAL}\n[log]\nformat = \"xml\"\n"), Err("xml"));
+        check(
+            &MINIMAL.replace("[account]", "stop_timeout = \"30s\"\n[account]"),
+            Ok(()),
+        );
+        check(
+            &MINIMAL.replace("[account]", "stop_timeout = \"0s\"\n[account]"),
+            Err("node.stop_timeout"),
+        );
         check(
             &format!("{MINIMAL}\n[log]\nlevel = \"loud=[\"\n"),
             Err("log.level"),

@@ -9,6 +9,8 @@ mod logging;
 mod logwriter;
 mod metrics;
 mod monitor;
+mod notify;
+mod reload;
 mod serve;
 mod shutdown;
 mod token;
@@ -44,6 +46,10 @@ enum Command {
     CheckConfig {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Print nothing when the file is valid (the unit's ExecStartPre: the effective
+        /// configuration holds password hashes, which do not belong in the journal).
+        #[arg(long)]
+        quiet: bool,
     },
     /// List the stored CDRs offline, newest first (refused while a running sipedge holds the
     /// store).
@@ -58,9 +64,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve::main(&config),
-        Command::CheckConfig { config } => match config::Config::load(&config) {
+        Command::CheckConfig { config, quiet } => match config::Config::load(&config) {
             Ok(config) => {
-                print!("{}", config.to_toml());
+                if !quiet {
+                    print!("{}", config.to_toml());
+                }
                 ExitCode::SUCCESS
             }
             Err(err) => {

@@ -59,12 +59,12 @@ pub fn main(config_path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    crate::logging::init(&config.log);
+    let log_level = crate::logging::init(&config.log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => return fail(&StartError::Runtime(err)),
     };
-    let outcome = runtime.block_on(run(config));
+    let outcome = runtime.block_on(run(config, config_path, log_level));
     // Tasks still winding down may log; their lines go out with the rest below.
     drop(runtime);
     crate::logwriter::flush();
@@ -101,7 +101,11 @@ fn prepare_data_dir(path: &Path) -> Result<(), StartError> {
     std::fs::remove_file(&probe).map_err(err)
 }
 
-async fn run(config: Config) -> Result<(), StartError> {
+async fn run(
+    config: Config,
+    config_path: &Path,
+    log_level: crate::logging::LevelHandle,
+) -> Result<(), StartError> {
     prepare_data_dir(&config.node.data_dir)?;
     let account_listener = bind("account responder", config.account.listen).await?;
     let api_listener = bind("CDR API", config.api.listen).await?;
@@ -128,7 +132,8 @@ async fn run(config: Config) -> Result<(), StartError> {
     };
 
     let shutdown = CancellationToken::new();
-    crate::shutdown::watch(shutdown.clone()).map_err(StartError::Signals)?;
+    crate::shutdown::watch(shutdown.clone(), config.node.stop_timeout)
+        .map_err(StartError::Signals)?;
     // Tracking ends when the proxy has stopped and dropped its end of the hand-off, so that
     // every message relayed before the stop still reaches a CDR.
     let tracking = match &config.sip {
@@ -179,20 +184,22 @@ async fn run(config: Config) -> Result<(), StartError> {
         webhook.register(&mut registry);
     }
 
-    let account_router = account::router(Arc::new(AccountState {
-        config: config.account.clone(),
+    let account_state = Arc::new(AccountState {
+        config: std::sync::RwLock::new(Arc::new(config.account.clone())),
         timezone: config.node.timezone.0,
         node: config.node.name.clone(),
         health: health.clone(),
         metrics: account_metrics.clone(),
-    }));
+    });
+    let access = Arc::new(Access::new(config.api.allow.clone(), &config.api.users));
+    let account_router = account::router(account_state.clone());
     let api_router = api::router(Arc::new(ApiState {
         node: config.node.name.clone(),
         timezone: config.node.timezone.0,
         health: health.clone(),
         store: store.clone(),
         cursor_key,
-        access: Arc::new(Access::new(config.api.allow.clone(), &config.api.users)),
+        access: access.clone(),
         live: match &tracking {
             Some((handle, _)) => Arc::new(crate::live::TrackedCalls {
                 tracking: handle.clone(),
@@ -216,7 +223,21 @@ async fn run(config: Config) -> Result<(), StartError> {
     if let Some(proxy) = &sip {
         tracing::info!(advertise = %proxy.advertise(), "SIP Via and Record-Route address");
     }
+    let live = crate::reload::Live {
+        account: account_state,
+        access,
+        log: log_level,
+    };
+    crate::reload::spawn(
+        config_path.to_owned(),
+        config.clone(),
+        live,
+        shutdown.clone(),
+    )
+    .map_err(StartError::Signals)?;
     tracing::info!(node = %config.node.name, version = env!("CARGO_PKG_VERSION"), "sipedge started");
+    crate::notify::ready("serving");
+    crate::notify::spawn_watchdog();
 
     let limits = ServerLimits::default();
     let tasks = [
@@ -248,6 +269,10 @@ async fn run(config: Config) -> Result<(), StartError> {
         if let Err(err) = task.await {
             tracing::error!(error = %err, "a task failed");
         }
+    }
+    // Every part has handed its last writes to the store; make them durable before exit.
+    if let Err(err) = store.flush(config.node.stop_timeout) {
+        tracing::error!(error = %err, "the store could not flush its last writes");
     }
     drop(store);
     tracing::info!("sipedge stopped");

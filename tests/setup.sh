@@ -12,6 +12,8 @@ command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 fc-list 2>/dev/null | grep -qi 'CJK' || need_apt+=(fonts-noto-cjk)
+# systemd-analyze, for `systemd-analyze verify systemd/sipedge.service` (tests/ops.rs).
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -77,6 +77,17 @@ pub fn random_key() -> std::io::Result<[u8; 32]> {
 /// The access rules of the API listener, shared by every request.
 #[derive(Debug)]
 pub struct Access {
+    /// `api.allow` and `api.users`, replaced whole by a reload (SIGHUP) while requests run.
+    rules: RwLock<Arc<Rules>>,
+    /// SHA-256 of a verified `name:password` → when it stops being trusted.
+    verified: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Limits the argon2 checks running at once.
+    checks: Arc<Semaphore>,
+}
+
+/// One version of the configured rules.
+#[derive(Debug)]
+struct Rules {
     /// Client networks that may connect at all.
     allow: Vec<IpNet>,
     /// By name; empty means no credentials are asked for.
@@ -84,15 +95,11 @@ pub struct Access {
     /// Checked for names that are no user, so that the time taken does not tell which
     /// names exist.
     decoy: String,
-    /// SHA-256 of a verified `name:password` → when it stops being trusted.
-    verified: Mutex<HashMap<[u8; 32], Instant>>,
-    /// Limits the argon2 checks running at once.
-    checks: Arc<Semaphore>,
 }
 
-impl Access {
-    pub fn new(allow: Vec<IpNet>, users: &[ApiUser]) -> Self {
-        Access {
+impl Rules {
+    fn new(allow: Vec<IpNet>, users: &[ApiUser]) -> Self {
+        Rules {
             allow,
             users: users
                 .iter()
@@ -103,22 +110,49 @@ impl Access {
                 .and_then(|_| random_key().ok())
                 .and_then(|key| hash_password(&hex::encode(key)).ok())
                 .unwrap_or_default(),
+        }
+    }
+}
+
+impl Access {
+    pub fn new(allow: Vec<IpNet>, users: &[ApiUser]) -> Self {
+        Access {
+            rules: RwLock::new(Arc::new(Rules::new(allow, users))),
             verified: Mutex::new(HashMap::new()),
             checks: Arc::new(Semaphore::new(CONCURRENT_CHECKS)),
         }
+    }
+
+    /// Applies new rules from the next request on. Remembered passwords are forgotten, so
+    /// that a removed user or a changed password stops working at once.
+    pub fn replace(&self, allow: Vec<IpNet>, users: &[ApiUser]) {
+        let rules = Arc::new(Rules::new(allow, users));
+        *self.rules.write().unwrap_or_else(PoisonError::into_inner) = rules;
+        self.verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    fn rules(&self) -> Arc<Rules> {
+        self.rules
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether `ip` is in an allowed network (an IPv4 client seen on an IPv6 socket counts
     /// as its IPv4 address).
     pub fn allows(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        self.allow.iter().any(|net| net.contains(&ip))
+        self.rules().allow.iter().any(|net| net.contains(&ip))
     }
 
     /// Whether the request's `Authorization` header names a user with the right password;
     /// `true` when no users are configured.
     async fn authenticated(&self, authorization: Option<&HeaderValue>) -> bool {
-        if self.users.is_empty() {
+        let rules = self.rules();
+        if rules.users.is_empty() {
             return true;
         }
         let Some((name, password)) = authorization.and_then(basic_credentials) else {
@@ -137,8 +171,8 @@ impl Access {
                 return true;
             }
         }
-        let known = self.users.get(&name);
-        let hash = known.unwrap_or(&self.decoy).clone();
+        let known = rules.users.get(&name);
+        let hash = known.unwrap_or(&rules.decoy).clone();
         let Ok(_permit) = self.checks.clone().acquire_owned().await else {
             return false;
         };

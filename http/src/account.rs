@@ -3,7 +3,7 @@
 //! the hex MD5 of `appid + timestamp`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -77,13 +77,30 @@ impl AccountConfig {
 /// What the responder needs at run time; the root swaps it on reload.
 #[derive(Debug)]
 pub struct AccountState {
-    pub config: AccountConfig,
+    /// The `[account]` table, replaced whole by a reload (SIGHUP) while requests run: each
+    /// request reads one consistent copy.
+    pub config: RwLock<Arc<AccountConfig>>,
     /// Zone of the request timestamps (`node.timezone`).
     pub timezone: Tz,
     pub node: String,
     pub health: Health,
     /// Requests by outcome; kept across reloads by cloning it into the new state.
     pub metrics: AccountMetrics,
+}
+
+impl AccountState {
+    /// The `[account]` table as it is now.
+    pub fn config(&self) -> Arc<AccountConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Serves `config` from the next request on; requests already reading keep their copy.
+    pub fn set_config(&self, config: AccountConfig) {
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
+    }
 }
 
 /// The label of `sipedge_account_requests_total`.
@@ -209,13 +226,14 @@ async fn answer(state: &AccountState, body: Body) -> (Outcome, Option<String>, R
         }
     };
     let stream_number = Some(request.stream_number.clone());
+    let config = state.config();
     let verdict = verify(
-        &state.config.appids,
+        &config.appids,
         &request.token,
         &request.timestamp,
         state.timezone,
         Utc::now(),
-        state.config.max_clock_skew,
+        config.max_clock_skew,
     );
     match verdict {
         Err(msg) => (
@@ -228,7 +246,7 @@ async fn answer(state: &AccountState, body: Body) -> (Outcome, Option<String>, R
                 method: METHOD,
                 stream_number: &request.stream_number,
                 res_code: if granted { "0" } else { "1" },
-                account: granted.then_some(state.config.account.as_str()),
+                account: granted.then_some(config.account.as_str()),
             };
             let outcome = if granted {
                 Outcome::Granted
@@ -512,12 +530,12 @@ mod tests {
         use tower::ServiceExt;
         let health = Health::default();
         let state = Arc::new(AccountState {
-            config: AccountConfig {
+            config: RwLock::new(Arc::new(AccountConfig {
                 listen: default_listen(),
                 appids: vec!["a".to_owned()],
                 account: "sipserver".to_owned(),
                 max_clock_skew: default_skew(),
-            },
+            })),
             timezone: chrono_tz::Asia::Shanghai,
             node: "n1".to_owned(),
             health: health.clone(),

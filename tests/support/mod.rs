@@ -50,10 +50,18 @@ impl Sipedge {
     }
 
     pub fn start_file(config: &Path, dir: tempfile::TempDir) -> Sipedge {
+        Sipedge::start_file_env(config, dir, &[])
+    }
+
+    /// As [`Sipedge::start_file`], with extra environment variables (e.g. `NOTIFY_SOCKET`).
+    pub fn start_file_env(config: &Path, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Sipedge {
         let mut child = Command::new(binary())
             .args(["serve", "--config"])
             .arg(config)
             .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,0 +1,470 @@
+//! Black-box tests of operations (SPEC §9): the systemd unit, the notify protocol, reload on
+//! SIGHUP without dropping calls or connections, and the graceful stop on SIGTERM.
+//!
+//! Needs `sipp` (Debian `sip-tester`) and `systemd-analyze` (Debian `systemd`) on PATH.
+#![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
+
+mod common;
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::ports::{self, PROXY_IP, UPSTREAM_IP};
+use common::sipp::{Pair, Sipp, Transport};
+use common::{require_tool, wait_until};
+use serde_json::Value;
+use support::{Sipedge, binary, http, signal};
+
+/// A config with the account responder and API on free loopback ports; `sip_port` adds a
+/// `[sip]` table on that port forwarding to the same port on the upstream address.
+fn config(dir: &Path, appid: &str, account: &str, sip_port: Option<u16>) -> String {
+    let mut text = format!(
+        r#"[node]
+name = "ops-test"
+data_dir = "{data}"
+stop_timeout = "8s"
+
+[account]
+listen = "{ip}:{account_port}"
+appids = ["{appid}"]
+account = "{account}"
+
+[api]
+listen = "{ip}:{api_port}"
+allow = ["127.0.0.0/8"]
+"#,
+        data = dir.join("data").display(),
+        ip = PROXY_IP,
+        account_port = ports::free_port(),
+        api_port = ports::free_port(),
+    );
+    if let Some(port) = sip_port {
+        text.push_str(&format!(
+            "\n[sip]\nlisten = \"{PROXY_IP}\"\nports = \"{port}-{port}\"\nupstream = \"{UPSTREAM_IP}\"\n"
+        ));
+    }
+    text
+}
+
+/// Starts sipedge on `text`, written to a fresh temp dir.
+fn start(text: impl FnOnce(&Path) -> String, env: &[(&str, &str)]) -> (Sipedge, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sipedge.toml");
+    std::fs::write(&path, text(dir.path())).unwrap();
+    (Sipedge::start_file_env(&path, dir, env), path)
+}
+
+/// A valid account-request body for `appid`, made by `sipedge token`.
+fn token_body(appid: &str) -> String {
+    let out = Command::new(binary())
+        .args(["token", "--appid", appid])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// One request on an open keep-alive connection; returns the status and the body.
+fn exchange(conn: &mut BufReader<TcpStream>, body: &str) -> (u16, String) {
+    let request = format!(
+        "POST /AgoraAccount HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.get_mut().write_all(request.as_bytes()).unwrap();
+    let mut status_line = String::new();
+    conn.read_line(&mut status_line).unwrap();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("status line {status_line:?}"));
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        conn.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    conn.read_exact(&mut body).unwrap();
+    (status, String::from_utf8(body).unwrap())
+}
+
+fn connect(addr: SocketAddr) -> BufReader<TcpStream> {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    BufReader::new(stream)
+}
+
+/// The `account` of a reply, or None when it was refused.
+fn granted(reply: &(u16, String)) -> Option<String> {
+    assert_eq!(reply.0, 200, "{reply:?}");
+    let value: Value = serde_json::from_str(&reply.1).unwrap();
+    value["account"].as_str().map(str::to_owned)
+}
+
+/// Sends SIGHUP and waits until the log shows `count` reload outcomes in all.
+fn reload(se: &Sipedge, count: usize) {
+    signal(se.pid(), "HUP");
+    let done = wait_until(Duration::from_secs(10), || {
+        let log = se.stderr();
+        log.matches("configuration reloaded").count() + log.matches("reload refused").count()
+            >= count
+    });
+    assert!(done, "no reload outcome logged:\n{}", se.stderr());
+}
+
+#[test]
+fn the_unit_passes_systemd_analyze_verify() {
+    require_tool("systemd-analyze", "--version", "systemd");
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/sipedge.service"),
+    )
+    .unwrap();
+    // verify checks that the programs exist: point them at the binary under test.
+    assert!(unit.contains("ExecStart=/usr/bin/sipedge serve"), "{unit}");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("sipedge.service");
+    std::fs::write(&copy, unit.replace("/usr/bin/sipedge", binary())).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+    for needed in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "WatchdogSec=",
+        "CapabilityBoundingSet=\n",
+        "ProtectSystem=strict",
+    ] {
+        assert!(unit.contains(needed), "the unit lacks {needed:?}");
+    }
+    // The monitor reads /proc of other processes.
+    assert!(
+        !unit
+            .lines()
+            .any(|l| l.starts_with("ProtectProc=") || l.starts_with("ProcSubset=")),
+        "{unit}"
+    );
+}
+
+/// Datagrams received on a notify socket, collected until `want` has been seen.
+fn expect(socket: &UnixDatagram, seen: &mut Vec<String>, want: &str, se: &Sipedge) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = socket.recv(&mut buf) {
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let found = message.lines().any(|l| l == want);
+            seen.push(message);
+            if found {
+                return;
+            }
+        }
+    }
+    panic!(
+        "no {want:?} on the notify socket; got {seen:?}\n{}",
+        se.stderr()
+    );
+}
+
+#[test]
+fn notify_protocol_ready_watchdog_reloading_stopping() {
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock_path = sock_dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&sock_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let sock = sock_path.display().to_string();
+    let (mut se, _) = start(
+        |dir| config(dir, "a1", "acc", None),
+        &[("NOTIFY_SOCKET", &sock), ("WATCHDOG_USEC", "400000")],
+    );
+    let mut seen = Vec::new();
+    expect(&socket, &mut seen, "READY=1", &se);
+    // Ready means bound: the account listener answers now.
+    assert_eq!(http(se.addr("account"), "GET", "/healthz", "").status, 200);
+    // Pings at half of 400 ms: at least three in a second.
+    let before = seen.len();
+    std::thread::sleep(Duration::from_secs(1));
+    let mut buf = [0u8; 4096];
+    let mut pings = 0;
+    socket.set_nonblocking(true).unwrap();
+    while let Ok(n) = socket.recv(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == "WATCHDOG=1")
+        {
+            pings += 1;
+        }
+    }
+    socket.set_nonblocking(false).unwrap();
+    assert!(
+        pings >= 3,
+        "{pings} watchdog pings in 1 s; before: {seen:?}"
+    );
+    assert!(seen.len() >= before);
+
+    seen.clear();
+    signal(se.pid(), "HUP");
+    expect(&socket, &mut seen, "RELOADING=1", &se);
+    let reloading = seen.last().unwrap().clone();
+    assert!(
+        reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{reloading:?}"
+    );
+    expect(&socket, &mut seen, "READY=1", &se);
+
+    // stop() sends SIGTERM and waits for the exit; the datagrams stay queued on the socket.
+    seen.clear();
+    assert_eq!(se.stop(), Some(0), "{}", se.stderr());
+    expect(&socket, &mut seen, "STOPPING=1", &se);
+}
+
+#[test]
+fn reload_serves_the_new_account_on_open_connections() {
+    let (se, path) = start(|dir| config(dir, "old-appid", "acc-old", None), &[]);
+    let account = se.addr("account");
+    let mut conn = connect(account);
+    assert_eq!(
+        granted(&exchange(&mut conn, &token_body("old-appid"))).as_deref(),
+        Some("acc-old")
+    );
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    let changed = text
+        .replace("[\"old-appid\"]", "[\"new-appid\"]")
+        .replace("\"acc-old\"", "\"acc-new\"")
+        .replace("allow = [\"127.0.0.0/8\"]", "allow = [\"10.0.0.0/8\"]");
+    // A changed listen address needs a restart: the reload must say so, and keep the old one.
+    let api_addr = se.addr("api");
+    let changed = changed.replace(
+        &format!("{api_addr}"),
+        &format!("{PROXY_IP}:{}", ports::free_port()),
+    );
+    assert!(changed.contains("10.0.0.0/8") && !changed.contains(&api_addr.to_string()));
+    // log.level applies too: the per-request info lines stop.
+    let changed = format!("{changed}\n[log]\nlevel = \"warn\"\n");
+    std::fs::write(&path, changed).unwrap();
+    reload(&se, 1);
+    let info_lines = se.stderr().matches("account request").count();
+    assert_eq!(info_lines, 1, "{}", se.stderr());
+
+    // The same connection, opened before the reload, gets the new account.
+    assert_eq!(
+        granted(&exchange(&mut conn, &token_body("old-appid"))),
+        None
+    );
+    assert_eq!(
+        granted(&exchange(&mut conn, &token_body("new-appid"))).as_deref(),
+        Some("acc-new")
+    );
+    let mut fresh = connect(account);
+    assert_eq!(
+        granted(&exchange(&mut fresh, &token_body("new-appid"))).as_deref(),
+        Some("acc-new")
+    );
+    assert_eq!(se.stderr().matches("account request").count(), info_lines);
+    // api.allow applied: loopback is no longer allowed, on the unchanged listener.
+    assert_eq!(http(api_addr, "GET", "/healthz", "").status, 403);
+    let log = se.stderr();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("only after a restart") && l.contains("api.listen")),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_invalid_file_keeps_the_running_config_and_says_why() {
+    let (se, path) = start(|dir| config(dir, "kept-appid", "acc-kept", None), &[]);
+    let account = se.addr("account");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("[account]", "[account]\ncolour = 1")
+            .replace("[\"kept-appid\"]", "[\"other\"]"),
+    )
+    .unwrap();
+    reload(&se, 1);
+    let log = se.stderr();
+    let refused = log
+        .lines()
+        .find(|l| l.contains("reload refused"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(refused.contains("colour"), "{refused}");
+    let mut conn = connect(account);
+    assert_eq!(
+        granted(&exchange(&mut conn, &token_body("kept-appid"))).as_deref(),
+        Some("acc-kept")
+    );
+    assert_eq!(granted(&exchange(&mut conn, &token_body("other"))), None);
+
+    // A file that cannot be read at all is refused the same way.
+    std::fs::remove_file(&path).unwrap();
+    reload(&se, 2);
+    assert_eq!(se.stderr().matches("reload refused").count(), 2);
+    assert_eq!(
+        granted(&exchange(&mut conn, &token_body("kept-appid"))).as_deref(),
+        Some("acc-kept")
+    );
+}
+
+#[test]
+fn reload_during_a_sipp_load_fails_no_call() {
+    require_tool("sipp", "-v", "sip-tester");
+    let port = ports::free_range(1).first;
+    let (se, path) = start(|dir| config(dir, "a0", "acc-0", Some(port)), &[]);
+    let target = SocketAddr::new(PROXY_IP, port);
+    let upstream = SocketAddr::new(UPSTREAM_IP, port);
+    let calls = 300;
+    let load = std::thread::spawn(move || {
+        Pair::new("call", Transport::Udp, calls)
+            .rate(100)
+            .pause_ms(200)
+            .run(target, upstream)
+    });
+    let text = std::fs::read_to_string(&path).unwrap();
+    for round in 1..=5 {
+        std::thread::sleep(Duration::from_millis(300));
+        let next = text
+            .replace("[\"a0\"]", &format!("[\"a{round}\"]"))
+            .replace("\"acc-0\"", &format!("\"acc-{round}\""));
+        std::fs::write(&path, next).unwrap();
+        reload(&se, round);
+    }
+    let outcome = load.join().unwrap();
+    outcome.assert_passed();
+    let mut conn = connect(se.addr("account"));
+    assert_eq!(
+        granted(&exchange(&mut conn, &token_body("a5"))).as_deref(),
+        Some("acc-5")
+    );
+}
+
+/// The CDRs the API lists (all of today's, which is when the test ran).
+fn cdr_count(se: &Sipedge) -> usize {
+    let reply = http(se.addr("api"), "GET", "/api/cdrs?limit=1000", "");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let value: Value = serde_json::from_str(&reply.body).unwrap();
+    value["items"].as_array().map_or(0, Vec::len)
+}
+
+#[test]
+fn sigterm_during_calls_exits_0_and_loses_no_call() {
+    require_tool("sipp", "-v", "sip-tester");
+    let port = ports::free_range(1).first;
+    let (mut se, path) = start(|dir| config(dir, "a", "acc", Some(port)), &[]);
+    let target = SocketAddr::new(PROXY_IP, port);
+    let upstream = SocketAddr::new(UPSTREAM_IP, port);
+
+    // Finished calls first: their CDRs must all be on disk after the stop.
+    Pair::new("call", Transport::Udp, 20)
+        .rate(50)
+        .run(target, upstream)
+        .assert_passed();
+    // Then calls that are up when SIGTERM comes and hang up after the restart: the stop
+    // saves them, the next start resumes them, and their BYEs (retransmitted over UDP while
+    // the proxy is down) close them.
+    let held = 10;
+    let uas = Sipp::uas("call_uas", upstream)
+        .calls(held)
+        .pause_ms(5000)
+        .spawn();
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::net::UdpSocket::bind(upstream).is_err()
+    }));
+    let uac = Sipp::uac("call_uac", target)
+        .calls(held)
+        .rate(20)
+        .pause_ms(5000)
+        .spawn();
+    std::thread::sleep(Duration::from_millis(2000));
+    let stopped = Instant::now();
+    assert_eq!(se.stop(), Some(0), "{}", se.stderr());
+    let took = stopped.elapsed();
+    assert!(took < Duration::from_secs(8), "the stop took {took:?}");
+    assert!(se.stderr().contains("sipedge stopped"), "{}", se.stderr());
+
+    let dir = std::mem::replace(&mut se.dir, tempfile::tempdir().unwrap());
+    drop(se);
+    let again = Sipedge::start_file(&path, dir);
+    assert_eq!(cdr_count(&again), 20, "{}", again.stderr());
+    let uac = uac.wait();
+    let uas = uas.wait();
+    uac.assert_passed("held calls, terminal side", u64::from(held));
+    uas.assert_passed("held calls, Sipserver side", u64::from(held));
+    assert!(
+        wait_until(Duration::from_secs(5), || cdr_count(&again) == 30),
+        "{} CDRs\n{}",
+        cdr_count(&again),
+        again.stderr()
+    );
+}
+
+#[test]
+fn the_packaged_config_needs_an_appid_and_is_a_node_config_once_it_has_one() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let check = |path: &Path, quiet: bool| {
+        let mut command = Command::new(binary());
+        command.arg("check-config").arg("--config").arg(path);
+        if quiet {
+            command.arg("--quiet");
+        }
+        command.output().unwrap()
+    };
+    let shipped = root.join("etc/debian/sipedge.toml");
+    let out = check(&shipped, true);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("account.appids"),
+        "{out:?}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let filled = dir.path().join("sipedge.toml");
+    let text = std::fs::read_to_string(&shipped).unwrap();
+    std::fs::write(
+        &filled,
+        text.replace("appids = []", "appids = [\"bank-appid\"]"),
+    )
+    .unwrap();
+    let quiet = check(&filled, true);
+    assert!(
+        quiet.status.success() && quiet.stdout.is_empty(),
+        "{quiet:?}"
+    );
+    let shown = String::from_utf8(check(&filled, false).stdout).unwrap();
+    for expected in [
+        "data_dir = \"/var/lib/sipedge\"",
+        "listen = \"0.0.0.0:14700\"",
+        "listen = \"0.0.0.0:8068\"",
+        "listen = \"0.0.0.0\"",
+        "stop_timeout = \"10s\"",
+    ] {
+        assert!(shown.contains(expected), "{expected} not in\n{shown}");
+    }
+}
