@@ -311,7 +311,8 @@ describe('view log', () => {
     await page.waitForSelector('#message-dialog[open]', { state: 'detached' });
     // The dialog's `close` event, which gives focus back to the arrow that opened it, comes
     // after the dialog has closed; wait for it before moving focus elsewhere.
-    await page.waitForFunction(() => document.activeElement?.dataset?.index === '5');
+    const fifth = await page.locator('#ladder .ladder-row.sip').nth(5).elementHandle();
+    await page.waitForFunction((row) => document.activeElement === row, fifth);
     // By keyboard alone: Enter on a focused arrow opens it, Escape gives focus back to it.
     await page.locator('#ladder .ladder-row.sip').nth(0).focus();
     await page.keyboard.press('Enter');
