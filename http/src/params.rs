@@ -350,11 +350,10 @@ fn sign(id: &str, filter: &CdrFilter, key: &[u8]) -> Vec<u8> {
 }
 
 fn keyed(key: &[u8]) -> HmacSha256 {
-    // HMAC takes keys of any length, so this cannot fail; an empty key still signs.
-    HmacSha256::new_from_slice(key).unwrap_or_else(|_| {
-        HmacSha256::new_from_slice(&[0u8; 32])
-            .unwrap_or_else(|_| unreachable!("HMAC accepts 32-byte keys"))
-    })
+    match HmacSha256::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => unreachable!("HMAC takes keys of any length"),
+    }
 }
 
 fn material(id: &str, filter: &CdrFilter) -> Vec<u8> {
