@@ -23,7 +23,10 @@ impl LiveSource for TrackedCalls {
             .live()
             .list()
             .iter()
-            .map(|call| render::live_call(call, self.zone))
+            // A struct of strings and numbers: it always converts.
+            .map(|call| {
+                serde_json::to_value(render::live_call(call, self.zone)).unwrap_or_default()
+            })
             .collect()
     }
 }

@@ -130,7 +130,9 @@ impl EventHub {
     }
 
     /// Publishes an event to every client; returns its id.
-    pub fn publish(&self, name: &str, data: &serde_json::Value) -> u64 {
+    pub fn publish(&self, name: &str, data: &impl serde::Serialize) -> u64 {
+        // Plain structs and maps of strings and numbers: serialising them cannot fail.
+        let data = serde_json::to_string(data).unwrap_or_default();
         let id = {
             let mut ring = self.lock();
             let id = ring.next_id;
@@ -138,7 +140,7 @@ impl EventHub {
             let event = HubEvent {
                 id,
                 name: name.to_owned(),
-                data: data.to_string(),
+                data,
             };
             ring.held.push_back((Instant::now(), Arc::new(event)));
             ring.expire(Instant::now());

@@ -317,31 +317,53 @@ pub fn alarm(a: &Alarm, zone: Tz) -> Value {
     })
 }
 
-/// A call in progress, as `/api/calls/live` and the `call.*` events show it.
-pub fn live_call(call: &LiveCall, zone: Tz) -> Value {
+/// A call in progress, as `/api/calls/live` and the `call.*` events show it. A struct rather
+/// than a `Value`: every call event is rendered for the SSE replay ring, and building a map
+/// per event was a measurable part of a call's CPU (issue 4).
+#[derive(Debug, Serialize)]
+pub struct LiveCallView<'a> {
+    id: String,
+    node: &'a str,
+    call_id: &'a str,
+    caller: &'a str,
+    called: &'a str,
+    caller_uri: &'a str,
+    called_uri: &'a str,
+    call_type: &'static str,
+    state: &'static str,
+    start_time: String,
+    ring_time: Option<String>,
+    answer_time: Option<String>,
+    video_started_at: Option<String>,
+    transport: &'static str,
+    terminal: &'a str,
+}
+
+/// `call` with its times in `zone`.
+pub fn live_call(call: &LiveCall, zone: Tz) -> LiveCallView<'_> {
     let time = |t: Option<UnixMs>| t.map(|t| rfc3339(t, zone));
-    json!({
-        "id": call.id.to_string(),
-        "node": call.node,
-        "call_id": call.call_id,
-        "caller": call.caller,
-        "called": call.called,
-        "caller_uri": call.caller_uri,
-        "called_uri": call.called_uri,
-        "call_type": call_type_str(call.call_type),
-        "state": match call.state {
+    LiveCallView {
+        id: call.id.to_string(),
+        node: &call.node,
+        call_id: &call.call_id,
+        caller: &call.caller,
+        called: &call.called,
+        caller_uri: &call.caller_uri,
+        called_uri: &call.called_uri,
+        call_type: call_type_str(call.call_type),
+        state: match call.state {
             LiveState::Trying => "trying",
             LiveState::Ringing => "ringing",
             LiveState::Connected => "connected",
             LiveState::Ended => "ended",
         },
-        "start_time": rfc3339(call.start_time, zone),
-        "ring_time": time(call.ring_time),
-        "answer_time": time(call.answer_time),
-        "video_started_at": time(call.video_started_at),
-        "transport": transport_str(call.transport),
-        "terminal": call.terminal,
-    })
+        start_time: rfc3339(call.start_time, zone),
+        ring_time: time(call.ring_time),
+        answer_time: time(call.answer_time),
+        video_started_at: time(call.video_started_at),
+        transport: transport_str(call.transport),
+        terminal: &call.terminal,
+    }
 }
 
 #[cfg(test)]
@@ -526,7 +548,7 @@ mod tests {
         let mut call = LiveCall::from(&cdr);
         call.state = LiveState::Connected;
         call.ring_time = None;
-        let v = live_call(&call, zone());
+        let v = serde_json::to_value(live_call(&call, zone())).unwrap();
         assert_eq!(v["state"], json!("connected"));
         assert_eq!(v["start_time"], json!("2026-11-18T19:06:40.123+08:00"));
         assert_eq!(v["ring_time"], Value::Null);

@@ -228,6 +228,7 @@ pub fn spawn(
         writer: store.writer(),
         node: cfg.node,
         handle: handle.clone(),
+        changed: HashMap::new(),
     };
     worker.resume(saved, unix_ms(SystemTime::now()));
     let task = tokio::spawn(worker.run(relayed, shutdown));
@@ -244,6 +245,10 @@ struct Worker {
     node: String,
     /// What the rest of sipedge sees.
     handle: CallTracking,
+    /// The latest state of each call that changed in the batch being taken, saved when the
+    /// batch is done: a call that changes several times, or ends, within one batch is
+    /// encoded and written once, or not at all.
+    changed: HashMap<CdrId, CallSnapshot>,
 }
 
 impl Worker {
@@ -269,6 +274,7 @@ impl Worker {
                             let Ok(r) = relayed.try_recv() else { break };
                             self.on_relayed(&r);
                         }
+                        self.save_changed();
                     }
                     None => break,
                 },
@@ -281,6 +287,7 @@ impl Worker {
             let Ok(r) = relayed.try_recv() else { break };
             self.on_relayed(&r);
         }
+        self.save_changed();
     }
 
     fn resume(&mut self, saved: Vec<(CdrId, Vec<u8>)>, now: UnixMs) {
@@ -337,7 +344,7 @@ impl Worker {
             return;
         };
         let at = ev.at;
-        let outputs = self.tracker.on_event(ev.clone());
+        let outputs = self.tracker.on_event(&ev);
         self.apply(outputs, at);
         if let Some(id) = self.tracker.call_of(&ev) {
             for entry in log_entries(r, &msg, at) {
@@ -351,7 +358,16 @@ impl Worker {
         let outputs = self.tracker.tick(now);
         if !outputs.is_empty() {
             self.apply(outputs, now);
+            self.save_changed();
             self.sync_stats();
+        }
+    }
+
+    /// Saves the calls that changed in this batch and are still in progress.
+    fn save_changed(&mut self) {
+        for (id, snapshot) in std::mem::take(&mut self.changed) {
+            self.handle.live.upsert(snapshot.live(&self.node));
+            self.submit(WriteOp::PutCall(id, snapshot.encode()));
         }
     }
 
@@ -362,10 +378,10 @@ impl Worker {
                 Output::Ringing(call) => self.publish(LiveEventKind::Ringing, call),
                 Output::Answered(call) => self.publish(LiveEventKind::Answered, call),
                 Output::Changed(snapshot) => {
-                    self.handle.live.upsert(snapshot.live(&self.node));
-                    self.submit(WriteOp::PutCall(snapshot.id(), snapshot.encode()));
+                    self.changed.insert(snapshot.id(), snapshot);
                 }
                 Output::Ended(cdr) => {
+                    self.changed.remove(&cdr.id);
                     self.handle.live.remove(cdr.id);
                     let call = LiveCall::from(&cdr);
                     // The CDR write also drops the call-in-progress entry, in one batch.

@@ -230,7 +230,7 @@ fn run(tracker: &mut Tracker, events: Vec<SipEvent>, tick: Option<f64>) -> Vec<C
             clock += 1000;
             outputs.extend(tracker.tick(UnixMs(clock)));
         }
-        outputs.extend(tracker.on_event(ev));
+        outputs.extend(tracker.on_event(&ev));
     }
     if let Some(t) = tick {
         outputs.extend(tracker.tick(ms(t)));
@@ -1039,7 +1039,7 @@ fn live_events_come_once_each_and_retransmissions_emit_nothing() {
     ];
     let id = CdrId::new(ms(0.0), NODE, CALL_ID);
     for (i, (ev, want)) in steps.into_iter().enumerate() {
-        let out = t.on_event(ev.clone());
+        let out = t.on_event(&ev);
         assert_eq!(kinds(&out), want, "step {i}");
         assert_eq!(
             t.call_of(&ev),
@@ -1080,7 +1080,7 @@ fn run_with_restart(events: Vec<SipEvent>, split: usize, tick: Option<f64>) -> V
     let mut snapshots = std::collections::HashMap::new();
     let mut events = events.into_iter();
     for ev in events.by_ref().take(split) {
-        for o in first.on_event(ev) {
+        for o in first.on_event(&ev) {
             match o {
                 Output::Changed(s) => {
                     snapshots.insert(
@@ -1113,7 +1113,7 @@ fn run_with_restart(events: Vec<SipEvent>, split: usize, tick: Option<f64>) -> V
 #[test]
 fn snapshots_of_another_version_or_damaged_are_refused() {
     let mut t = tracker();
-    let Some(Output::Changed(snapshot)) = t.on_event(invite(0.0)).pop() else {
+    let Some(Output::Changed(snapshot)) = t.on_event(&invite(0.0)).pop() else {
         panic!("a first INVITE emits its snapshot last");
     };
     let good = snapshot.encode();
@@ -1256,7 +1256,7 @@ fn the_cap_closes_the_oldest_ringing_calls() {
         call(2, 2.0),
         call(3, 3.0),
     ] {
-        cdrs.extend(ended(t.on_event(ev)));
+        cdrs.extend(ended(t.on_event(&ev)));
     }
     assert_eq!(t.len(), 2);
     assert_eq!(
@@ -1279,8 +1279,8 @@ fn the_cap_closes_the_oldest_ringing_calls() {
         ]
     );
     // With every tracked call connected, a new INVITE is refused rather than dropping one.
-    assert_eq!(ended(t.on_event(resp(3.5, 200, &call(3, 3.0)))), vec![]);
-    assert_eq!(ended(t.on_event(call(4, 4.0))), vec![]);
+    assert_eq!(ended(t.on_event(&resp(3.5, 200, &call(3, 3.0)))), vec![]);
+    assert_eq!(ended(t.on_event(&call(4, 4.0))), vec![]);
     assert_eq!(t.len(), 2);
     assert_eq!(t.stats().refused, 1);
     let live: Vec<_> = t.live_calls().map(|l| l.state).collect();

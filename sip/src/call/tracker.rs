@@ -840,7 +840,7 @@ impl Tracker {
     }
 
     /// Takes one relayed message into account.
-    pub fn on_event(&mut self, ev: SipEvent) -> Vec<Output> {
+    pub fn on_event(&mut self, ev: &SipEvent) -> Vec<Output> {
         let from_tag = ev.from_tag.as_deref().unwrap_or_default();
         let to_tag = ev.to_tag.as_deref();
         let sane = !ev.call_id.is_empty()
@@ -938,7 +938,7 @@ impl Tracker {
         out
     }
 
-    fn start(&mut self, key: CallKey, ev: SipEvent) -> Vec<Output> {
+    fn start(&mut self, key: CallKey, ev: &SipEvent) -> Vec<Output> {
         if let Some(recent) = self.recent.get(&key)
             && ev.cseq <= recent.invite_cseq
         {
