@@ -888,10 +888,10 @@ impl Tracker {
         };
         let mut effect = match &ev.kind {
             SipKind::Request { method, .. } if *method == ev.cseq_method => {
-                call.on_request(by_caller, *method, &ev)
+                call.on_request(by_caller, *method, ev)
             }
             SipKind::Response { status } if (100..700).contains(status) => {
-                call.on_response(by_caller, *status, &ev)
+                call.on_response(by_caller, *status, ev)
             }
             _ => {
                 self.stats.ignored += 1;
