@@ -12,6 +12,10 @@ use rsip::headers::{Headers, MaxForwards, RecordRoute, Via};
 use rsip::prelude::*;
 use sipedge_sip::scan::parse;
 
+// The allocator sipedge runs with (src/main.rs), so that the figures are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const INVITE: &[u8] = b"INVITE sip:1002@10.0.0.5:14500 SIP/2.0\r\n\
 Via: SIP/2.0/UDP 192.168.1.23:5060;branch=z9hG4bK-524287-1---4c1b2a9f6d0e7a31;rport\r\n\
 Max-Forwards: 70\r\n\

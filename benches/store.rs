@@ -17,6 +17,10 @@ use sipedge_store::{
     LogKind, NumberMatch, Store, StoreConfig, Transport, UnixMs, WriteOp,
 };
 
+// The allocator sipedge runs with (src/main.rs), so that the figures are the product's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DAY: i64 = 86_400_000;
 const T0: i64 = 1_767_225_600_000 - 8 * 3_600_000; // 2026-01-01 00:00 at +08:00
 const FLUSH: Duration = Duration::from_secs(600);

@@ -83,8 +83,20 @@ struct Counters {
     committed: AtomicU64,
 }
 
+/// A [`WriteOp`] as the writer thread takes it.
+#[derive(Debug)]
+enum Queued {
+    Cdr(Box<Cdr>),
+    /// A log entry already encoded (its SIP text compressed) by the submitting thread: that
+    /// is most of a call's write cost, and there it runs in parallel with the commits.
+    Log(CdrId, Vec<u8>),
+    PutCall(CdrId, Vec<u8>),
+    RemoveCall(CdrId),
+    Alarm(Alarm),
+}
+
 enum Msg {
-    Op(WriteOp),
+    Op(Queued),
     /// Commit everything queued before, then answer.
     Flush(Sender<()>),
     /// Run retention to the end, then answer.
@@ -118,7 +130,14 @@ impl Writer {
     /// once the store has been closed.
     pub fn submit(&self, op: WriteOp) -> Result<(), StoreError> {
         self.counters.submitted.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(Msg::Op(op)).map_err(|_| {
+        let queued = match op {
+            WriteOp::PutCdr(cdr) => Queued::Cdr(cdr),
+            WriteOp::AppendLog(id, entry) => Queued::Log(id, codec::encode_log(&entry)),
+            WriteOp::PutCall(id, bytes) => Queued::PutCall(id, bytes),
+            WriteOp::RemoveCall(id) => Queued::RemoveCall(id),
+            WriteOp::PutAlarm(alarm) => Queued::Alarm(alarm),
+        };
+        self.tx.send(Msg::Op(queued)).map_err(|_| {
             self.counters.submitted.fetch_sub(1, Ordering::Relaxed);
             StoreError::WriterStopped
         })
@@ -265,7 +284,7 @@ enum Next {
 
 impl WriterThread {
     fn run(&mut self, rx: &Receiver<Msg>) {
-        let mut pending: Vec<WriteOp> = Vec::new();
+        let mut pending: Vec<Queued> = Vec::new();
         loop {
             if pending.is_empty() {
                 // Idle: block until the first write (or the next retention step).
@@ -283,14 +302,11 @@ impl WriterThread {
             }
             // A batch is open: sleep to its deadline and take everything queued meanwhile at
             // once. Blocking in `recv` instead would wake this thread for every write, and
-            // under load those wake-ups cost more CPU than the commits themselves.
+            // under load those wake-ups cost more CPU than the commits themselves. A batch
+            // that is already full is committed without sleeping: behind a backlog, every
+            // pause would be throughput lost.
             let deadline = Instant::now() + self.cfg.flush_interval;
-            while pending.len() < MAX_BATCH_OPS {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                std::thread::sleep((deadline - now).min(BATCH_POLL));
+            loop {
                 loop {
                     match rx.try_recv() {
                         Ok(msg) => {
@@ -304,10 +320,16 @@ impl WriterThread {
                             return;
                         }
                     }
+                    if pending.len() >= MAX_BATCH_OPS {
+                        break;
+                    }
                 }
-                if pending.is_empty() {
+                let now = Instant::now();
+                // A flush or purge message commits the batch itself and may leave it empty.
+                if pending.is_empty() || pending.len() >= MAX_BATCH_OPS || now >= deadline {
                     break;
                 }
+                std::thread::sleep((deadline - now).min(BATCH_POLL));
             }
             self.commit_ops(&mut pending);
             // Here too under steady traffic, or retention would wait for a quiet night.
@@ -316,7 +338,7 @@ impl WriterThread {
     }
 
     /// One message: a write joins the open batch; a flush, purge or stop commits it first.
-    fn handle(&mut self, msg: Msg, rx: &Receiver<Msg>, pending: &mut Vec<WriteOp>) -> Next {
+    fn handle(&mut self, msg: Msg, rx: &Receiver<Msg>, pending: &mut Vec<Queued>) -> Next {
         match msg {
             Msg::Op(op) => pending.push(op),
             Msg::Flush(reply) => {
@@ -373,7 +395,7 @@ impl WriterThread {
     }
 
     /// Commits `ops`, retrying until it succeeds: a write is never dropped.
-    fn commit_ops(&mut self, ops: &mut Vec<WriteOp>) {
+    fn commit_ops(&mut self, ops: &mut Vec<Queued>) {
         if ops.is_empty() {
             return;
         }
@@ -398,7 +420,7 @@ impl WriterThread {
         }
     }
 
-    fn try_commit(&mut self, ops: &[WriteOp]) -> Result<(), StoreError> {
+    fn try_commit(&mut self, ops: &[Queued]) -> Result<(), StoreError> {
         let started = Instant::now();
         let kv = self.kv.clone();
         let mut snap = kv.snapshot()?;
@@ -407,28 +429,28 @@ impl WriterThread {
         let mut seq = self.next_log_seq;
         for op in ops {
             match op {
-                WriteOp::PutCdr(cdr) => {
+                Queued::Cdr(cdr) => {
                     build.put_cdr(snap.as_mut(), cdr)?;
                     cdrs += 1;
                 }
-                WriteOp::AppendLog(id, entry) => {
+                Queued::Log(id, encoded) => {
                     build.batch.put(
                         Table::Logs,
                         keys::log_key(*id, seq).to_vec(),
-                        codec::encode_log(entry),
+                        encoded.clone(),
                     );
                     seq += 1;
                     logs += 1;
                 }
-                WriteOp::PutCall(id, bytes) => {
+                Queued::PutCall(id, bytes) => {
                     build
                         .batch
                         .put(Table::Calls, keys::id_key(*id).to_vec(), bytes.clone());
                 }
-                WriteOp::RemoveCall(id) => {
+                Queued::RemoveCall(id) => {
                     build.batch.delete(Table::Calls, keys::id_key(*id).to_vec())
                 }
-                WriteOp::PutAlarm(alarm) => build.batch.put(
+                Queued::Alarm(alarm) => build.batch.put(
                     Table::Alarms,
                     alarm.id.0.to_be_bytes().to_vec(),
                     codec::encode_alarm(alarm),
