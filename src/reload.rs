@@ -73,7 +73,7 @@ pub fn spawn(
                     None
                 }
                 Ok(Err(err)) => Some(err.to_string()),
-                Err(err) => Some(format!("the file could not be read: {err}")),
+                Err(err) => Some(format!("loading the file stopped unexpectedly: {err}")),
             };
             if let Some(why) = &refused {
                 tracing::error!(
