@@ -16,8 +16,8 @@ const MAX_SOURCES: usize = 65_536;
 #[derive(Debug)]
 pub struct SourceLimiter {
     /// Tokens added per second (high 32 bits; 0 turns limiting off) and the bucket size, the
-    /// burst a source may send at once (low 32 bits): one word, so that a reload never shows
-    /// a message the new rate with the old burst.
+    /// burst a source may send at once (low 32 bits): one word, so that no message is judged
+    /// by a reload's new rate with the old burst.
     limits: AtomicU64,
     /// One bucket per recently seen source.
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
