@@ -50,7 +50,18 @@ impl Helper {
     }
 
     fn start(&mut self) -> u32 {
-        let child = Command::new(&self.path).arg("1000").spawn().unwrap();
+        // A child another test thread forks while `new` writes the copy holds it open for
+        // writing until that child execs: the copy is "text file busy" for that moment.
+        let mut tries = 0;
+        let child = loop {
+            match Command::new(&self.path).arg("1000").spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                spawned => break spawned.unwrap(),
+            }
+        };
         let pid = child.id();
         self.child = Some(child);
         pid
