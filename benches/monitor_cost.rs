@@ -16,6 +16,7 @@ mod config;
 mod evaluate;
 // Built as a bench, `cfg(test)` is on but the harness is not: the modules' tests are inert.
 #[cfg_attr(test, allow(unused_imports))]
+#[allow(dead_code)]
 #[path = "../src/monitor/sample.rs"]
 mod sample;
 
@@ -43,6 +44,7 @@ fn rules(names: &[String]) -> Rules {
             .iter()
             .map(|name| WatchRule {
                 name: name.clone(),
+                matcher: format!("name {name}"),
                 min_count: 1,
                 max_cpu_percent: Some(90.0),
                 max_rss_mb: Some(1024.0),
@@ -70,7 +72,7 @@ fn measure(sampler: &Sampler, rules: &Rules, rounds: usize) -> (f64, f64) {
         };
         let found: usize = match &observation {
             Observation::Tick { processes, .. } => processes.iter().map(Vec::len).sum(),
-            Observation::Probe { .. } => 0,
+            Observation::Probe { .. } | Observation::Reload { .. } => 0,
         };
         assert_eq!(found, WATCHED, "every sleeper matched once");
         let (next, changes) = evaluate(rules, &state, &observation, UnixMs(round as i64 * 5000));

@@ -1,19 +1,22 @@
 //! `systemctl reload` (SIGHUP): re-read the file and apply what can change while calls and
 //! connections go on — the account, appids and clock skew, the API's users and networks, the
-//! log level. Whatever else changed is named as needing a restart; a file that does not load
-//! changes nothing and the log says why.
+//! log level, the watched processes, the per-source SIP limits. Whatever else changed is named
+//! as needing a restart; a file that does not load changes nothing, the log says why and the
+//! `config_invalid` alarm stays raised until a reload succeeds.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use sipedge_http::access::Access;
 use sipedge_http::account::AccountState;
+use sipedge_sip::limit::SourceLimiter;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use toml::Value;
 
 use crate::config::Config;
 use crate::logging::LevelHandle;
+use crate::monitor::Control;
 
 /// Keys applied live; every other key that differs from the running process needs a restart.
 const LIVE_KEYS: &[(&str, &str)] = &[
@@ -23,6 +26,9 @@ const LIVE_KEYS: &[(&str, &str)] = &[
     ("api", "allow"),
     ("api", "users"),
     ("log", "level"),
+    ("monitor", "process"),
+    ("sip", "source_rate_limit"),
+    ("sip", "source_rate_burst"),
 ];
 
 /// The running parts whose settings a reload replaces.
@@ -34,6 +40,10 @@ pub struct Live {
     pub access: Arc<Access>,
     /// The logger's level.
     pub log: LevelHandle,
+    /// The monitor: its watch list, and the alarm of a file that did not load.
+    pub monitor: Control,
+    /// The SIP proxy's per-source limits, when a proxy runs.
+    pub limiter: Option<Arc<SourceLimiter>>,
 }
 
 /// Applies each SIGHUP's file to `live`; `started` is what the process runs with for the keys
@@ -53,25 +63,38 @@ pub fn spawn(
                 () = stop.cancelled() => break,
             }
             crate::notify::reloading();
-            let path = path.clone();
-            let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
-            match loaded {
-                Ok(Ok(config)) => apply(&started, &config, &live),
-                Ok(Err(err)) => tracing::error!(
-                    error = %err,
+            let loaded = {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || Config::load(&path)).await
+            };
+            let refused = match loaded {
+                Ok(Ok(config)) => {
+                    apply(&started, &config, &live).await;
+                    None
+                }
+                Ok(Err(err)) => Some(err.to_string()),
+                Err(err) => Some(format!("loading the file stopped unexpectedly: {err}")),
+            };
+            if let Some(why) = &refused {
+                tracing::error!(
+                    error = %why,
                     "reload refused: the running configuration stays in force"
-                ),
-                Err(err) => tracing::error!(error = %err, "reload failed"),
+                );
             }
+            live.monitor.reloaded(&path, refused).await;
             crate::notify::ready("serving");
         }
     });
     Ok(())
 }
 
-fn apply(started: &Config, new: &Config, live: &Live) {
+async fn apply(started: &Config, new: &Config, live: &Live) {
     live.account.set_config(new.account.clone());
     live.access.replace(new.api.allow.clone(), &new.api.users);
+    live.monitor.watch(new.monitor.processes.clone()).await;
+    if let (Some(limiter), Some(sip)) = (&live.limiter, &new.sip) {
+        limiter.set(sip.source_rate_limit, sip.source_rate_burst);
+    }
     let restart = restart_needed(started, new);
     if !restart.is_empty() {
         tracing::warn!(
@@ -82,6 +105,7 @@ fn apply(started: &Config, new: &Config, live: &Live) {
     tracing::info!(
         appids = new.account.appids.len(),
         api_users = new.api.users.len(),
+        watched_processes = new.monitor.processes.len(),
         level = %new.log.level,
         "configuration reloaded"
     );
@@ -158,8 +182,13 @@ level = "info"
     }
 
     fn check(edit: (&str, &str), expected: &[&str]) {
-        let running = config(BASE);
-        let new = config(&BASE.replace(edit.0, edit.1));
+        check_from(BASE, edit, expected);
+    }
+
+    /// The keys named when the file `base` is reloaded with `edit` (from, to) made.
+    fn check_from(base: &str, edit: (&str, &str), expected: &[&str]) {
+        let running = config(base);
+        let new = config(&base.replace(edit.0, edit.1));
         assert_eq!(restart_needed(&running, &new), expected, "{edit:?}");
     }
 
@@ -192,6 +221,34 @@ level = "info"
         );
         check(
             ("[log]", "[sip]\nupstream = \"127.0.0.1:5060\"\n[log]"),
+            &["sip"],
+        );
+        let watch = "[[monitor.process]]\nname = \"db\"\nmatch_name = \"postgres\"\n[log]";
+        check(("[log]", watch), &[]);
+        check(
+            ("[log]", "[monitor]\ninterval = \"10s\"\n[log]"),
+            &["monitor.interval"],
+        );
+        let with_sip = format!("{BASE}[sip]\nupstream = \"127.0.0.1:5060\"\n");
+        check_from(
+            &with_sip,
+            (
+                "[sip]",
+                "[sip]\nsource_rate_limit = 5\nsource_rate_burst = 10",
+            ),
+            &[],
+        );
+        check_from(
+            &with_sip,
+            (
+                "[sip]",
+                "[sip]\nsource_rate_limit = 5\ncall_timeout = \"1h\"",
+            ),
+            &["sip.call_timeout"],
+        );
+        check_from(
+            &with_sip,
+            ("[sip]\nupstream = \"127.0.0.1:5060\"\n", ""),
             &["sip"],
         );
     }

@@ -227,6 +227,8 @@ async fn run(
         account: account_state,
         access,
         log: log_level,
+        monitor: monitor.control,
+        limiter: sip.as_ref().map(sipedge_sip::Proxy::limiter),
     };
     crate::reload::spawn(
         config_path.to_owned(),

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Sipedge, http};
+use support::{Sipedge, http, signal};
 
 /// A copy of `sleep` under a unique name, so that its process name is ours alone.
 struct Helper {
@@ -50,7 +50,18 @@ impl Helper {
     }
 
     fn start(&mut self) -> u32 {
-        let child = Command::new(&self.path).arg("1000").spawn().unwrap();
+        // A child another test thread forks while `new` writes the copy holds it open for
+        // writing until that child execs: the copy is "text file busy" for that moment.
+        let mut tries = 0;
+        let child = loop {
+            match Command::new(&self.path).arg("1000").spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                spawned => break spawned.unwrap(),
+            }
+        };
         let pid = child.id();
         self.child = Some(child);
         pid
@@ -294,6 +305,109 @@ fn a_killed_process_raises_an_alarm_and_its_restart_clears_it() {
             .lines()
             .any(|l| l == "sipedge_alarms_active{kind=\"process_restarted\"} 1"),
         "{metrics}"
+    );
+}
+
+/// A `[[monitor.process]]` entry watching `helper` by its process name.
+fn watch(name: &str, helper: &Helper, critical: bool) -> String {
+    format!(
+        "[[monitor.process]]\nname = \"{name}\"\nmatch_name = \"{}\"\ncritical = {critical}\n",
+        helper.name()
+    )
+}
+
+/// The `(name, state)` rows of `/api/processes`, in order.
+fn process_rows(se: &Sipedge) -> Vec<(String, String)> {
+    let (_, body) = get_json(se, "/api/processes");
+    body["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|row| {
+            (
+                row["name"].as_str().unwrap_or_default().to_owned(),
+                row["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_reloaded_watch_list_applies_at_once_and_clears_the_alarms_of_removed_watches() {
+    let mut kept = Helper::new("mt-kept-");
+    let kept_pid = kept.start();
+    let gone = Helper::new("mt-gone-");
+    let mut added = Helper::new("mt-add-");
+    added.start();
+    let se = Sipedge::start(&base_config(
+        "probe_upstream = false",
+        &(watch("kept", &kept, false) + &watch("gone", &gone, true)),
+    ));
+    let path = se.dir.path().join("sipedge.toml");
+
+    // `gone` never runs: missing, critical, so the node is down.
+    let (gone_alarm, _) = poll(Duration::from_secs(5), || {
+        find(&alarms(&se), "process_missing", "gone", true).cloned()
+    })
+    .expect("a process_missing alarm for the watch that never ran");
+    assert_eq!(http(se.addr("api"), "GET", "/healthz", "").status, 503);
+    let (_, body) = get_json(&se, "/api/processes");
+    let kept_since = body["items"][0]["last_change"].clone();
+    assert_eq!(body["items"][0]["state"], "ok", "{body}");
+    assert!(!kept_since.is_null(), "{body}");
+
+    // Reloaded: `gone` removed, `added` watched, the interval changed (restart needed).
+    let text = std::fs::read_to_string(&path).unwrap();
+    let changed = text
+        .replace(&watch("gone", &gone, true), &watch("added", &added, false))
+        .replace("interval = \"1s\"", "interval = \"2s\"");
+    assert_ne!(changed, text);
+    std::fs::write(&path, changed).unwrap();
+    signal(se.pid(), "HUP");
+    let wanted = vec![
+        ("kept".to_owned(), "ok".to_owned()),
+        ("added".to_owned(), "ok".to_owned()),
+    ];
+    poll(Duration::from_secs(5), || {
+        (process_rows(&se) == wanted).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{:?}\n{}", process_rows(&se), se.stderr()));
+
+    // The removed watch's alarm is cleared (same id), health is back.
+    let (list, _) = poll(Duration::from_secs(5), || {
+        let list = alarms(&se);
+        find(&list, "process_missing", "gone", false)
+            .is_some()
+            .then_some(list)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the alarm of the removed watch is not cleared\n{}",
+            se.stderr()
+        )
+    });
+    assert_eq!(
+        find(&list, "process_missing", "gone", false).unwrap()["id"],
+        gone_alarm["id"]
+    );
+    assert!(find(&list, "process_missing", "gone", true).is_none());
+    assert_eq!(http(se.addr("api"), "GET", "/healthz", "").status, 200);
+
+    // The kept watch kept its history: the same pid, no restart, the same last change.
+    let (_, body) = get_json(&se, "/api/processes");
+    assert_eq!(body["items"][0]["pids"], serde_json::json!([kept_pid]));
+    assert_eq!(body["items"][0]["last_change"], kept_since, "{body}");
+    assert!(find(&alarms(&se), "process_restarted", "kept", true).is_none());
+
+    let log = se.stderr();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("only after a restart"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        warning.contains("monitor.interval") && !warning.contains("monitor.process"),
+        "{warning}"
     );
 }
 

@@ -298,10 +298,34 @@ fn reload_serves_the_new_account_on_open_connections() {
     );
 }
 
+/// The `config_invalid` alarms `/api/alarms` lists, newest first.
+fn config_alarms(se: &Sipedge) -> Vec<Value> {
+    let reply = http(se.addr("api"), "GET", "/api/alarms?limit=100", "");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let value: Value = serde_json::from_str(&reply.body).unwrap();
+    value["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "config_invalid")
+        .cloned()
+        .collect()
+}
+
+/// The value of one unlabelled-or-labelled sample line of `/metrics`.
+fn metric(se: &Sipedge, line_start: &str) -> Option<String> {
+    let text = http(se.addr("api"), "GET", "/metrics", "").body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .map(|v| v.trim().to_owned())
+}
+
 #[test]
 fn an_invalid_file_keeps_the_running_config_and_says_why() {
     let (se, path) = start(|dir| config(dir, "kept-appid", "acc-kept", None), &[]);
     let account = se.addr("account");
+    let gauge = "sipedge_alarms_active{kind=\"config_invalid\"}";
+    assert_eq!(metric(&se, gauge).as_deref(), Some("0"));
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(
         &path,
@@ -322,14 +346,133 @@ fn an_invalid_file_keeps_the_running_config_and_says_why() {
         Some("acc-kept")
     );
     assert_eq!(granted(&exchange(&mut conn, &token_body("other"))), None);
+    // An alarm, stored, counted and naming the file and the problem; health is not down.
+    assert!(
+        wait_until(Duration::from_secs(5), || config_alarms(&se).len() == 1),
+        "{:?}\n{}",
+        config_alarms(&se),
+        se.stderr()
+    );
+    let alarm = config_alarms(&se).remove(0);
+    assert_eq!(alarm["target"], path.display().to_string(), "{alarm}");
+    assert_eq!(alarm["severity"], "warning", "{alarm}");
+    assert_eq!(alarm["node"], "ops-test", "{alarm}");
+    assert!(alarm["cleared_at"].is_null(), "{alarm}");
+    assert!(
+        alarm["message"].as_str().unwrap().contains("colour"),
+        "{alarm}"
+    );
+    assert_eq!(metric(&se, gauge).as_deref(), Some("1"));
+    assert_eq!(http(se.addr("api"), "GET", "/healthz", "").status, 200);
 
-    // A file that cannot be read at all is refused the same way.
+    // A file that cannot be read at all is refused the same way; the alarm stays the one.
     std::fs::remove_file(&path).unwrap();
     reload(&se, 2);
     assert_eq!(se.stderr().matches("reload refused").count(), 2);
     assert_eq!(
         granted(&exchange(&mut conn, &token_body("kept-appid"))).as_deref(),
         Some("acc-kept")
+    );
+
+    // A good file again: applied, and the same alarm (same id) cleared.
+    std::fs::write(&path, text.replace("\"acc-kept\"", "\"acc-fixed\"")).unwrap();
+    reload(&se, 3);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let alarms = config_alarms(&se);
+            alarms.len() == 1 && !alarms[0]["cleared_at"].is_null()
+        }),
+        "{:?}\n{}",
+        config_alarms(&se),
+        se.stderr()
+    );
+    assert_eq!(config_alarms(&se)[0]["id"], alarm["id"]);
+    assert_eq!(metric(&se, gauge).as_deref(), Some("0"));
+    assert_eq!(
+        granted(&exchange(&mut conn, &token_body("kept-appid"))).as_deref(),
+        Some("acc-fixed")
+    );
+}
+
+/// INVITEs sent from one socket to sipedge's SIP port; returns how many reached the
+/// upstream socket within a short quiet period.
+fn flood(
+    from: &std::net::UdpSocket,
+    to: SocketAddr,
+    upstream: &std::net::UdpSocket,
+    tag: &str,
+) -> usize {
+    for i in 0..50 {
+        let call_id = format!("{tag}-{i}");
+        let invite = format!(
+            "INVITE sip:95566@{UPSTREAM_IP} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 192.168.1.9;branch=z9hG4bK-{call_id};rport\r\n\
+             From: <sip:8001@bank>;tag=t-{call_id}\r\nTo: <sip:95566@bank>\r\n\
+             Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:8001@192.168.1.9:5060>\r\nMax-Forwards: 70\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        from.send_to(invite.as_bytes(), to).unwrap();
+    }
+    upstream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 65_535];
+    let mut relayed = 0;
+    // The monitor's OPTIONS probes reach the same socket: only this flood's INVITEs count.
+    while let Ok(n) = upstream.recv(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n]).contains(&format!("Call-ID: {tag}-")) {
+            relayed += 1;
+        }
+    }
+    relayed
+}
+
+#[test]
+fn reload_applies_the_per_source_limits() {
+    let port = ports::free_range(1).first;
+    let (se, path) = start(
+        |dir| {
+            config(dir, "a", "acc", Some(port)) + "source_rate_limit = 1\nsource_rate_burst = 5\n"
+        },
+        &[],
+    );
+    let target = SocketAddr::new(PROXY_IP, port);
+    let upstream = std::net::UdpSocket::bind(SocketAddr::new(UPSTREAM_IP, port)).unwrap();
+    let terminal = std::net::UdpSocket::bind(SocketAddr::new(PROXY_IP, 0)).unwrap();
+    let before = flood(&terminal, target, &upstream, "limited");
+    assert!(
+        (5..=6).contains(&before),
+        "{before} of 50 relayed\n{}",
+        se.stderr()
+    );
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("source_rate_limit = 1", "source_rate_limit = 0"),
+    )
+    .unwrap();
+    reload(&se, 1);
+    let log = se.stderr();
+    assert!(!log.contains("only after a restart"), "{log}");
+    let after = flood(&terminal, target, &upstream, "unlimited");
+    assert_eq!(after, 50, "{}", se.stderr());
+
+    // And back on, with a larger burst.
+    std::fs::write(
+        &path,
+        text.replace("source_rate_burst = 5", "source_rate_burst = 20"),
+    )
+    .unwrap();
+    reload(&se, 2);
+    // Another source address: a bucket of its own, full at the new burst.
+    let other = std::net::UdpSocket::bind("127.0.0.3:0").unwrap();
+    let again = flood(&other, target, &upstream, "burst");
+    assert!(
+        (20..=21).contains(&again),
+        "{again} of 50 relayed\n{}",
+        se.stderr()
     );
 }
 

@@ -20,6 +20,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
+# cargo-deb, for the package test (tests/package.rs), pinned: the test packages the dev
+# binary with `--profile dev --no-build`, which later versions may refuse.
+CARGO_DEB_VERSION=3.8.0
+if ! cargo deb --version >/dev/null 2>&1; then
+  cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION"
+fi
+
 if [ ! -d tests/e2e/node_modules/playwright-core ]; then
   (cd tests/e2e && npm ci --no-audit --no-fund)
 fi

@@ -193,6 +193,7 @@ const TABLE = {
     'kind.upstream_down': 'Sipserver 无响应',
     'kind.disk_low': '磁盘空间不足',
     'kind.store_error': '存储错误',
+    'kind.config_invalid': '配置文件无效',
   },
   en: {
     'nav.label': 'Pages',
@@ -381,6 +382,7 @@ const TABLE = {
     'kind.upstream_down': 'Sipserver not answering',
     'kind.disk_low': 'Disk space low',
     'kind.store_error': 'Store error',
+    'kind.config_invalid': 'Configuration file invalid',
   },
 };
 

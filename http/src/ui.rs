@@ -230,6 +230,17 @@ mod tests {
         assert_eq!(on_disk, served);
     }
 
+    /// An alarm kind without a label would show its raw name in the monitor page.
+    #[test]
+    fn every_alarm_kind_has_a_label_in_both_languages() {
+        let i18n = ASSETS.iter().find(|a| a.name == "i18n.js").unwrap();
+        let text = std::str::from_utf8(i18n.body).unwrap();
+        for kind in sipedge_store::AlarmKind::ALL {
+            let key = format!("'kind.{}':", kind.as_str());
+            assert_eq!(text.matches(&key).count(), 2, "{key} in zh and en");
+        }
+    }
+
     /// Every `/assets/…` or `./…js` reference in the pages names a served file.
     #[test]
     fn references_between_files_resolve() {

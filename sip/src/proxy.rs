@@ -66,8 +66,8 @@ pub(crate) struct Shared {
     pub(crate) conns: Conns,
     /// Call tracking's queue.
     pub(crate) handoff: Handoff,
-    /// Per-source limits for the terminal side.
-    pub(crate) limiter: SourceLimiter,
+    /// Per-source limits for the terminal side; shared with the reload, which sets them.
+    pub(crate) limiter: Arc<SourceLimiter>,
     /// Counters, shared with the metrics endpoint.
     pub(crate) metrics: Arc<Metrics>,
     /// Caps inbound TCP connections.
@@ -136,7 +136,10 @@ impl Proxy {
             udp: udp.clone(),
             conns: Conns::new(cfg.ports.len()),
             handoff: Handoff::new(tracking),
-            limiter: SourceLimiter::new(cfg.source_rate_limit, cfg.source_rate_burst),
+            limiter: Arc::new(SourceLimiter::new(
+                cfg.source_rate_limit,
+                cfg.source_rate_burst,
+            )),
             metrics,
             conn_permits: Arc::new(Semaphore::new(cfg.tcp_max_connections)),
             next_conn: AtomicU64::new(1),
@@ -179,6 +182,11 @@ impl Proxy {
     /// The relay's counters, for the metrics endpoint.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.shared.metrics)
+    }
+
+    /// The per-source limiter, whose rate and burst a reload sets while the proxy runs.
+    pub fn limiter(&self) -> Arc<SourceLimiter> {
+        Arc::clone(&self.shared.limiter)
     }
 
     /// Relays until `shutdown` completes, then stops every task and closes every connection.

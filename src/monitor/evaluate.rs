@@ -11,8 +11,11 @@ pub const RESTARTED_CLEARS_AFTER_MS: i64 = 5 * 60 * 1000;
 /// What the rules need to know about one watched process.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WatchRule {
-    /// Alarm target and display name.
+    /// Alarm target and display name; a reload keeps the history of a watch by its name.
     pub name: String,
+    /// The matcher as `/api/processes` shows it; when a reload changes it, the watch's
+    /// history no longer describes the processes it matches.
+    pub matcher: String,
     /// Fewer matching processes is `process_missing`.
     pub min_count: usize,
     /// Over it (all matching processes together) is `process_cpu`.
@@ -77,6 +80,9 @@ pub enum Observation {
     },
     /// One upstream probe's outcome: answered (any status) or timed out.
     Probe { answered: bool },
+    /// A reload's outcome: the configuration file, and why it did not load (`None` when it
+    /// did).
+    Reload { path: String, error: Option<String> },
 }
 
 /// A watched process's condition, as `/api/processes` shows it.
@@ -192,6 +198,18 @@ pub fn evaluate(
                 },
             );
         }
+        Observation::Reload { path, error } => out.set(
+            AlarmKind::ConfigInvalid,
+            path,
+            error.is_some(),
+            Severity::Warning,
+            || {
+                format!(
+                    "the configuration file did not load, the running configuration stays: {}",
+                    error.as_deref().unwrap_or_default()
+                )
+            },
+        ),
         Observation::Tick {
             processes,
             disk,
@@ -243,6 +261,67 @@ pub fn evaluate(
             );
             out.expire_restarts();
         }
+    }
+    let changes = out.changes;
+    (next, changes)
+}
+
+/// The alarm kinds about one watched process, whose target is the watch's name.
+const PROCESS_KINDS: [AlarmKind; 4] = [
+    AlarmKind::ProcessMissing,
+    AlarmKind::ProcessRestarted,
+    AlarmKind::ProcessCpu,
+    AlarmKind::ProcessMemory,
+];
+
+/// Applies a reloaded watch list (`rules.watches` is the running one): a watch that keeps
+/// its name and matcher keeps its history and alarms; the alarms of a removed watch, or of
+/// one whose matcher changed, are cleared, and that watch starts afresh. A watch whose
+/// `critical` changed has its `process_missing` cleared, so that the next look raises it
+/// again with the new severity and health follows.
+pub fn rewatch(
+    rules: &Rules,
+    previous: &State,
+    watches: &[WatchRule],
+    now: UnixMs,
+) -> (State, Vec<Change>) {
+    let mut next = previous.clone();
+    // A running watch by name, with its history once it has been looked at.
+    let running = |name: &str| {
+        let i = rules.watches.iter().position(|r| r.name == name)?;
+        Some((rules.watches.get(i)?, previous.watches.get(i)))
+    };
+    next.watches = watches
+        .iter()
+        .map(|rule| match running(&rule.name) {
+            Some((old, Some(state))) if old.matcher == rule.matcher => state.clone(),
+            _ => WatchState::default(),
+        })
+        .collect();
+    let stale: Vec<(AlarmKind, String)> = previous
+        .active
+        .values()
+        .filter(|a| PROCESS_KINDS.contains(&a.kind))
+        .filter(|a| {
+            let new = watches.iter().find(|w| w.name == a.target);
+            match (running(&a.target), new) {
+                (Some((old, _)), Some(new)) => {
+                    old.matcher != new.matcher
+                        || (old.critical != new.critical && a.kind == AlarmKind::ProcessMissing)
+                }
+                _ => true,
+            }
+        })
+        .map(|a| (a.kind, a.target.clone()))
+        .collect();
+    let mut out = Alarms {
+        rules,
+        state: &mut next.active,
+        changes: Vec::new(),
+        now,
+    };
+    for (kind, target) in stale {
+        out.clear(kind, &target);
     }
     let changes = out.changes;
     (next, changes)
@@ -444,6 +523,7 @@ mod tests {
             watches: vec![
                 WatchRule {
                     name: "web".into(),
+                    matcher: "name web".into(),
                     min_count: 1,
                     max_cpu_percent: Some(50.0),
                     max_rss_mb: Some(100.0),
@@ -451,6 +531,7 @@ mod tests {
                 },
                 WatchRule {
                     name: "sipserver".into(),
+                    matcher: "name sipserver".into(),
                     min_count: 2,
                     max_cpu_percent: None,
                     max_rss_mb: None,
@@ -499,6 +580,13 @@ mod tests {
 
     fn probe(answered: bool) -> Observation {
         Observation::Probe { answered }
+    }
+
+    fn reload(error: Option<&str>) -> Observation {
+        Observation::Reload {
+            path: "/etc/sipedge/sipedge.toml".into(),
+            error: error.map(str::to_owned),
+        }
     }
 
     fn sip_ok() -> Vec<ProcSample> {
@@ -785,6 +873,147 @@ mod tests {
             ],
             0,
         );
+    }
+
+    #[test]
+    fn reload_outcomes() {
+        let alarm = "config_invalid:/etc/sipedge/sipedge.toml";
+        let raised = format!("+{alarm}");
+        let cleared = format!("-{alarm}");
+        check(&[(0, reload(None), &[])], 0);
+        // Raised once while files keep failing, cleared by the next good one; health stays up.
+        check(
+            &[
+                (0, reload(Some("account.colour: unknown field")), &[&raised]),
+                (5, reload(Some("another problem")), &[]),
+                (10, tick(&[p(1, 1, 0.0, 1.0)], &sip_ok()), &[]),
+                (15, reload(None), &[&cleared]),
+                (20, reload(None), &[]),
+            ],
+            0,
+        );
+    }
+
+    /// Feeds `ticks` under [`rules`], then applies the reloaded `watches` (named in `rules`'
+    /// by name, or new ones by name and matcher); compares the changes, per new watch
+    /// whether it kept its history, and the down reasons after.
+    fn check_rewatch(
+        ticks: &[Observation],
+        watches: &[(&str, &str, bool)],
+        expected: &[&str],
+        kept: &[bool],
+        expected_down: usize,
+    ) {
+        let rules = rules();
+        let mut state = State::default();
+        for (i, observation) in ticks.iter().enumerate() {
+            state = evaluate(&rules, &state, observation, UnixMs(1000 * i as i64)).0;
+        }
+        let watches: Vec<WatchRule> = watches
+            .iter()
+            .map(|&(name, matcher, critical)| WatchRule {
+                name: name.into(),
+                matcher: matcher.into(),
+                min_count: 1,
+                max_cpu_percent: None,
+                max_rss_mb: None,
+                critical,
+            })
+            .collect();
+        let (next, changes) = rewatch(&rules, &state, &watches, UnixMs(60_000));
+        let got: Vec<String> = changes
+            .iter()
+            .map(|c| match c {
+                Change::Raised(a) => format!("+{}:{}", a.kind.as_str(), a.target),
+                Change::Cleared(a) => format!("-{}:{}", a.kind.as_str(), a.target),
+            })
+            .collect();
+        assert_eq!(got, expected, "{watches:?}");
+        let history: Vec<bool> = next.watches.iter().map(|w| !w.known.is_empty()).collect();
+        assert_eq!(history, kept, "{watches:?}");
+        assert_eq!(next.down_reasons().len(), expected_down, "{next:?}");
+        // The next look runs under the new list.
+        let rules = Rules { watches, ..rules };
+        let (after, _) = evaluate(&rules, &next, &tick(&[], &[]), UnixMs(61_000));
+        assert_eq!(after.watches.len(), rules.watches.len());
+    }
+
+    #[test]
+    fn reloaded_watch_lists() {
+        let web = [p(100, 7, 1.0, 20.0)];
+        let all_up = [tick(&web, &sip_ok())];
+        let web_missing = [tick(&web, &sip_ok()), tick(&[], &sip_ok())];
+        let sip_missing = [tick(&web, &sip_ok()), tick(&web, &[p(200, 1, 0.0, 1.0)])];
+        let same = [
+            ("web", "name web", false),
+            ("sipserver", "name sipserver", true),
+        ];
+        // The same list: nothing changes, every history kept.
+        check_rewatch(&all_up, &same, &[], &[true, true], 0);
+        check_rewatch(&sip_missing, &same, &[], &[true, true], 1);
+        // Reordered and one added: histories follow the names; the new one starts afresh.
+        check_rewatch(
+            &all_up,
+            &[
+                ("db", "name postgres", false),
+                ("sipserver", "name sipserver", true),
+                ("web", "name web", false),
+            ],
+            &[],
+            &[false, true, true],
+            0,
+        );
+        // Removed while its alarm is active: the alarm is cleared.
+        check_rewatch(
+            &web_missing,
+            &[("sipserver", "name sipserver", true)],
+            &["-process_missing:web"],
+            &[true],
+            0,
+        );
+        check_rewatch(
+            &sip_missing,
+            &[("web", "name web", false)],
+            &["-process_missing:sipserver"],
+            &[true],
+            0,
+        );
+        // The same name with another matcher: alarms cleared, history dropped.
+        check_rewatch(
+            &web_missing,
+            &[
+                ("web", "cmdline /web/", false),
+                ("sipserver", "name sipserver", true),
+            ],
+            &["-process_missing:web"],
+            &[false, true],
+            0,
+        );
+        // No longer critical: process_missing cleared (raised again, as major, by the next
+        // look), so health comes back; the history stays.
+        check_rewatch(
+            &sip_missing,
+            &[
+                ("web", "name web", false),
+                ("sipserver", "name sipserver", false),
+            ],
+            &["-process_missing:sipserver"],
+            &[true, true],
+            0,
+        );
+        // Alarms that are not about a watch stay.
+        let disk_low = [tick_with(
+            &web,
+            &sip_ok(),
+            Some(DiskSample {
+                free_mb: 1,
+                free_percent: 0.1,
+            }),
+            0,
+        )];
+        check_rewatch(&disk_low, &[], &[], &[], 0);
+        // Before the first look there is no history to keep.
+        check_rewatch(&[], &same, &[], &[false, false], 0);
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! (from the probe task) is evaluated as it arrives, so that health goes down at the latest
 //! `probe_failures × interval + probe_timeout` after the upstream stops answering. Each alarm
 //! change is put in the store, published on `/api/events` and queued for the webhook; health
-//! is set from the active alarms after every evaluation.
+//! is set from the active alarms after every evaluation. A reload hands the loop a new
+//! `[[monitor.process]]` list and its own outcome (a file that did not load is the
+//! `config_invalid` alarm) through [`Control`].
 
 pub mod config;
 pub mod evaluate;
@@ -17,6 +19,7 @@ pub mod sample;
 pub mod webhook;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,7 +34,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use self::config::{Matcher, MonitorConfig, WebhookUrl};
+use self::config::{Matcher, MonitorConfig, ProcessWatch, WebhookUrl};
 use self::evaluate::{Change, Condition, Observation, Rules, State, WatchRule};
 use self::sample::Sampler;
 use self::webhook::Webhook;
@@ -66,13 +69,67 @@ pub struct Outputs {
     pub health: Health,
 }
 
-/// The running monitor's handles, for the API and metrics.
+/// The running monitor's handles, for the API, metrics and reloads.
 #[derive(Debug)]
 pub struct Running {
     /// What `/api/processes` lists.
     pub processes: Arc<ProcessTable>,
     /// Present when `monitor.webhook` is configured, for its counters.
     pub webhook: Option<Webhook>,
+    /// For the reload: the new watch list, and whether the file loaded.
+    pub control: Control,
+}
+
+/// What a reload tells the monitor's loop.
+#[derive(Debug)]
+enum Update {
+    /// The reloaded `[[monitor.process]]` list.
+    Watches(Vec<ProcessWatch>),
+    /// Whether the file at `path` loaded.
+    Reload { path: String, error: Option<String> },
+}
+
+/// Hands a reload's results to the running monitor, which applies them between two looks.
+#[derive(Debug, Clone)]
+pub struct Control {
+    /// The loop's queue; a send fails only once the monitor has stopped, which a reload
+    /// then has nothing to tell.
+    updates: mpsc::Sender<Update>,
+}
+
+impl Control {
+    /// Replaces the watched processes; watches that keep their name keep their history.
+    pub async fn watch(&self, processes: Vec<ProcessWatch>) {
+        let _ = self.updates.send(Update::Watches(processes)).await;
+    }
+
+    /// Raises `config_invalid` for `path` with `error`, or clears it when the file loaded.
+    pub async fn reloaded(&self, path: &Path, error: Option<String>) {
+        let update = Update::Reload {
+            path: path.display().to_string(),
+            error,
+        };
+        let _ = self.updates.send(update).await;
+    }
+}
+
+/// The matchers and rules of a watch list, or the first entry that does not compile.
+fn watch_rules(processes: &[ProcessWatch]) -> Result<(Vec<Matcher>, Vec<WatchRule>), String> {
+    let mut matchers = Vec::with_capacity(processes.len());
+    let mut rules = Vec::with_capacity(processes.len());
+    for (i, w) in processes.iter().enumerate() {
+        let matcher = w.matcher(i)?;
+        rules.push(WatchRule {
+            name: w.name.clone(),
+            matcher: matcher.describe(),
+            min_count: w.min_count,
+            max_cpu_percent: w.max_cpu_percent,
+            max_rss_mb: w.max_rss_mb,
+            critical: w.critical,
+        });
+        matchers.push(matcher);
+    }
+    Ok((matchers, rules))
 }
 
 /// The latest snapshot of the watched processes.
@@ -117,10 +174,7 @@ pub async fn start(
     outputs: Outputs,
     shutdown: CancellationToken,
 ) -> Result<Running, MonitorError> {
-    let mut matchers = Vec::with_capacity(config.processes.len());
-    for (i, watch) in config.processes.iter().enumerate() {
-        matchers.push(watch.matcher(i).map_err(MonitorError::Config)?);
-    }
+    let (matchers, watches) = watch_rules(&config.processes).map_err(MonitorError::Config)?;
     let probe = match sip {
         Some(sip) if config.probe_upstream => {
             let bind_ip = match sip.listen {
@@ -151,17 +205,7 @@ pub async fn start(
     };
     let rules = Rules {
         node: outputs.node.clone(),
-        watches: config
-            .processes
-            .iter()
-            .map(|w| WatchRule {
-                name: w.name.clone(),
-                min_count: w.min_count,
-                max_cpu_percent: w.max_cpu_percent,
-                max_rss_mb: w.max_rss_mb,
-                critical: w.critical,
-            })
-            .collect(),
+        watches,
         probe_failures: config.probe_failures,
         upstream,
         data_dir: data_dir.display().to_string(),
@@ -173,7 +217,6 @@ pub async fn start(
     });
     let core = Core {
         rules,
-        describe: matchers.iter().map(Matcher::describe).collect(),
         state: State::default(),
         outputs,
         webhook: webhook.clone(),
@@ -194,10 +237,21 @@ pub async fn start(
         ));
     }
     let sampler = Arc::new(Sampler::new(matchers, data_dir));
-    tokio::spawn(run(core, sampler, config.interval, probe_rx, shutdown));
+    let (updates, updates_rx) = mpsc::channel(8);
+    tokio::spawn(run(
+        core,
+        sampler,
+        config.interval,
+        Inputs {
+            probes: probe_rx,
+            updates: updates_rx,
+        },
+        shutdown,
+    ));
     Ok(Running {
         processes: table,
         webhook,
+        control: Control { updates },
     })
 }
 
@@ -206,8 +260,6 @@ pub async fn start(
 struct Core {
     /// The configuration as the evaluation needs it.
     rules: Rules,
-    /// Each watch's matcher as `/api/processes` shows it.
-    describe: Vec<String>,
     /// What the last evaluation left.
     state: State,
     outputs: Outputs,
@@ -228,9 +280,31 @@ fn now() -> UnixMs {
 impl Core {
     fn apply(&mut self, observation: &Observation) {
         let (next, changes) = evaluate::evaluate(&self.rules, &self.state, observation, now());
+        self.settle(next, &changes);
+    }
+
+    /// Takes a reloaded watch list; returns its matchers for the sampler, or nothing when
+    /// an entry does not compile (the reload's validation makes that unlikely), in which
+    /// case the running list stays.
+    fn rewatch(&mut self, processes: &[ProcessWatch]) -> Option<Vec<Matcher>> {
+        let (matchers, watches) = match watch_rules(processes) {
+            Ok(compiled) => compiled,
+            Err(why) => {
+                tracing::error!(reason = %why, "the reloaded monitor.process list is not applied");
+                return None;
+            }
+        };
+        let (next, changes) = evaluate::rewatch(&self.rules, &self.state, &watches, now());
+        self.rules.watches = watches;
+        self.settle(next, &changes);
+        self.publish_table();
+        Some(matchers)
+    }
+
+    fn settle(&mut self, next: State, changes: &[Change]) {
         self.state = next;
         for change in changes {
-            self.emit(&change);
+            self.emit(change);
         }
         self.outputs
             .health
@@ -296,7 +370,7 @@ impl Core {
                 let watch = self.state.watches.get(i).cloned().unwrap_or_default();
                 WatchedProcess {
                     name: rule.name.clone(),
-                    matcher: self.describe.get(i).cloned().unwrap_or_default(),
+                    matcher: rule.matcher.clone(),
                     pids: watch.current.iter().map(|p| p.pid).collect(),
                     cpu_percent: watch.cpu_percent,
                     rss_mb: watch.rss_mb,
@@ -319,11 +393,19 @@ impl Core {
     }
 }
 
+/// What the loop hears from other tasks.
+struct Inputs {
+    /// Probe outcomes, as they come.
+    probes: mpsc::Receiver<bool>,
+    /// Reloads.
+    updates: mpsc::Receiver<Update>,
+}
+
 async fn run(
     mut core: Core,
-    sampler: Arc<Sampler>,
+    mut sampler: Arc<Sampler>,
     interval: Duration,
-    mut probes: mpsc::Receiver<bool>,
+    mut inputs: Inputs,
     shutdown: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval(interval);
@@ -349,7 +431,15 @@ async fn run(
                     Err(e) => tracing::error!(error = %e, "monitor sampling failed"),
                 }
             }
-            Some(answered) = probes.recv() => core.apply(&Observation::Probe { answered }),
+            Some(answered) = inputs.probes.recv() => core.apply(&Observation::Probe { answered }),
+            Some(update) = inputs.updates.recv() => match update {
+                Update::Watches(processes) => {
+                    if let Some(matchers) = core.rewatch(&processes) {
+                        sampler = Arc::new(sampler.rematch(matchers));
+                    }
+                }
+                Update::Reload { path, error } => core.apply(&Observation::Reload { path, error }),
+            },
         }
     }
 }

@@ -36,6 +36,11 @@ impl Sampler {
         }
     }
 
+    /// The same sampler with a reloaded watch list.
+    pub fn rematch(&self, matchers: Vec<Matcher>) -> Sampler {
+        Sampler::new(matchers, &self.data_dir)
+    }
+
     /// Per watch, the live processes it matches. Processes that vanish while being read are
     /// simply not there; zombies do not count as running.
     pub fn processes(&self) -> Vec<Vec<ProcSample>> {

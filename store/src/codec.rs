@@ -357,6 +357,7 @@ byte_enum!(
         AlarmKind::UpstreamDown = 4,
         AlarmKind::DiskLow = 5,
         AlarmKind::StoreError = 6,
+        AlarmKind::ConfigInvalid = 7,
     ]
 );
 
@@ -750,6 +751,18 @@ m=audio 30000 RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\
             decode_alarm(alarm.id, &encode_alarm(&alarm)).unwrap(),
             alarm
         );
+        for kind in AlarmKind::ALL {
+            let alarm = Alarm {
+                kind,
+                severity: Severity::Warning,
+                cleared_at: None,
+                ..alarm.clone()
+            };
+            assert_eq!(
+                decode_alarm(alarm.id, &encode_alarm(&alarm)).unwrap(),
+                alarm
+            );
+        }
         let counts = Counts {
             calls: 300,
             talk_ms: u64::MAX,
