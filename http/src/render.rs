@@ -96,12 +96,31 @@ video_started_at,status,disposition,sip_code,ended_by,start_time,ring_time,answe
 end_time,duration_s,talk_s,transport,terminal\r\n";
 
 fn csv_field(out: &mut String, text: &str) {
-    if text.contains([',', '"', '\r', '\n']) {
+    let formula = looks_like_formula(text);
+    if formula || text.contains([',', '"', '\r', '\n']) {
         out.push('"');
+        if formula {
+            out.push('\'');
+        }
         out.push_str(&text.replace('"', "\"\""));
         out.push('"');
     } else {
         out.push_str(text);
+    }
+}
+
+/// Whether a spreadsheet would run `text` as a formula (CSV injection, OWASP): the numbers
+/// and URIs come from SIP headers a terminal writes, and operators open exports in Excel.
+/// Such a cell is written with a leading `'`, which spreadsheets show as text; a number
+/// like `+8613800000000` or `-1` is left as it is.
+fn looks_like_formula(text: &str) -> bool {
+    match text.as_bytes().first() {
+        Some(b'=' | b'@' | b'\t' | b'\r') => true,
+        Some(b'+' | b'-') => !text
+            .bytes()
+            .skip(1)
+            .all(|b| b.is_ascii_digit() || matches!(b, b' ' | b'.' | b'-' | b'(' | b')')),
+        _ => false,
     }
 }
 
@@ -440,6 +459,29 @@ mod tests {
         assert_eq!(v["call_type"], json!("video"));
         assert_eq!(v["ended_by"], json!("caller"));
         assert_eq!(v["transport"], json!("tcp"));
+    }
+
+    #[test]
+    fn csv_fields_that_a_spreadsheet_would_run_are_text() {
+        let check_field = |text: &str, expected: &str| {
+            let mut out = String::new();
+            csv_field(&mut out, text);
+            assert_eq!(out, expected, "{text:?}");
+        };
+        check_field("1380", "1380");
+        check_field("+8613800000000", "+8613800000000");
+        check_field("-1", "-1");
+        check_field("+86 (21) 555-0100", "+86 (21) 555-0100");
+        check_field("sip:1380@bank.example", "sip:1380@bank.example");
+        check_field(
+            "=HYPERLINK(\"http://x\")",
+            "\"'=HYPERLINK(\"\"http://x\"\")\"",
+        );
+        check_field("@SUM(A1)", "\"'@SUM(A1)\"");
+        check_field("+cmd|' /C calc'!A0", "\"'+cmd|' /C calc'!A0\"");
+        check_field("-2+3", "\"'-2+3\"");
+        check_field("\t=1", "\"'\t=1\"");
+        check_field("", "");
     }
 
     #[test]
