@@ -15,17 +15,17 @@ mod serve;
 mod shutdown;
 mod token;
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
 // glibc's malloc was a fifth of the CPU of a relayed call with its record (perf, issue 4):
 // every message, log entry and redb page is a short-lived allocation across threads, which
 // is the case mimalloc is built for. Built without transparent huge pages (`no_thp`): with
 // them, each fresh mimalloc page faulted in 2 MiB the kernel had to zero (7 % of the CPU).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use std::path::PathBuf;
-use std::process::ExitCode;
-
-use clap::{Parser, Subcommand};
 
 /// Exit code of a configuration or start-up problem the operator must fix (sysexits EX_USAGE),
 /// so systemd and scripts can tell it from a crash.
