@@ -231,9 +231,11 @@ fn run(tracker: &mut Tracker, events: Vec<SipEvent>, tick: Option<f64>) -> Vec<C
             outputs.extend(tracker.tick(UnixMs(clock)));
         }
         outputs.extend(tracker.on_event(&ev));
+        tracker.assert_indexes_agree();
     }
     if let Some(t) = tick {
         outputs.extend(tracker.tick(ms(t)));
+        tracker.assert_indexes_agree();
     }
     ended(outputs)
 }

@@ -1078,6 +1078,31 @@ impl Tracker {
         self.calls.insert(call.key.clone(), call);
     }
 
+    /// Panics unless every call has exactly its current timer and, while not connected, its
+    /// eviction entry: what `put` and `take` must keep true.
+    #[cfg(test)]
+    pub(crate) fn assert_indexes_agree(&self) {
+        let mut timers: Vec<_> = self.timers.iter().map(|(at, k)| (*at, k.clone())).collect();
+        let mut expected: Vec<_> = self
+            .calls
+            .iter()
+            .map(|(k, c)| ((c.deadline(self.call_timeout_ms), c.seq), k.clone()))
+            .collect();
+        timers.sort();
+        expected.sort();
+        assert_eq!(timers, expected, "timers out of step with the calls");
+        let mut unanswered: Vec<_> = self.unanswered.values().cloned().collect();
+        let mut expected: Vec<_> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| !c.connected())
+            .map(|(k, _)| k.clone())
+            .collect();
+        unanswered.sort();
+        expected.sort();
+        assert_eq!(unanswered, expected, "unanswered out of step with the calls");
+    }
+
     /// Removes a call and its index entries; the caller puts it back if it goes on.
     fn take(&mut self, key: &CallKey) -> Option<CallSnapshot> {
         let call = self.calls.remove(key)?;
