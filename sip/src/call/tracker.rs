@@ -1100,7 +1100,10 @@ impl Tracker {
             .collect();
         unanswered.sort();
         expected.sort();
-        assert_eq!(unanswered, expected, "unanswered out of step with the calls");
+        assert_eq!(
+            unanswered, expected,
+            "unanswered out of step with the calls"
+        );
     }
 
     /// Removes a call and its index entries; the caller puts it back if it goes on.
