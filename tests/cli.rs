@@ -6,7 +6,9 @@ mod support;
 use std::net::TcpListener;
 use std::process::{Command, Output};
 
-use support::{Sipedge, binary, http};
+use support::config::Config;
+use support::sipedge::binary;
+use support::{Sipedge, http};
 
 fn run(args: &[&str]) -> Output {
     Command::new(binary())
@@ -130,17 +132,9 @@ fn version_and_help() {
 #[test]
 fn a_token_body_is_granted_by_the_service() {
     let se = Sipedge::start(
-        r#"
-[node]
-name = "t"
-data_dir = "{DATA}"
-[account]
-listen = "127.0.0.1:0"
-appids = ["readme-appid"]
-account = "acct-7"
-[api]
-listen = "127.0.0.1:0"
-"#,
+        &Config::new("t")
+            .set("account", "appids", "[\"readme-appid\"]")
+            .set("account", "account", "\"acct-7\""),
     );
     let out = run(&["token", "--appid", "readme-appid", "--stream-number", "55"]);
     assert!(out.status.success());
