@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::config::{Config, Sip, Upstream};
 use support::events::Events;
+use support::http::get_json;
 use support::ports::{self, PROXY_IP};
 use support::sipedge::token_body;
 use support::sipp::Sipp;
@@ -104,15 +105,9 @@ fn base_config() -> Config {
         .set("monitor", "disk_min_free_percent", "0.0")
 }
 
-fn get_json(se: &Sipedge, path: &str) -> (u16, Value) {
-    let reply = http(se.addr("api"), "GET", path, "");
-    let body = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
-    (reply.status, body)
-}
-
 /// The alarms `/api/alarms` lists (all, newest first).
 fn alarms(se: &Sipedge) -> Vec<Value> {
-    let (status, body) = get_json(se, "/api/alarms?limit=1000");
+    let (status, body) = get_json(se.addr("api"), "/api/alarms?limit=1000");
     assert_eq!(status, 200, "{body}");
     body["items"].as_array().cloned().unwrap_or_default()
 }
@@ -138,7 +133,7 @@ fn a_killed_process_raises_an_alarm_and_its_restart_clears_it() {
 
     // Watched and fine.
     let row = poll(Duration::from_secs(5), || {
-        let (_, body) = get_json(&se, "/api/processes");
+        let (_, body) = get_json(se.addr("api"), "/api/processes");
         let row = body["items"][0].clone();
         (row["state"] == "ok").then_some(row)
     })
@@ -179,7 +174,7 @@ fn a_killed_process_raises_an_alarm_and_its_restart_clears_it() {
         assert_eq!(reply.status, 503, "{listener}: {}", reply.body);
         assert!(reply.body.contains("helper"), "{}", reply.body);
     }
-    let (_, body) = get_json(&se, "/api/processes");
+    let (_, body) = get_json(se.addr("api"), "/api/processes");
     assert_eq!(body["items"][0]["state"], "missing");
     assert_eq!(body["items"][0]["count"], 0);
 
@@ -215,7 +210,7 @@ fn a_killed_process_raises_an_alarm_and_its_restart_clears_it() {
             .iter()
             .any(|a| a["kind"] == "process_restarted")
     );
-    let (_, body) = get_json(&se, "/api/processes");
+    let (_, body) = get_json(se.addr("api"), "/api/processes");
     assert_eq!(body["items"][0]["pids"], serde_json::json!([second_pid]));
 
     // The gauge counts active alarms by kind.
@@ -238,7 +233,7 @@ fn watch(name: &str, helper: &Helper, critical: bool) -> String {
 
 /// The `(name, state)` rows of `/api/processes`, in order.
 fn process_rows(se: &Sipedge) -> Vec<(String, String)> {
-    let (_, body) = get_json(se, "/api/processes");
+    let (_, body) = get_json(se.addr("api"), "/api/processes");
     body["items"]
         .as_array()
         .cloned()
@@ -273,7 +268,7 @@ fn a_reloaded_watch_list_applies_at_once_and_clears_the_alarms_of_removed_watche
     })
     .expect("a process_missing alarm for the watch that never ran");
     assert_eq!(http(se.addr("api"), "GET", "/healthz", "").status, 503);
-    let (_, body) = get_json(&se, "/api/processes");
+    let (_, body) = get_json(se.addr("api"), "/api/processes");
     let kept_since = body["items"][0]["last_change"].clone();
     assert_eq!(body["items"][0]["state"], "ok", "{body}");
     assert!(!kept_since.is_null(), "{body}");
@@ -316,7 +311,7 @@ fn a_reloaded_watch_list_applies_at_once_and_clears_the_alarms_of_removed_watche
     assert_eq!(http(se.addr("api"), "GET", "/healthz", "").status, 200);
 
     // The kept watch kept its history: the same pid, no restart, the same last change.
-    let (_, body) = get_json(&se, "/api/processes");
+    let (_, body) = get_json(se.addr("api"), "/api/processes");
     assert_eq!(body["items"][0]["pids"], serde_json::json!([kept_pid]));
     assert_eq!(body["items"][0]["last_change"], kept_since, "{body}");
     assert!(find(&alarms(&se), "process_restarted", "kept", true).is_none());

@@ -303,12 +303,21 @@ impl SippOutcome {
         self.status.is_some_and(|s| s.success())
     }
 
+    /// True when SIPp exited 0 with at least `calls` successful calls and none failed.
+    pub fn completed(&self, calls: u64) -> bool {
+        self.passed()
+            && self
+                .stats
+                .as_ref()
+                .is_some_and(|s| s.successful >= calls && s.failed == 0)
+    }
+
     /// Panics with the whole story unless every call passed and at least `calls` succeeded.
     pub fn assert_passed(&self, what: &str, calls: u64) {
         let successful = self.stats.as_ref().map_or(0, |s| s.successful);
         let failed = self.stats.as_ref().map_or(0, |s| s.failed);
         assert!(
-            self.passed() && successful >= calls && failed == 0,
+            self.completed(calls),
             "{what}: expected {calls} successful calls and 0 failed, got {successful} successful, \
              {failed} failed, exit {:?}\n{}",
             self.status,
@@ -467,20 +476,8 @@ impl PairOutcome {
     /// Panics, with both SIPp reports, unless both sides completed every call.
     pub fn assert_passed(&self) {
         let calls = u64::from(self.calls);
-        let uac_ok = self.uac.passed()
-            && self
-                .uac
-                .stats
-                .as_ref()
-                .is_some_and(|s| s.successful >= calls && s.failed == 0);
-        let uas_ok = self.uas.passed()
-            && self
-                .uas
-                .stats
-                .as_ref()
-                .is_some_and(|s| s.successful >= calls && s.failed == 0);
         assert!(
-            uac_ok && uas_ok,
+            self.uac.completed(calls) && self.uas.completed(calls),
             "{}: expected {calls} calls passed on both sides; terminal (UAC): exit {:?} {:?}; \
              Sipserver (UAS): exit {:?} {:?}\n===== terminal (UAC)\n{}\n===== Sipserver (UAS)\n{}",
             self.what,
