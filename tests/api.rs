@@ -934,11 +934,7 @@ fn a_bad_password_hash_is_refused_at_start_naming_the_key() {
     let path = config()
         .append("[[api.users]]\nname = \"ops\"\npassword_hash = \"plain\"\n")
         .write(dir.path());
-    let out = Command::new(support::sipedge::binary())
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = support::sipedge::run(["check-config", "--config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("api.users[0].password_hash"), "{err}");

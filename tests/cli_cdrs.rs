@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -13,19 +13,14 @@ use serde_json::Value;
 use support::Sipedge;
 use support::cdrs;
 use support::config::{Config, Sip};
-use support::sipedge::binary;
+use support::sipedge::run;
 use support::sipp::{Pair, Transport};
 
 const CALLS: u32 = 4;
 
 fn cdrs_command(proxy: &Sipedge, args: &[&str]) -> Output {
-    Command::new(binary())
-        .arg("cdrs")
-        .arg("--config")
-        .arg(proxy.config_path())
-        .args(args)
-        .output()
-        .expect("run sipedge cdrs")
+    let config = proxy.config_path().to_str().expect("a UTF-8 temp path");
+    run(["cdrs", "--config", config].iter().chain(args))
 }
 
 /// The interval arguments around now, so that a run near midnight still lists today's calls.

@@ -16,7 +16,7 @@ use serde_json::Value;
 use support::config::{Config, Sip, quote};
 use support::http::KeepAlive;
 use support::ports::{self, PROXY_IP, UPSTREAM_IP};
-use support::sipedge::{binary, token_body};
+use support::sipedge::{binary, run, token_body};
 use support::sipp::{Pair, Sipp, Transport};
 use support::{Sipedge, http, require_tool, wait_until};
 
@@ -497,12 +497,11 @@ fn sigterm_during_calls_exits_0_and_loses_no_call() {
 fn the_packaged_config_needs_an_appid_and_is_a_node_config_once_it_has_one() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let check = |path: &Path, quiet: bool| {
-        let mut command = Command::new(binary());
-        command.arg("check-config").arg("--config").arg(path);
+        let mut args = vec!["check-config", "--config", path.to_str().unwrap()];
         if quiet {
-            command.arg("--quiet");
+            args.push("--quiet");
         }
-        command.output().unwrap()
+        run(args)
     };
     let shipped = root.join("etc/debian/sipedge.toml");
     let out = check(&shipped, true);

@@ -2,9 +2,10 @@
 //! ready once its stderr says `sipedge started` (after every listener has been announced as
 //! `listening listener=NAME addr=ADDR`); stopped, killed and restarted on the same data dir.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::{Command, ExitStatus, Output};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -20,12 +21,18 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_sipedge")
 }
 
+/// Runs a one-shot `sipedge ARGS` (`check-config`, `cdrs`, `token`…) to its end.
+pub fn run<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
+    Command::new(binary())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run sipedge")
+}
+
 /// A valid account-request body for `appid`, made by `sipedge token`.
 pub fn token_body(appid: &str) -> String {
-    let out = Command::new(binary())
-        .args(["token", "--appid", appid])
-        .output()
-        .expect("run sipedge token");
+    let out = run(["token", "--appid", appid]);
     assert!(out.status.success(), "{out:?}");
     String::from_utf8(out.stdout)
         .expect("a UTF-8 token body")
