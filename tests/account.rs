@@ -8,27 +8,19 @@ use std::time::Duration;
 
 use chrono::{Timelike, Utc};
 use md5::{Digest, Md5};
+use support::config::Config;
 use support::{Sipedge, http};
 
 const APPID: &str = "test-appid-0001";
 const APPID2: &str = "test-appid-0002";
 
 fn start() -> Sipedge {
-    Sipedge::start(&format!(
-        r#"
-[node]
-name = "test-01"
-timezone = "Asia/Shanghai"
-data_dir = "{{DATA}}"
-[account]
-listen = "127.0.0.1:0"
-appids = ["{APPID}", "{APPID2}"]
-account = "sipserver"
-max_clock_skew = "3600s"
-[api]
-listen = "127.0.0.1:0"
-"#
-    ))
+    Sipedge::start(
+        &Config::new("test-01")
+            .set("node", "timezone", "\"Asia/Shanghai\"")
+            .set("account", "appids", &format!("[\"{APPID}\", \"{APPID2}\"]"))
+            .set("account", "max_clock_skew", "\"3600s\""),
+    )
 }
 
 fn token(appid: &str, timestamp: &str) -> String {

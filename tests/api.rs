@@ -3,46 +3,32 @@
 //! generated list with the store's own definition of a match.
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
-mod common;
 mod support;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Duration as Span, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
-use common::proxy::{Proxy, ProxySpec};
-use common::sipp::{Pair, Transport as SippTransport};
 use serde_json::Value;
 use sipedge_store::{
     Alarm, AlarmId, AlarmKind, CallStatus, CallType, Cdr, CdrFilter, Direction, LogEntry, LogKind,
     NumberMatch, Severity, Transport, UnixMs,
 };
+use support::config::{Config, Sip};
+use support::events::{Event, Events};
+use support::http::{Reply, get_with};
 use support::seed::{self, Seed};
-use support::{Reply, Sipedge, get_with, http};
+use support::sipp::{Pair, Transport as SippTransport};
+use support::{Sipedge, http, wait_until};
 
 const ZONE: Tz = chrono_tz::Asia::Shanghai;
 
-fn config(api_extra: &str) -> String {
-    format!(
-        r#"
-[node]
-name = "api-01"
-timezone = "Asia/Shanghai"
-data_dir = "{{DATA}}"
-[account]
-listen = "127.0.0.1:0"
-appids = ["test-appid"]
-account = "sipserver"
-[api]
-listen = "127.0.0.1:0"
-{api_extra}
-"#
-    )
+fn config() -> Config {
+    Config::new("api-01").set("node", "timezone", "\"Asia/Shanghai\"")
 }
 
 fn ms(t: DateTime<Utc>) -> UnixMs {
@@ -66,7 +52,7 @@ fn calls() -> Vec<Cdr> {
 
 fn start(cdrs: &[Cdr]) -> Sipedge {
     Sipedge::start_seeded(
-        &config(""),
+        &config(),
         &Seed {
             cdrs: cdrs.to_vec(),
             ..Seed::default()
@@ -76,11 +62,6 @@ fn start(cdrs: &[Cdr]) -> Sipedge {
 
 fn get(se: &Sipedge, path: &str) -> Reply {
     http(se.addr("api"), "GET", path, "")
-}
-
-fn json(reply: &Reply) -> Value {
-    serde_json::from_str(&reply.body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", reply.status, reply.body))
 }
 
 /// Query-string escaping of what the tests send.
@@ -109,7 +90,7 @@ fn all_pages(se: &Sipedge, query: &str, limit: usize) -> Vec<Value> {
         }
         let reply = get(se, &path);
         assert_eq!(reply.status, 200, "{path}: {}", reply.body);
-        let page = json(&reply);
+        let page = reply.json();
         let page_items = page["items"].as_array().unwrap().clone();
         assert!(page_items.len() <= limit);
         for item in &page_items {
@@ -254,11 +235,11 @@ fn defaults_are_today_in_the_node_zone_and_limit_defaults_to_100() {
         &CdrFilter::between(ms(today()), ms(today() + Span::days(1))),
     );
     assert!(want.len() > 100, "{} calls today", want.len());
-    let first = json(&get(&se, "/api/cdrs"));
+    let first = get(&se, "/api/cdrs").json();
     assert_eq!(first["items"].as_array().unwrap().len(), 100);
     assert!(first["next_cursor"].is_string());
     assert_eq!(ids(&all_pages(&se, "", 100)), want);
-    let stats = json(&get(&se, "/api/stats"));
+    let stats = get(&se, "/api/stats").json();
     assert_eq!(stats["totals"]["all"]["calls"], want.len());
     assert_eq!(stats["bucket"], "hour");
     assert_eq!(
@@ -364,7 +345,7 @@ fn stats_have_hourly_buckets_up_to_exactly_one_day_and_add_up() {
         compact(from),
         compact(from + Span::days(1))
     );
-    let stats = json(&get(&se, &format!("/api/stats?{one_day}")));
+    let stats = get(&se, &format!("/api/stats?{one_day}")).json();
     assert_eq!(stats["bucket"], "hour", "{stats}");
     assert_eq!(stats["buckets"].as_array().unwrap().len(), 24);
     assert_eq!(
@@ -380,10 +361,11 @@ fn stats_have_hourly_buckets_up_to_exactly_one_day_and_add_up() {
     );
 
     let over = from + Span::days(1) + Span::seconds(1);
-    let stats = json(&get(
+    let stats = get(
         &se,
         &format!("/api/stats?start={}&end={}", compact(from), compact(over)),
-    ));
+    )
+    .json();
     assert_eq!(stats["bucket"], "day", "{stats}");
     assert_eq!(stats["buckets"].as_array().unwrap().len(), 2);
 
@@ -394,7 +376,7 @@ fn stats_have_hourly_buckets_up_to_exactly_one_day_and_add_up() {
         compact(from),
         compact(to)
     );
-    let stats = json(&get(&se, &format!("/api/stats?{filtered}")));
+    let stats = get(&se, &format!("/api/stats?{filtered}")).json();
     assert_eq!(stats["bucket"], "day");
     assert_eq!(stats["buckets"].as_array().unwrap().len(), 4);
     check_stats_against(
@@ -406,10 +388,11 @@ fn stats_have_hourly_buckets_up_to_exactly_one_day_and_add_up() {
         },
         &stats,
     );
-    let all = json(&get(
+    let all = get(
         &se,
         &format!("/api/stats?start={}&end={}", compact(from), compact(to)),
-    ));
+    )
+    .json();
     check_stats_against(&cdrs, &CdrFilter::between(ms(from), ms(to)), &all);
     assert_eq!(all["totals"]["all"]["calls"], cdrs.len());
 
@@ -572,7 +555,7 @@ fn one_cdr_its_log_and_unknown_ids() {
         ),
     ];
     let se = Sipedge::start_seeded(
-        &config(""),
+        &config(),
         &Seed {
             cdrs: cdrs.clone(),
             logs: log,
@@ -581,7 +564,7 @@ fn one_cdr_its_log_and_unknown_ids() {
     );
     let reply = get(&se, &format!("/api/cdrs/{}", target.id));
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let cdr = json(&reply);
+    let cdr = reply.json();
     assert_eq!(cdr["id"], target.id.to_string());
     assert_eq!(cdr["caller"], target.caller);
     assert_eq!(cdr["duration_s"].as_f64().unwrap(), target.duration_s());
@@ -590,7 +573,7 @@ fn one_cdr_its_log_and_unknown_ids() {
     assert_eq!(start.offset().local_minus_utc(), 8 * 3600);
     assert_eq!(start.timestamp_millis(), target.start_time.0);
 
-    let log = json(&get(&se, &format!("/api/cdrs/{}/log", target.id)));
+    let log = get(&se, &format!("/api/cdrs/{}/log", target.id)).json();
     let entries = log["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 3, "{log}");
     assert_eq!(entries[0]["type"], "sip");
@@ -606,7 +589,7 @@ fn one_cdr_its_log_and_unknown_ids() {
     assert_eq!(entries[2]["text"], "upstream unreachable");
 
     // A CDR whose log has expired still answers, with no entries.
-    let other = json(&get(&se, &format!("/api/cdrs/{}/log", cdrs[1].id)));
+    let other = get(&se, &format!("/api/cdrs/{}/log", cdrs[1].id)).json();
     assert_eq!(other["entries"], Value::Array(vec![]));
 
     let unknown = "0".repeat(32);
@@ -616,11 +599,11 @@ fn one_cdr_its_log_and_unknown_ids() {
     ] {
         let reply = get(&se, &path);
         assert_eq!(reply.status, 404, "{path}");
-        assert!(json(&reply)["error"].is_string());
+        assert!(reply.json()["error"].is_string());
     }
     let bad = get(&se, "/api/cdrs/not-an-id");
     assert_eq!(bad.status, 400);
-    assert!(json(&bad)["error"].as_str().unwrap().contains("id"));
+    assert!(bad.json()["error"].as_str().unwrap().contains("id"));
     assert_eq!(get(&se, "/api/nothing").status, 404);
 }
 
@@ -656,7 +639,7 @@ fn bad_parameters_get_a_400_naming_them() {
     for (path, name) in cases {
         let reply = get(&se, path);
         assert_eq!(reply.status, 400, "{path}: {}", reply.body);
-        let error = json(&reply)["error"].as_str().unwrap().to_owned();
+        let error = reply.json()["error"].as_str().unwrap().to_owned();
         assert!(error.contains(name), "{path}: {error:?} should name {name}");
     }
     let events = get_with(se.addr("api"), "/api/events", &[("Last-Event-ID", "x1")]);
@@ -668,7 +651,7 @@ fn bad_parameters_get_a_400_naming_them() {
 fn a_tampered_or_foreign_cursor_is_refused() {
     let cdrs = calls();
     let se = start(&cdrs);
-    let page = json(&get(&se, "/api/cdrs?limit=5"));
+    let page = get(&se, "/api/cdrs?limit=5").json();
     let cursor = page["next_cursor"].as_str().unwrap().to_owned();
     assert_eq!(
         get(&se, &format!("/api/cdrs?limit=5&cursor={cursor}")).status,
@@ -686,7 +669,7 @@ fn a_tampered_or_foreign_cursor_is_refused() {
     ] {
         let reply = get(&se, &format!("/api/cdrs?limit=5&cursor={bad}"));
         assert_eq!(reply.status, 400, "{bad}");
-        assert!(json(&reply)["error"].as_str().unwrap().contains("cursor"));
+        assert!(reply.json()["error"].as_str().unwrap().contains("cursor"));
     }
     // The cursor of one query is no good for another.
     let other = get(
@@ -708,7 +691,7 @@ fn other_methods_get_405() {
         let reply = http(se.addr("api"), method, path, "{}");
         assert_eq!(reply.status, 405, "{method} {path}");
         assert_eq!(reply.header("allow"), Some("GET, HEAD"));
-        assert!(json(&reply)["error"].is_string());
+        assert!(reply.json()["error"].is_string());
     }
 }
 
@@ -749,7 +732,7 @@ fn alarms_newest_first_with_active_and_time_filters() {
         ),
     ];
     let se = Sipedge::start_seeded(
-        &config(""),
+        &config(),
         &Seed {
             alarms: alarms.clone(),
             ..Seed::default()
@@ -758,7 +741,7 @@ fn alarms_newest_first_with_active_and_time_filters() {
     let kinds = |path: &str| -> Vec<String> {
         let reply = get(&se, path);
         assert_eq!(reply.status, 200, "{path}: {}", reply.body);
-        json(&reply)["items"]
+        reply.json()["items"]
             .as_array()
             .unwrap()
             .iter()
@@ -778,7 +761,7 @@ fn alarms_newest_first_with_active_and_time_filters() {
         ["upstream_down", "disk_low"]
     );
     assert_eq!(kinds("/api/alarms?limit=1"), ["upstream_down"]);
-    let one = &json(&get(&se, "/api/alarms?active=true"))["items"][0];
+    let one = &get(&se, "/api/alarms?active=true").json()["items"][0];
     let keys: HashSet<&str> = one
         .as_object()
         .unwrap()
@@ -846,7 +829,7 @@ fn metrics_count_account_requests_and_stored_cdrs() {
 #[test]
 fn live_calls_and_the_event_stream_answer() {
     let se = start(&[]);
-    let live = json(&get(&se, "/api/calls/live"));
+    let live = get(&se, "/api/calls/live").json();
     assert_eq!(live["items"], Value::Array(vec![]));
 
     let mut stream = TcpStream::connect(se.addr("api")).unwrap();
@@ -877,7 +860,7 @@ fn live_calls_and_the_event_stream_answer() {
 const PASSWORD: &str = "correct horse battery staple";
 
 fn hash_password(password: &str) -> String {
-    let mut child = Command::new(support::binary())
+    let mut child = Command::new(support::sipedge::binary())
         .arg("hash-password")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -903,7 +886,7 @@ fn basic(user_password: &str) -> String {
 fn users_need_the_right_password_but_healthz_stays_open() {
     let hash = hash_password(PASSWORD);
     let se = Sipedge::start_seeded(
-        &config(&format!(
+        &config().append(&format!(
             "[[api.users]]\nname = \"ops\"\npassword_hash = \"{hash}\"\n"
         )),
         &Seed::default(),
@@ -929,12 +912,15 @@ fn users_need_the_right_password_but_healthz_stays_open() {
 
 #[test]
 fn clients_outside_allow_get_403_even_for_healthz() {
-    let se = Sipedge::start_seeded(&config("allow = [\"10.9.0.0/16\"]"), &Seed::default());
+    let se = Sipedge::start_seeded(
+        &config().set("api", "allow", "[\"10.9.0.0/16\"]"),
+        &Seed::default(),
+    );
     for path in ["/api/cdrs", "/healthz", "/metrics", "/nothing"] {
         let reply = get(&se, path);
         assert_eq!(reply.status, 403, "{path}");
         assert!(
-            json(&reply)["error"]
+            reply.json()["error"]
                 .as_str()
                 .unwrap()
                 .contains("api.allow")
@@ -945,15 +931,10 @@ fn clients_outside_allow_get_403_even_for_healthz() {
 #[test]
 fn a_bad_password_hash_is_refused_at_start_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sipedge.toml");
-    let text = config("[[api.users]]\nname = \"ops\"\npassword_hash = \"plain\"\n")
-        .replace("{DATA}", &dir.path().join("data").display().to_string());
-    std::fs::write(&path, text).unwrap();
-    let out = Command::new(support::binary())
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let path = config()
+        .append("[[api.users]]\nname = \"ops\"\npassword_hash = \"plain\"\n")
+        .write(dir.path());
+    let out = support::sipedge::run(["check-config", "--config", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("api.users[0].password_hash"), "{err}");
@@ -961,54 +942,28 @@ fn a_bad_password_hash_is_refused_at_start_naming_the_key() {
 
 #[test]
 fn a_cursor_stays_valid_across_a_restart() {
-    let cdrs = calls();
-    let home = tempfile::tempdir().unwrap();
-    let data = home.path().join("data");
-    seed::write(
-        &data,
-        &Seed {
-            cdrs: cdrs.clone(),
-            ..Seed::default()
-        },
-    );
-    let path = home.path().join("sipedge.toml");
-    std::fs::write(
-        &path,
-        config("").replace("{DATA}", &data.display().to_string()),
-    )
-    .unwrap();
-    let mut first = Sipedge::start_file(&path, tempfile::tempdir().unwrap());
-    let page = json(&get(&first, "/api/cdrs?limit=10"));
+    let mut se = start(&calls());
+    let page = get(&se, "/api/cdrs?limit=10").json();
     let cursor = page["next_cursor"].as_str().unwrap().to_owned();
-    let want = json(&get(&first, &format!("/api/cdrs?limit=10&cursor={cursor}")));
-    assert_eq!(first.stop(), Some(0));
+    let want = get(&se, &format!("/api/cdrs?limit=10&cursor={cursor}")).json();
+    assert_eq!(se.stop().code(), Some(0));
 
-    let second = Sipedge::start_file(&path, tempfile::tempdir().unwrap());
-    let reply = get(&second, &format!("/api/cdrs?limit=10&cursor={cursor}"));
+    se.restart();
+    let reply = get(&se, &format!("/api/cdrs?limit=10&cursor={cursor}"));
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(
-        ids(json(&reply)["items"].as_array().unwrap()),
+        ids(reply.json()["items"].as_array().unwrap()),
         ids(want["items"].as_array().unwrap())
     );
 }
 
-/// The API listener of a proxy started by the SIP harness.
-fn api_of(proxy: &Proxy) -> std::net::SocketAddr {
-    proxy
-        .listeners
-        .iter()
-        .find(|(name, _)| name == "api")
-        .map(|(_, addr)| *addr)
-        .unwrap_or_else(|| panic!("no api listener in {:?}", proxy.listeners))
-}
-
 #[test]
 fn metrics_show_the_relays_counters() {
-    let proxy = Proxy::start(ProxySpec::one_port());
-    let api = api_of(&proxy);
+    let proxy = Sipedge::start(&Config::new("test").sip(Sip::one_port()));
+    let api = proxy.addr("api");
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     socket
-        .send_to(b"this is not SIP\r\n\r\n", proxy.sip_addr())
+        .send_to(b"this is not SIP\r\n\r\n", proxy.sip().addr())
         .unwrap();
     let options = format!(
         "OPTIONS sip:95566@127.0.0.2 SIP/2.0\r\nVia: SIP/2.0/UDP {0};branch=z9hG4bKm1\r\n\
@@ -1017,10 +972,10 @@ fn metrics_show_the_relays_counters() {
         socket.local_addr().unwrap()
     );
     socket
-        .send_to(options.as_bytes(), proxy.sip_addr())
+        .send_to(options.as_bytes(), proxy.sip().addr())
         .unwrap();
     let mut text = String::new();
-    let counted = common::wait_until(Duration::from_secs(10), || {
+    let counted = wait_until(Duration::from_secs(10), || {
         text = http(api, "GET", "/metrics", "").body;
         text.lines()
             .any(|l| l == "sipedge_sip_parse_errors_total 1")
@@ -1031,84 +986,21 @@ fn metrics_show_the_relays_counters() {
     assert!(counted, "{text}");
 }
 
-/// One server-sent event as received.
-#[derive(Debug, Clone)]
-struct Sse {
-    id: Option<String>,
-    name: String,
-    data: String,
-}
-
-/// Reads `/api/events` in the background (from `last_id` when given), collecting events until
-/// the stream ends or the test ends.
-fn listen(api: std::net::SocketAddr, last_id: Option<&str>) -> Arc<Mutex<Vec<Sse>>> {
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let mut stream = TcpStream::connect(api).unwrap();
-    let resume = last_id
-        .map(|id| format!("Last-Event-ID: {id}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "GET /api/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{resume}\r\n"
-    )
-    .unwrap();
-    let (hello_tx, hello_rx) = std::sync::mpsc::channel();
-    let sink = got.clone();
-    std::thread::spawn(move || {
-        let reader = BufReader::new(stream);
-        let mut current = Sse {
-            id: None,
-            name: String::new(),
-            data: String::new(),
-        };
-        for line in reader.lines() {
-            let Ok(line) = line else { return };
-            // Chunked framing puts the size on a line of its own; SSE fields have a colon.
-            if line.starts_with(": sipedge events") {
-                let _ = hello_tx.send(());
-            } else if let Some(v) = line.strip_prefix("id: ") {
-                current.id = Some(v.to_owned());
-            } else if let Some(v) = line.strip_prefix("event: ") {
-                current.name = v.to_owned();
-            } else if let Some(v) = line.strip_prefix("data: ") {
-                current.data.push_str(v);
-            } else if line.is_empty() && !current.name.is_empty() {
-                sink.lock().unwrap().push(current.clone());
-                current = Sse {
-                    id: None,
-                    name: String::new(),
-                    data: String::new(),
-                };
-            }
-        }
+fn wait_for(events: &Events, ended: usize) -> Vec<Event> {
+    let done = wait_until(Duration::from_secs(20), || {
+        events.data("call.ended").len() >= ended
     });
-    hello_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the event stream opened");
-    got
-}
-
-fn wait_for(events: &Arc<Mutex<Vec<Sse>>>, ended: usize) -> Vec<Sse> {
-    let done = common::wait_until(Duration::from_secs(20), || {
-        events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e.name == "call.ended")
-            .count()
-            >= ended
-    });
-    let got = events.lock().unwrap().clone();
+    let got = events.all();
     assert!(done, "{ended} call.ended expected in {got:#?}");
     got
 }
 
 #[test]
 fn sipp_calls_make_events_in_order_and_cdrs_with_logs() {
-    let proxy = Proxy::start(ProxySpec::one_port());
-    let api = api_of(&proxy);
-    let events = listen(api, None);
-    let (target, upstream) = (proxy.sip_addr(), proxy.upstream_addr());
+    let proxy = Sipedge::start(&Config::new("test").sip(Sip::one_port()));
+    let api = proxy.addr("api");
+    let events = Events::open(api, None);
+    let (target, upstream) = (proxy.sip().addr(), proxy.sip().upstream_addr());
     let calls = std::thread::spawn(move || {
         Pair::new("call", SippTransport::Udp, 3)
             .rate(10)
@@ -1118,8 +1010,8 @@ fn sipp_calls_make_events_in_order_and_cdrs_with_logs() {
     });
     // While the calls talk, they are live.
     let mut live = Value::Null;
-    let seen_live = common::wait_until(Duration::from_secs(10), || {
-        live = json(&http(api, "GET", "/api/calls/live", ""));
+    let seen_live = wait_until(Duration::from_secs(10), || {
+        live = http(api, "GET", "/api/calls/live", "").json();
         live["items"]
             .as_array()
             .unwrap()
@@ -1128,7 +1020,7 @@ fn sipp_calls_make_events_in_order_and_cdrs_with_logs() {
     });
     assert!(seen_live, "{live}");
     let mut metrics = String::new();
-    let counted = common::wait_until(Duration::from_secs(5), || {
+    let counted = wait_until(Duration::from_secs(5), || {
         metrics = http(api, "GET", "/metrics", "").body;
         metrics.lines().any(|l| {
             l.strip_prefix("sipedge_calls_active ")
@@ -1179,7 +1071,7 @@ fn sipp_calls_make_events_in_order_and_cdrs_with_logs() {
     assert_eq!(ended["caller"], "8001");
 
     // A client that saw only the first event gets exactly the rest.
-    let again = listen(api, got[0].id.as_deref());
+    let again = Events::open(api, got[0].id.as_deref());
     let replay = wait_for(&again, 3);
     let replay_ids: Vec<&str> = replay.iter().filter_map(|e| e.id.as_deref()).collect();
     let want: Vec<&str> = got[1..].iter().filter_map(|e| e.id.as_deref()).collect();
@@ -1187,8 +1079,8 @@ fn sipp_calls_make_events_in_order_and_cdrs_with_logs() {
 
     // The CDRs and their logs.
     let mut items = Vec::new();
-    let stored = common::wait_until(Duration::from_secs(10), || {
-        items = json(&http(api, "GET", "/api/cdrs", ""))["items"]
+    let stored = wait_until(Duration::from_secs(10), || {
+        items = http(api, "GET", "/api/cdrs", "").json()["items"]
             .as_array()
             .unwrap()
             .clone();
@@ -1202,12 +1094,13 @@ fn sipp_calls_make_events_in_order_and_cdrs_with_logs() {
         assert_eq!(cdr["call_type"], "audio");
         assert_eq!(cdr["caller"], "8001");
         assert!(cdr["talk_s"].as_f64().unwrap() >= 1.4, "{cdr}");
-        let log = json(&http(
+        let log = http(
             api,
             "GET",
             &format!("/api/cdrs/{}/log", cdr["id"].as_str().unwrap()),
             "",
-        ));
+        )
+        .json();
         let texts: Vec<&str> = log["entries"]
             .as_array()
             .unwrap()
@@ -1221,27 +1114,27 @@ fn sipp_calls_make_events_in_order_and_cdrs_with_logs() {
         );
         assert!(texts.iter().any(|t| t.starts_with("BYE ")), "{log}");
     }
-    let stats = json(&http(api, "GET", "/api/stats", ""));
+    let stats = http(api, "GET", "/api/stats", "").json();
     assert_eq!(stats["totals"]["audio"]["calls"], 3);
     assert_eq!(stats["totals"]["audio"]["connected"], 3);
     assert_eq!(
-        json(&http(api, "GET", "/api/calls/live", ""))["items"],
+        http(api, "GET", "/api/calls/live", "").json()["items"],
         Value::Array(vec![])
     );
 }
 
 #[test]
 fn paging_returns_every_record_once_while_calls_arrive() {
-    let proxy = Proxy::start(ProxySpec::one_port());
-    let api = api_of(&proxy);
-    let (target, upstream) = (proxy.sip_addr(), proxy.upstream_addr());
+    let proxy = Sipedge::start(&Config::new("test").sip(Sip::one_port()));
+    let api = proxy.addr("api");
+    let (target, upstream) = (proxy.sip().addr(), proxy.sip().upstream_addr());
     Pair::new("call", SippTransport::Udp, 20)
         .rate(50)
         .run(target, upstream)
         .assert_passed();
     let mut before = Vec::new();
-    assert!(common::wait_until(Duration::from_secs(10), || {
-        before = ids(json(&http(api, "GET", "/api/cdrs?limit=1000", ""))["items"]
+    assert!(wait_until(Duration::from_secs(10), || {
+        before = ids(http(api, "GET", "/api/cdrs?limit=1000", "").json()["items"]
             .as_array()
             .unwrap());
         before.len() == 20
@@ -1253,8 +1146,8 @@ fn paging_returns_every_record_once_while_calls_arrive() {
             .assert_passed();
     });
     // Start paging once the new calls are being stored, and page slowly while more are.
-    assert!(common::wait_until(Duration::from_secs(20), || {
-        json(&http(api, "GET", "/api/cdrs?limit=1000", ""))["items"]
+    assert!(wait_until(Duration::from_secs(20), || {
+        http(api, "GET", "/api/cdrs?limit=1000", "").json()["items"]
             .as_array()
             .unwrap()
             .len()
@@ -1267,7 +1160,7 @@ fn paging_returns_every_record_once_while_calls_arrive() {
             Some(c) => format!("/api/cdrs?limit=3&cursor={c}"),
             None => "/api/cdrs?limit=3".to_owned(),
         };
-        let page = json(&http(api, "GET", &path, ""));
+        let page = http(api, "GET", &path, "").json();
         seen.extend(ids(page["items"].as_array().unwrap()));
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
@@ -1275,7 +1168,7 @@ fn paging_returns_every_record_once_while_calls_arrive() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let total_after_paging = json(&http(api, "GET", "/api/cdrs?limit=1000", ""))["items"]
+    let total_after_paging = http(api, "GET", "/api/cdrs?limit=1000", "").json()["items"]
         .as_array()
         .unwrap()
         .len();

@@ -4,16 +4,18 @@
 //!
 //! Needs `sipp` (Debian `sip-tester`) on PATH.
 
-mod common;
+mod support;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::cdrs::{self, ms};
-use common::msglog;
-use common::proxy::{Proxy, ProxySpec};
-use common::sipp::{Pair, PairOutcome, Transport};
 use serde_json::Value;
+use support::Sipedge;
+use support::cdrs::{self, ms};
+use support::config::{Config, Sip};
+use support::http::get_json;
+use support::msglog;
+use support::sipp::{Pair, PairOutcome, Transport};
 
 /// Calls per case and transport: enough to see duplicates, few enough to stay quick.
 const CALLS: u32 = 3;
@@ -204,11 +206,11 @@ fn call_ids(outcome: &PairOutcome) -> Vec<String> {
 }
 
 /// Runs one case through `proxy` and checks its CDRs and logs.
-fn check_case(proxy: &Proxy, expect: &Expect, transport: Transport) {
+fn check_case(proxy: &Sipedge, expect: &Expect, transport: Transport) {
     let what = format!("{} over {transport:?}", expect.case);
     let outcome = Pair::new(expect.case, transport, CALLS)
         .pause_ms(expect.pause_ms)
-        .run(proxy.sip_addr(), proxy.upstream_addr());
+        .run(proxy.sip().addr(), proxy.sip().upstream_addr());
     outcome.assert_passed();
     let ids = call_ids(&outcome);
     assert_eq!(
@@ -216,7 +218,7 @@ fn check_case(proxy: &Proxy, expect: &Expect, transport: Transport) {
         CALLS as usize,
         "{what}: Call-IDs in the UAC's log"
     );
-    let api = proxy.api_addr();
+    let api = proxy.addr("api");
     cdrs::wait_for(api, &ids, CDR_WAIT);
     // Late duplicates (a retransmission, a second close) would come within this.
     std::thread::sleep(Duration::from_millis(500));
@@ -232,7 +234,7 @@ fn check_case(proxy: &Proxy, expect: &Expect, transport: Transport) {
         let cdr = &found[0];
         check_cdr(cdr, expect, transport, &format!("{what}, call {call_id}"));
         let id = cdr["id"].as_str().expect("id is a string");
-        let (status, one) = cdrs::get_json(api, &format!("/api/cdrs/{id}"));
+        let (status, one) = get_json(api, &format!("/api/cdrs/{id}"));
         assert_eq!(status, 200, "{what}: /api/cdrs/{id}: {one}");
         assert_eq!(&one, cdr, "{what}: /api/cdrs/{id} differs from the listing");
         check_log(api, id, call_id, expect, &what);
@@ -286,7 +288,7 @@ fn check_cdr(cdr: &Value, expect: &Expect, transport: Transport, what: &str) {
         .unwrap_or_else(|_| fail("terminal is not ip:port"));
     assert_eq!(
         terminal.ip(),
-        common::ports::TERMINAL_IP,
+        support::ports::TERMINAL_IP,
         "{what}: terminal"
     );
 
@@ -353,7 +355,7 @@ fn check_cdr(cdr: &Value, expect: &Expect, transport: Transport, what: &str) {
 /// The call's log holds its SIP messages in order: the expected start lines appear as a
 /// subsequence, times never go back, and every message is of this call.
 fn check_log(api: std::net::SocketAddr, id: &str, call_id: &str, expect: &Expect, what: &str) {
-    let (status, log) = cdrs::get_json(api, &format!("/api/cdrs/{id}/log"));
+    let (status, log) = get_json(api, &format!("/api/cdrs/{id}/log"));
     assert_eq!(status, 200, "{what}: /api/cdrs/{id}/log: {log}");
     let entries = log["entries"].as_array().cloned().unwrap_or_default();
     let mut last_at = i64::MIN;
@@ -388,7 +390,7 @@ fn check_log(api: std::net::SocketAddr, id: &str, call_id: &str, expect: &Expect
 
 /// Every case, one sipedge per transport.
 fn every_outcome(transport: Transport) {
-    let proxy = Proxy::start(ProxySpec::one_port());
+    let proxy = Sipedge::start(&Config::new("test").sip(Sip::one_port()));
     for expect in CASES {
         check_case(&proxy, expect, transport);
     }
@@ -406,7 +408,11 @@ fn every_outcome_over_tcp() {
 
 #[test]
 fn answered_calls_on_sled() {
-    let proxy = Proxy::start(ProxySpec::one_port().set("store", "engine", "\"sled\""));
+    let proxy = Sipedge::start(
+        &Config::new("test")
+            .sip(Sip::one_port())
+            .set("store", "engine", "\"sled\""),
+    );
     for transport in [Transport::Udp, Transport::Tcp] {
         check_case(&proxy, &CASES[0], transport);
         check_case(&proxy, &CASES[1], transport);
@@ -416,9 +422,9 @@ fn answered_calls_on_sled() {
 #[test]
 fn cdrs_survive_a_restart() {
     // A clean stop flushes; the CDRs are there, unchanged, after the restart.
-    let mut proxy = Proxy::start(ProxySpec::one_port());
+    let mut proxy = Sipedge::start(&Config::new("test").sip(Sip::one_port()));
     check_case(&proxy, &CASES[0], Transport::Udp);
-    let before = cdrs::all(proxy.api_addr());
+    let before = cdrs::all(proxy.addr("api"));
     let status = proxy.stop();
     assert!(
         status.success(),
@@ -427,7 +433,7 @@ fn cdrs_survive_a_restart() {
     );
     proxy.restart();
     assert_eq!(
-        cdrs::all(proxy.api_addr()),
+        cdrs::all(proxy.addr("api")),
         before,
         "CDRs changed across a restart"
     );

@@ -4,17 +4,10 @@
 mod support;
 
 use std::net::TcpListener;
-use std::process::{Command, Output};
 
-use support::{Sipedge, binary, http};
-
-fn run(args: &[&str]) -> Output {
-    Command::new(binary())
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run sipedge")
-}
+use support::config::Config;
+use support::sipedge::run;
+use support::{Sipedge, http};
 
 fn example() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/etc/sipedge.toml")).unwrap()
@@ -31,7 +24,7 @@ fn check_refused_by(commands: &[&str], text: &str, word: &str) {
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, text).unwrap();
     for &command in commands {
-        let out = run(&[command, "--config", path.to_str().unwrap()]);
+        let out = run([command, "--config", path.to_str().unwrap()]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{command}: {stderr}");
         let lines: Vec<_> = stderr
@@ -49,7 +42,7 @@ fn check_refused_by(commands: &[&str], text: &str, word: &str) {
 
 #[test]
 fn the_example_config_passes_check_config() {
-    let out = run(&[
+    let out = run([
         "check-config",
         "--config",
         concat!(env!("CARGO_MANIFEST_DIR"), "/etc/sipedge.toml"),
@@ -88,7 +81,7 @@ fn bad_configs_are_refused_with_one_line() {
     );
     check_refused("[node\nname=1", "line 1");
 
-    let missing = run(&["check-config", "--config", "/nonexistent/sipedge.toml"]);
+    let missing = run(["check-config", "--config", "/nonexistent/sipedge.toml"]);
     assert_eq!(missing.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/sipedge.toml"));
 }
@@ -119,9 +112,9 @@ fn an_unwritable_data_dir_is_one_line_and_exit_64() {
 
 #[test]
 fn version_and_help() {
-    let version = run(&["--version"]);
+    let version = run(["--version"]);
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("sipedge "));
-    let help = String::from_utf8_lossy(&run(&["--help"]).stdout).to_string();
+    let help = String::from_utf8_lossy(&run(["--help"]).stdout).to_string();
     for word in ["serve", "check-config", "token"] {
         assert!(help.contains(word), "{help}");
     }
@@ -130,19 +123,11 @@ fn version_and_help() {
 #[test]
 fn a_token_body_is_granted_by_the_service() {
     let se = Sipedge::start(
-        r#"
-[node]
-name = "t"
-data_dir = "{DATA}"
-[account]
-listen = "127.0.0.1:0"
-appids = ["readme-appid"]
-account = "acct-7"
-[api]
-listen = "127.0.0.1:0"
-"#,
+        &Config::new("t")
+            .set("account", "appids", "[\"readme-appid\"]")
+            .set("account", "account", "\"acct-7\""),
     );
-    let out = run(&["token", "--appid", "readme-appid", "--stream-number", "55"]);
+    let out = run(["token", "--appid", "readme-appid", "--stream-number", "55"]);
     assert!(out.status.success());
     let body = String::from_utf8(out.stdout).unwrap();
     let reply = http(se.addr("account"), "POST", "/AgoraAccount", body.trim());
@@ -150,6 +135,6 @@ listen = "127.0.0.1:0"
         reply.body,
         r#"{"method":"getAgoraAccount","streamNumber":"55","resCode":"0","account":"acct-7"}"#
     );
-    let bad_zone = run(&["token", "--appid", "x", "--timezone", "Nowhere/City"]);
+    let bad_zone = run(["token", "--appid", "x", "--timezone", "Nowhere/City"]);
     assert_eq!(bad_zone.status.code(), Some(64));
 }

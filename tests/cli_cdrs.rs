@@ -3,27 +3,24 @@
 //!
 //! Needs `sipp` (Debian `sip-tester`) on PATH.
 
-mod common;
+mod support;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::cdrs;
-use common::proxy::{Proxy, ProxySpec};
-use common::sipp::{Pair, Transport};
 use serde_json::Value;
+use support::Sipedge;
+use support::cdrs;
+use support::config::{Config, Sip};
+use support::sipedge::run;
+use support::sipp::{Pair, Transport};
 
 const CALLS: u32 = 4;
 
-fn cdrs_command(proxy: &Proxy, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sipedge"))
-        .arg("cdrs")
-        .arg("--config")
-        .arg(&proxy.config)
-        .args(args)
-        .output()
-        .expect("run sipedge cdrs")
+fn cdrs_command(proxy: &Sipedge, args: &[&str]) -> Output {
+    let config = proxy.config_path().to_str().expect("a UTF-8 temp path");
+    run(["cdrs", "--config", config].iter().chain(args))
 }
 
 /// The interval arguments around now, so that a run near midnight still lists today's calls.
@@ -39,17 +36,20 @@ fn around_now() -> [String; 4] {
 }
 
 fn listing(engine: &str) {
-    let mut proxy =
-        Proxy::start(ProxySpec::one_port().set("store", "engine", &format!("\"{engine}\"")));
+    let mut proxy = Sipedge::start(&Config::new("test").sip(Sip::one_port()).set(
+        "store",
+        "engine",
+        &format!("\"{engine}\""),
+    ));
     Pair::new("call", Transport::Udp, CALLS)
-        .run(proxy.sip_addr(), proxy.upstream_addr())
+        .run(proxy.sip().addr(), proxy.sip().upstream_addr())
         .assert_passed();
     Pair::new("busy", Transport::Udp, 1)
-        .run(proxy.sip_addr(), proxy.upstream_addr())
+        .run(proxy.sip().addr(), proxy.sip().upstream_addr())
         .assert_passed();
-    let api = proxy.api_addr();
+    let api = proxy.addr("api");
     assert!(
-        common::wait_until(Duration::from_secs(10), || cdrs::all(api).len()
+        support::wait_until(Duration::from_secs(10), || cdrs::all(api).len()
             == CALLS as usize + 1),
         "{engine}: the CDRs never all reached the API\n{}",
         proxy.report()

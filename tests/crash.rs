@@ -12,17 +12,18 @@
 //!
 //! Needs `sipp` (Debian `sip-tester`) on PATH.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::cdrs::{self, ms};
-use common::msglog::{self, Logged};
-use common::proxy::{Proxy, ProxySpec};
-use common::sipp::{Sipp, Transport, is_bound};
-use common::wait_until;
 use serde_json::Value;
+use support::Sipedge;
+use support::cdrs::{self, ms};
+use support::config::{Config, Sip};
+use support::msglog::{self, Logged};
+use support::sipp::{Sipp, Transport, is_bound};
+use support::wait_until;
 
 /// How long before a kill a call's end may still be lost: the store's `flush_interval`
 /// (100 ms, set below) plus 100 ms for the hand-off to tracking and the commit's fsync,
@@ -90,25 +91,26 @@ fn bye_within(call: &Seen, ms: i64) -> bool {
 }
 
 fn crash_under_load(engine: &str) {
-    let spec = ProxySpec::one_port()
+    let config = Config::new("test")
+        .sip(Sip::one_port())
         .set("store", "engine", &format!("\"{engine}\""))
         .set("sip", "call_timeout", &format!("\"{CALL_TIMEOUT_S}s\""))
         .set("store", "flush_interval", "\"100ms\"");
-    let mut proxy = Proxy::start(spec);
-    let uas = Sipp::uas("call_uas", proxy.upstream_addr())
+    let mut proxy = Sipedge::start(&config);
+    let uas = Sipp::uas("call_uas", proxy.sip().upstream_addr())
         .transport(Transport::Udp)
         .calls(CALLS)
         .timeout(Duration::from_secs(40))
         .spawn();
     assert!(
         wait_until(Duration::from_secs(5), || is_bound(
-            proxy.upstream_addr(),
+            proxy.sip().upstream_addr(),
             Transport::Udp
         )),
         "the UAS never bound {}",
-        proxy.upstream_addr()
+        proxy.sip().upstream_addr()
     );
-    let uac = Sipp::uac("call_uac", proxy.sip_addr())
+    let uac = Sipp::uac("call_uac", proxy.sip().addr())
         .transport(Transport::Udp)
         .calls(CALLS)
         .rate(RATE)
@@ -135,7 +137,7 @@ fn crash_under_load(engine: &str) {
     let seen = calls_seen(&msglog::parse(&uac.messages));
     // Lost BYEs close by timeout: wait for the timeout, the one-second tick and a flush.
     std::thread::sleep(Duration::from_secs(CALL_TIMEOUT_S + 2));
-    let api = proxy.api_addr();
+    let api = proxy.addr("api");
     let listed = cdrs::by_call_id(&cdrs::all(api));
     let what = format!("{engine}: killed at {kill_at}, listening again at {restarted_at}");
     let report = || format!("{}\n{}", proxy.report(), uac.report());

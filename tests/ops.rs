@@ -4,110 +4,35 @@
 //! Needs `sipp` (Debian `sip-tester`) and `systemd-analyze` (Debian `systemd`) on PATH.
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
-mod common;
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::ports::{self, PROXY_IP, UPSTREAM_IP};
-use common::sipp::{Pair, Sipp, Transport};
-use common::{require_tool, wait_until};
 use serde_json::Value;
-use support::{Sipedge, binary, http, signal};
+use support::config::{Config, Sip, quote};
+use support::http::KeepAlive;
+use support::ports::{self, PROXY_IP, UPSTREAM_IP};
+use support::sipedge::{binary, run, token_body};
+use support::sipp::{Pair, Sipp, Transport};
+use support::{Sipedge, http, require_tool, wait_until};
 
-/// A config with the account responder and API on free loopback ports; `sip_port` adds a
-/// `[sip]` table on that port forwarding to the same port on the upstream address.
-fn config(dir: &Path, appid: &str, account: &str, sip_port: Option<u16>) -> String {
-    let mut text = format!(
-        r#"[node]
-name = "ops-test"
-data_dir = "{data}"
-stop_timeout = "8s"
-
-[account]
-listen = "{ip}:{account_port}"
-appids = ["{appid}"]
-account = "{account}"
-
-[api]
-listen = "{ip}:{api_port}"
-allow = ["127.0.0.0/8"]
-"#,
-        data = dir.join("data").display(),
-        ip = PROXY_IP,
-        account_port = ports::free_port(),
-        api_port = ports::free_port(),
-    );
-    if let Some(port) = sip_port {
-        text.push_str(&format!(
-            "\n[sip]\nlisten = \"{PROXY_IP}\"\nports = \"{port}-{port}\"\nupstream = \"{UPSTREAM_IP}\"\n"
-        ));
-    }
-    text
-}
-
-/// Starts sipedge on `text`, written to a fresh temp dir.
-fn start(text: impl FnOnce(&Path) -> String, env: &[(&str, &str)]) -> (Sipedge, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sipedge.toml");
-    std::fs::write(&path, text(dir.path())).unwrap();
-    (Sipedge::start_file_env(&path, dir, env), path)
-}
-
-/// A valid account-request body for `appid`, made by `sipedge token`.
-fn token_body(appid: &str) -> String {
-    let out = Command::new(binary())
-        .args(["token", "--appid", appid])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// One request on an open keep-alive connection; returns the status and the body.
-fn exchange(conn: &mut BufReader<TcpStream>, body: &str) -> (u16, String) {
-    let request = format!(
-        "POST /AgoraAccount HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    conn.get_mut().write_all(request.as_bytes()).unwrap();
-    let mut status_line = String::new();
-    conn.read_line(&mut status_line).unwrap();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("status line {status_line:?}"));
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        conn.read_line(&mut line).unwrap();
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0; length];
-    conn.read_exact(&mut body).unwrap();
-    (status, String::from_utf8(body).unwrap())
-}
-
-fn connect(addr: SocketAddr) -> BufReader<TcpStream> {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    BufReader::new(stream)
+/// A config with the account responder and the API on loopback, the API on a port drawn
+/// here so that a reload can move it.
+fn config(appid: &str, account: &str) -> Config {
+    Config::new("ops-test")
+        .set("node", "stop_timeout", "\"8s\"")
+        .set("account", "appids", &format!("[{}]", quote(appid)))
+        .set("account", "account", &quote(account))
+        .set(
+            "api",
+            "listen",
+            &quote(&format!("{PROXY_IP}:{}", ports::free_port())),
+        )
+        .set("api", "allow", "[\"127.0.0.0/8\"]")
 }
 
 /// The `account` of a reply, or None when it was refused.
@@ -119,7 +44,7 @@ fn granted(reply: &(u16, String)) -> Option<String> {
 
 /// Sends SIGHUP and waits until the log shows `count` reload outcomes in all.
 fn reload(se: &Sipedge, count: usize) {
-    signal(se.pid(), "HUP");
+    se.signal("HUP");
     let done = wait_until(Duration::from_secs(10), || {
         let log = se.stderr();
         log.matches("configuration reloaded").count() + log.matches("reload refused").count()
@@ -199,8 +124,8 @@ fn notify_protocol_ready_watchdog_reloading_stopping() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let sock = sock_path.display().to_string();
-    let (mut se, _) = start(
-        |dir| config(dir, "a1", "acc", None),
+    let mut se = Sipedge::start_env(
+        &config("a1", "acc"),
         &[("NOTIFY_SOCKET", &sock), ("WATCHDOG_USEC", "400000")],
     );
     let mut seen = Vec::new();
@@ -229,7 +154,7 @@ fn notify_protocol_ready_watchdog_reloading_stopping() {
     assert!(seen.len() >= before);
 
     seen.clear();
-    signal(se.pid(), "HUP");
+    se.signal("HUP");
     expect(&socket, &mut seen, "RELOADING=1", &se);
     let reloading = seen.last().unwrap().clone();
     assert!(
@@ -240,17 +165,18 @@ fn notify_protocol_ready_watchdog_reloading_stopping() {
 
     // stop() sends SIGTERM and waits for the exit; the datagrams stay queued on the socket.
     seen.clear();
-    assert_eq!(se.stop(), Some(0), "{}", se.stderr());
+    assert_eq!(se.stop().code(), Some(0), "{}", se.stderr());
     expect(&socket, &mut seen, "STOPPING=1", &se);
 }
 
 #[test]
 fn reload_serves_the_new_account_on_open_connections() {
-    let (se, path) = start(|dir| config(dir, "old-appid", "acc-old", None), &[]);
+    let se = Sipedge::start(&config("old-appid", "acc-old"));
+    let path = se.config_path().to_owned();
     let account = se.addr("account");
-    let mut conn = connect(account);
+    let mut conn = KeepAlive::open(account);
     assert_eq!(
-        granted(&exchange(&mut conn, &token_body("old-appid"))).as_deref(),
+        granted(&conn.post("/AgoraAccount", &token_body("old-appid"))).as_deref(),
         Some("acc-old")
     );
 
@@ -275,16 +201,16 @@ fn reload_serves_the_new_account_on_open_connections() {
 
     // The same connection, opened before the reload, gets the new account.
     assert_eq!(
-        granted(&exchange(&mut conn, &token_body("old-appid"))),
+        granted(&conn.post("/AgoraAccount", &token_body("old-appid"))),
         None
     );
     assert_eq!(
-        granted(&exchange(&mut conn, &token_body("new-appid"))).as_deref(),
+        granted(&conn.post("/AgoraAccount", &token_body("new-appid"))).as_deref(),
         Some("acc-new")
     );
-    let mut fresh = connect(account);
+    let mut fresh = KeepAlive::open(account);
     assert_eq!(
-        granted(&exchange(&mut fresh, &token_body("new-appid"))).as_deref(),
+        granted(&fresh.post("/AgoraAccount", &token_body("new-appid"))).as_deref(),
         Some("acc-new")
     );
     assert_eq!(se.stderr().matches("account request").count(), info_lines);
@@ -322,7 +248,8 @@ fn metric(se: &Sipedge, line_start: &str) -> Option<String> {
 
 #[test]
 fn an_invalid_file_keeps_the_running_config_and_says_why() {
-    let (se, path) = start(|dir| config(dir, "kept-appid", "acc-kept", None), &[]);
+    let se = Sipedge::start(&config("kept-appid", "acc-kept"));
+    let path = se.config_path().to_owned();
     let account = se.addr("account");
     let gauge = "sipedge_alarms_active{kind=\"config_invalid\"}";
     assert_eq!(metric(&se, gauge).as_deref(), Some("0"));
@@ -340,12 +267,15 @@ fn an_invalid_file_keeps_the_running_config_and_says_why() {
         .find(|l| l.contains("reload refused"))
         .unwrap_or_else(|| panic!("{log}"));
     assert!(refused.contains("colour"), "{refused}");
-    let mut conn = connect(account);
+    let mut conn = KeepAlive::open(account);
     assert_eq!(
-        granted(&exchange(&mut conn, &token_body("kept-appid"))).as_deref(),
+        granted(&conn.post("/AgoraAccount", &token_body("kept-appid"))).as_deref(),
         Some("acc-kept")
     );
-    assert_eq!(granted(&exchange(&mut conn, &token_body("other"))), None);
+    assert_eq!(
+        granted(&conn.post("/AgoraAccount", &token_body("other"))),
+        None
+    );
     // An alarm, stored, counted and naming the file and the problem; health is not down.
     assert!(
         wait_until(Duration::from_secs(5), || config_alarms(&se).len() == 1),
@@ -370,7 +300,7 @@ fn an_invalid_file_keeps_the_running_config_and_says_why() {
     reload(&se, 2);
     assert_eq!(se.stderr().matches("reload refused").count(), 2);
     assert_eq!(
-        granted(&exchange(&mut conn, &token_body("kept-appid"))).as_deref(),
+        granted(&conn.post("/AgoraAccount", &token_body("kept-appid"))).as_deref(),
         Some("acc-kept")
     );
 
@@ -389,7 +319,7 @@ fn an_invalid_file_keeps_the_running_config_and_says_why() {
     assert_eq!(config_alarms(&se)[0]["id"], alarm["id"]);
     assert_eq!(metric(&se, gauge).as_deref(), Some("0"));
     assert_eq!(
-        granted(&exchange(&mut conn, &token_body("kept-appid"))).as_deref(),
+        granted(&conn.post("/AgoraAccount", &token_body("kept-appid"))).as_deref(),
         Some("acc-fixed")
     );
 }
@@ -430,15 +360,15 @@ fn flood(
 
 #[test]
 fn reload_applies_the_per_source_limits() {
-    let port = ports::free_range(1).first;
-    let (se, path) = start(
-        |dir| {
-            config(dir, "a", "acc", Some(port)) + "source_rate_limit = 1\nsource_rate_burst = 5\n"
-        },
-        &[],
+    let se = Sipedge::start(
+        &config("a", "acc")
+            .sip(Sip::one_port())
+            .set("sip", "source_rate_limit", "1")
+            .set("sip", "source_rate_burst", "5"),
     );
-    let target = SocketAddr::new(PROXY_IP, port);
-    let upstream = std::net::UdpSocket::bind(SocketAddr::new(UPSTREAM_IP, port)).unwrap();
+    let path = se.config_path().to_owned();
+    let target = se.sip().addr();
+    let upstream = std::net::UdpSocket::bind(se.sip().upstream_addr()).unwrap();
     let terminal = std::net::UdpSocket::bind(SocketAddr::new(PROXY_IP, 0)).unwrap();
     let before = flood(&terminal, target, &upstream, "limited");
     assert!(
@@ -479,10 +409,9 @@ fn reload_applies_the_per_source_limits() {
 #[test]
 fn reload_during_a_sipp_load_fails_no_call() {
     require_tool("sipp", "-v", "sip-tester");
-    let port = ports::free_range(1).first;
-    let (se, path) = start(|dir| config(dir, "a0", "acc-0", Some(port)), &[]);
-    let target = SocketAddr::new(PROXY_IP, port);
-    let upstream = SocketAddr::new(UPSTREAM_IP, port);
+    let se = Sipedge::start(&config("a0", "acc-0").sip(Sip::one_port()));
+    let path = se.config_path().to_owned();
+    let (target, upstream) = (se.sip().addr(), se.sip().upstream_addr());
     let calls = 300;
     let load = std::thread::spawn(move || {
         Pair::new("call", Transport::Udp, calls)
@@ -501,9 +430,9 @@ fn reload_during_a_sipp_load_fails_no_call() {
     }
     let outcome = load.join().unwrap();
     outcome.assert_passed();
-    let mut conn = connect(se.addr("account"));
+    let mut conn = KeepAlive::open(se.addr("account"));
     assert_eq!(
-        granted(&exchange(&mut conn, &token_body("a5"))).as_deref(),
+        granted(&conn.post("/AgoraAccount", &token_body("a5"))).as_deref(),
         Some("acc-5")
     );
 }
@@ -519,10 +448,8 @@ fn cdr_count(se: &Sipedge) -> usize {
 #[test]
 fn sigterm_during_calls_exits_0_and_loses_no_call() {
     require_tool("sipp", "-v", "sip-tester");
-    let port = ports::free_range(1).first;
-    let (mut se, path) = start(|dir| config(dir, "a", "acc", Some(port)), &[]);
-    let target = SocketAddr::new(PROXY_IP, port);
-    let upstream = SocketAddr::new(UPSTREAM_IP, port);
+    let mut se = Sipedge::start(&config("a", "acc").sip(Sip::one_port()));
+    let (target, upstream) = (se.sip().addr(), se.sip().upstream_addr());
 
     // Finished calls first: their CDRs must all be on disk after the stop.
     Pair::new("call", Transport::Udp, 20)
@@ -547,24 +474,22 @@ fn sigterm_during_calls_exits_0_and_loses_no_call() {
         .spawn();
     std::thread::sleep(Duration::from_millis(2000));
     let stopped = Instant::now();
-    assert_eq!(se.stop(), Some(0), "{}", se.stderr());
+    assert_eq!(se.stop().code(), Some(0), "{}", se.stderr());
     let took = stopped.elapsed();
     assert!(took < Duration::from_secs(8), "the stop took {took:?}");
     assert!(se.stderr().contains("sipedge stopped"), "{}", se.stderr());
 
-    let dir = std::mem::replace(&mut se.dir, tempfile::tempdir().unwrap());
-    drop(se);
-    let again = Sipedge::start_file(&path, dir);
-    assert_eq!(cdr_count(&again), 20, "{}", again.stderr());
+    se.restart();
+    assert_eq!(cdr_count(&se), 20, "{}", se.stderr());
     let uac = uac.wait();
     let uas = uas.wait();
     uac.assert_passed("held calls, terminal side", u64::from(held));
     uas.assert_passed("held calls, Sipserver side", u64::from(held));
     assert!(
-        wait_until(Duration::from_secs(5), || cdr_count(&again) == 30),
+        wait_until(Duration::from_secs(5), || cdr_count(&se) == 30),
         "{} CDRs\n{}",
-        cdr_count(&again),
-        again.stderr()
+        cdr_count(&se),
+        se.stderr()
     );
 }
 
@@ -572,12 +497,11 @@ fn sigterm_during_calls_exits_0_and_loses_no_call() {
 fn the_packaged_config_needs_an_appid_and_is_a_node_config_once_it_has_one() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let check = |path: &Path, quiet: bool| {
-        let mut command = Command::new(binary());
-        command.arg("check-config").arg("--config").arg(path);
+        let mut args = vec!["check-config", "--config", path.to_str().unwrap()];
         if quiet {
-            command.arg("--quiet");
+            args.push("--quiet");
         }
-        command.output().unwrap()
+        run(args)
     };
     let shipped = root.join("etc/debian/sipedge.toml");
     let out = check(&shipped, true);

@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::binary;
+use support::sipedge::binary;
 
 /// Runs `command`, failing the test with everything it said unless it succeeds.
 fn run(command: &mut Command) -> Output {

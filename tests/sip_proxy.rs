@@ -5,34 +5,35 @@
 //! tests through Kamailio (`benches/kamailio/kamailio.cfg`), which is how the scenarios and
 //! these tests were checked to be right.
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use common::ports::{self, UPSTREAM_IP};
-use common::proxy::{Proxy, ProxySpec, Upstream};
-use common::sentinel::Sentinel;
-use common::sipp::{Pair, Sipp, Transport};
+use support::config::{Sip, Upstream};
+use support::ports::{self, UPSTREAM_IP};
+use support::proxy::Proxy;
+use support::sentinel::Sentinel;
+use support::sipp::{Pair, Sipp, Transport};
 
 const TRANSPORTS: [Transport; 2] = [Transport::Udp, Transport::Tcp];
 
 /// Runs a scenario pair through a fresh proxy on one port.
 fn through_proxy(pair: &Pair) {
-    let proxy = Proxy::start(ProxySpec::one_port());
-    pair.run(proxy.sip_addr(), proxy.upstream_addr())
+    let proxy = Proxy::start(Sip::one_port());
+    pair.run(proxy.sip().addr(), proxy.sip().upstream_addr())
         .assert_passed();
 }
 
 #[test]
 fn basic_calls_over_udp_on_a_port_range() {
     // Three ports; calls use the last one, which must forward to the same port upstream.
-    let proxy = Proxy::start(ProxySpec::range(3));
-    let port = proxy.spec.ports.last;
+    let proxy = Proxy::start(Sip::range(3));
+    let port = proxy.sip().ports.last;
     Pair::new("call", Transport::Udp, 200)
         .rate(100)
-        .run(proxy.sip_addr_on(port), proxy.spec.upstream_for(port))
+        .run(proxy.sip().addr_on(port), proxy.sip().upstream_for(port))
         .assert_passed();
 }
 
@@ -79,15 +80,16 @@ fn register_then_call_from_the_sipserver_side() {
 fn fixed_upstream_port() {
     // `sip.upstream = "host:port"`: every port forwards to that one address.
     let upstream = SocketAddr::new(UPSTREAM_IP, ports::free_port());
-    let mut spec = ProxySpec::range(2);
-    spec.upstream = Upstream::Fixed(upstream);
-    let proxy = Proxy::start(spec);
+    let proxy = Proxy::start(Sip {
+        upstream: Upstream::Fixed(upstream),
+        ..Sip::range(2)
+    });
     for transport in TRANSPORTS {
         Pair::new("call", transport, 10)
-            .run(proxy.sip_addr_on(proxy.spec.ports.last), upstream)
+            .run(proxy.sip().addr_on(proxy.sip().ports.last), upstream)
             .assert_passed();
         Pair::new("register", transport, 5)
-            .run(proxy.sip_addr(), upstream)
+            .run(proxy.sip().addr(), upstream)
             .assert_passed();
     }
 }
@@ -110,9 +112,9 @@ fn every_call_outcome_relays() {
 /// Runs a UAC-only scenario whose answer must come from the proxy itself, with a sentinel
 /// on the upstream that must see no INVITE.
 fn answered_by_the_proxy(scenario: &str, transport: Transport) {
-    let proxy = Proxy::start(ProxySpec::one_port());
-    let upstream = Sentinel::bind(proxy.upstream_addr());
-    let outcome = Sipp::uac(scenario, proxy.sip_addr())
+    let proxy = Proxy::start(Sip::one_port());
+    let upstream = Sentinel::bind(proxy.sip().upstream_addr());
+    let outcome = Sipp::uac(scenario, proxy.sip().addr())
         .transport(transport)
         .calls(3)
         .run();
@@ -144,8 +146,8 @@ fn broken_request_gets_400() {
 fn upstream_down_gets_503_over_tcp() {
     for transport in [Transport::Tcp, Transport::TcpPerCall] {
         // Nothing listens on the upstream port (it was free when drawn).
-        let proxy = Proxy::start(ProxySpec::one_port());
-        Sipp::uac("upstream_down_uac", proxy.sip_addr())
+        let proxy = Proxy::start(Sip::one_port());
+        Sipp::uac("upstream_down_uac", proxy.sip().addr())
             .transport(transport)
             .calls(3)
             .run()
@@ -155,7 +157,7 @@ fn upstream_down_gets_503_over_tcp() {
 
 #[test]
 fn garbage_is_dropped_and_relaying_goes_on() {
-    let proxy = Proxy::start(ProxySpec::one_port());
+    let proxy = Proxy::start(Sip::one_port());
     let junk: Vec<Vec<u8>> = vec![
         (0u32..1400)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
@@ -167,13 +169,14 @@ fn garbage_is_dropped_and_relaying_goes_on() {
     ];
     let udp = UdpSocket::bind((ports::TERMINAL_IP, 0)).expect("UDP socket");
     for bytes in &junk {
-        udp.send_to(bytes, proxy.sip_addr()).expect("send UDP junk");
-        let mut tcp = TcpStream::connect(proxy.sip_addr()).expect("TCP connect");
+        udp.send_to(bytes, proxy.sip().addr())
+            .expect("send UDP junk");
+        let mut tcp = TcpStream::connect(proxy.sip().addr()).expect("TCP connect");
         tcp.write_all(bytes).expect("send TCP junk");
     }
     for transport in TRANSPORTS {
         Pair::new("call", transport, 5)
-            .run(proxy.sip_addr(), proxy.upstream_addr())
+            .run(proxy.sip().addr(), proxy.sip().upstream_addr())
             .assert_passed();
     }
 }

@@ -13,7 +13,6 @@
 //! them); fails, saying which is missing, when one is.
 #![allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 
-mod common;
 mod support;
 
 use std::net::SocketAddr;
@@ -22,14 +21,14 @@ use std::process::Command;
 
 use chrono::{Duration as Span, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
-use common::proxy::{Proxy, ProxySpec};
-use common::sipp::{Pair, Transport as SippTransport};
 use sipedge_store::{
     Alarm, AlarmId, AlarmKind, CallStatus, CallType, Cdr, CdrId, Direction, LogEntry, LogKind,
     Severity, Transport, UnixMs,
 };
 use support::Sipedge;
+use support::config::{Config, Sip};
 use support::seed::{self, Seed};
+use support::sipp::{Pair, Transport as SippTransport};
 
 const ZONE: Tz = chrono_tz::Asia::Shanghai;
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -39,28 +38,12 @@ const UPSTREAM: &str = "10.0.0.5:5060";
 /// sipedge's own SIP address in the seeded logs.
 const EDGE: &str = "127.0.0.1:14500";
 
-fn config(api_extra: &str) -> String {
-    format!(
-        r#"
-[node]
-name = "{NODE}"
-timezone = "Asia/Shanghai"
-data_dir = "{{DATA}}"
-[account]
-listen = "127.0.0.1:0"
-appids = ["test-appid"]
-account = "sipserver"
-[api]
-listen = "127.0.0.1:0"
-{api_extra}
-[monitor]
-interval = "1s"
-probe_timeout = "500ms"
-[[monitor.process]]
-name = "sipedge"
-match_name = "sipedge"
-"#
-    )
+fn config() -> Config {
+    Config::new(NODE)
+        .set("node", "timezone", "\"Asia/Shanghai\"")
+        .set("monitor", "interval", "\"1s\"")
+        .set("monitor", "probe_timeout", "\"500ms\"")
+        .append("[[monitor.process]]\nname = \"sipedge\"\nmatch_name = \"sipedge\"\n")
 }
 
 fn repo() -> PathBuf {
@@ -351,24 +334,14 @@ fn run_browser_tests(api: SocketAddr, files: &[&str], min_passed: u32, extra: &[
     );
 }
 
-/// The API listener of a proxy started by the SIP harness.
-fn api_of(proxy: &Proxy) -> SocketAddr {
-    proxy
-        .listeners
-        .iter()
-        .find(|(name, _)| name == "api")
-        .map(|(_, addr)| *addr)
-        .unwrap_or_else(|| panic!("no api listener in {:?}", proxy.listeners))
-}
-
 #[test]
 fn the_front_end_in_a_browser() {
     check_tools();
     let (seed, logged) = seed();
-    let open = Sipedge::start_seeded(&config(""), &seed);
+    let open = Sipedge::start_seeded(&config(), &seed);
     let password = "wall-display-7";
     let hash = sipedge_http::access::hash_password(password).unwrap();
-    let guarded = Sipedge::start(&config(&format!(
+    let guarded = Sipedge::start(&config().append(&format!(
         "[[api.users]]\nname = \"supervisor\"\npassword_hash = \"{hash}\"\n"
     )));
     run_browser_tests(
@@ -393,16 +366,16 @@ const CALL_MS: u32 = 10_000;
 #[test]
 fn a_sipp_call_is_on_live_calls_while_it_is_up() {
     check_tools();
-    common::require_tool("sipp", "-v", "sip-tester");
-    let proxy = Proxy::start(ProxySpec::one_port());
-    let api = api_of(&proxy);
-    let (target, upstream) = (proxy.sip_addr(), proxy.upstream_addr());
+    support::require_tool("sipp", "-v", "sip-tester");
+    let proxy = Sipedge::start(&Config::new("test").sip(Sip::one_port()));
+    let api = proxy.addr("api");
+    let (target, upstream) = (proxy.sip().addr(), proxy.sip().upstream_addr());
     let dir = tempfile::tempdir().unwrap();
     let ready = dir.path().join("ready");
     // The call starts once the page is open and subscribed (the browser test writes `ready`).
     let waiting = ready.clone();
     let call = std::thread::spawn(move || {
-        let opened = common::wait_until(std::time::Duration::from_secs(60), || waiting.exists());
+        let opened = support::wait_until(std::time::Duration::from_secs(60), || waiting.exists());
         opened.then(|| {
             Pair::new("video", SippTransport::Udp, 1)
                 .pause_ms(CALL_MS)

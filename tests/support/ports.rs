@@ -1,5 +1,10 @@
 //! The loopback topology and free ports.
 //!
+//! A listener whose address the test only needs after the start (sipedge's account responder
+//! and API) binds port 0 and is read back from sipedge's log; a port that must be known
+//! before (the SIP ports, which the upstream SIPp shares, a fake upstream, a webhook
+//! receiver, an address a reload moves to) is drawn here.
+//!
 //! Ports are drawn at random below the kernel's ephemeral range (32768-60999 on Linux) and
 //! checked free by binding them. Below that range the kernel never hands them out by itself
 //! (to an outgoing TCP connection or a bind to port 0) between the check and the moment

@@ -2,45 +2,14 @@
 //! `/api/cdrs/{id}/log`), and the time fields of a CDR as numbers.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use super::http::get_json;
 use super::wait_until;
-
-/// A GET on a fresh connection: (status, body as JSON). Panics if the answer is not JSON.
-pub fn get_json(api: SocketAddr, path: &str) -> (u16, Value) {
-    let mut stream = TcpStream::connect(api).unwrap_or_else(|e| panic!("connect to {api}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("read timeout");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).expect("send the GET");
-    let mut bytes = Vec::new();
-    let _ = stream.read_to_end(&mut bytes);
-    let text = String::from_utf8_lossy(&bytes);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("GET {path}: no HTTP answer: {text:?}"));
-    assert!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "GET {path}: a chunked answer, which this client does not read"
-    );
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("GET {path}: bad status line in {head:?}"));
-    let json = serde_json::from_str(body).unwrap_or_else(|e| {
-        panic!("GET {path}: {status} with a body that is not JSON ({e}): {body}")
-    });
-    (status, json)
-}
 
 /// Every CDR whose start is within a day of now, newest first, following `next_cursor`.
 pub fn all(api: SocketAddr) -> Vec<Value> {

@@ -7,14 +7,21 @@
 
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use super::ports::{self, TERMINAL_IP};
-use super::wait_until;
-use super::{require_tool, scenario_dir, signal_group};
+use super::process::signal_group;
+use super::{require_tool, wait_until};
+
+/// Where the SIPp scenarios live.
+pub fn scenario_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("sipp")
+}
 
 /// Extra time SIPp gets past its own `-timeout` before the harness kills it.
 const KILL_MARGIN: Duration = Duration::from_secs(10);
@@ -296,12 +303,21 @@ impl SippOutcome {
         self.status.is_some_and(|s| s.success())
     }
 
+    /// True when SIPp exited 0 with at least `calls` successful calls and none failed.
+    pub fn completed(&self, calls: u64) -> bool {
+        self.passed()
+            && self
+                .stats
+                .as_ref()
+                .is_some_and(|s| s.successful >= calls && s.failed == 0)
+    }
+
     /// Panics with the whole story unless every call passed and at least `calls` succeeded.
     pub fn assert_passed(&self, what: &str, calls: u64) {
         let successful = self.stats.as_ref().map_or(0, |s| s.successful);
         let failed = self.stats.as_ref().map_or(0, |s| s.failed);
         assert!(
-            self.passed() && successful >= calls && failed == 0,
+            self.completed(calls),
             "{what}: expected {calls} successful calls and 0 failed, got {successful} successful, \
              {failed} failed, exit {:?}\n{}",
             self.status,
@@ -359,32 +375,6 @@ impl Stats {
             successful: get("SuccessfulCall(C)")?,
             failed: get("FailedCall(C)")?,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check(csv: &str, expected: Option<(u64, u64, u64)>) {
-        let expected = expected.map(|(created, successful, failed)| Stats {
-            created,
-            successful,
-            failed,
-        });
-        assert_eq!(Stats::parse(csv), expected, "csv: {csv:?}");
-    }
-
-    #[test]
-    fn stats_csv() {
-        let header = "StartTime;TotalCallCreated;CurrentCall;SuccessfulCall(P);SuccessfulCall(C);FailedCall(P);FailedCall(C);";
-        check(
-            &format!("{header}\na;5;0;1;4;0;1;\nb;10;0;2;9;0;1;\n"),
-            Some((10, 9, 1)),
-        );
-        check(&format!("{header}\n"), None);
-        check("", None);
-        check(&format!("{header}\nb;x;0;2;9;0;1;\n"), None);
     }
 }
 
@@ -486,20 +476,8 @@ impl PairOutcome {
     /// Panics, with both SIPp reports, unless both sides completed every call.
     pub fn assert_passed(&self) {
         let calls = u64::from(self.calls);
-        let uac_ok = self.uac.passed()
-            && self
-                .uac
-                .stats
-                .as_ref()
-                .is_some_and(|s| s.successful >= calls && s.failed == 0);
-        let uas_ok = self.uas.passed()
-            && self
-                .uas
-                .stats
-                .as_ref()
-                .is_some_and(|s| s.successful >= calls && s.failed == 0);
         assert!(
-            uac_ok && uas_ok,
+            self.uac.completed(calls) && self.uas.completed(calls),
             "{}: expected {calls} calls passed on both sides; terminal (UAC): exit {:?} {:?}; \
              Sipserver (UAS): exit {:?} {:?}\n===== terminal (UAC)\n{}\n===== Sipserver (UAS)\n{}",
             self.what,
