@@ -208,12 +208,11 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
                     defect.get_or_insert(ScanError::MalformedHeader);
                 }
             }
-        } else if let Some((name, value_start)) = header_name(line) {
+        } else if let Some((name_len, name, value_start)) = header_name(line) {
             if headers.len() >= MAX_HEADERS {
                 return Err(ScanError::TooManyHeaders);
             }
-            let name_len = u16::try_from(name.len()).map_err(|_| ScanError::HeadersTooLarge)?;
-            let name = HeaderName::from_bytes(name);
+            let name_len = u16::try_from(name_len).map_err(|_| ScanError::HeadersTooLarge)?;
             let slot = name as usize;
             if let Some(f) = first.get_mut(slot).filter(|f| **f == NONE) {
                 *f = u16::try_from(headers.len()).unwrap_or(NONE);
@@ -290,22 +289,20 @@ fn next_line(buf: &[u8], from: usize, escaped_nul: bool) -> Result<(usize, usize
     }
 }
 
-/// Splits `name HCOLON` off a header line; returns the name and where the value starts.
-fn header_name(line: &[u8]) -> Option<(&[u8], usize)> {
-    let name_len = line
-        .iter()
-        .position(|&b| !is_token_byte(b))
-        .unwrap_or(line.len());
-    let name = line.get(..name_len)?;
+/// Splits `name HCOLON` off a header line; returns the name's length, the classified name
+/// and where the value starts.
+fn header_name(line: &[u8]) -> Option<(usize, HeaderName, usize)> {
+    let (name_len, name) = HeaderName::at_line_start(line);
     let is_blank = |b: &u8| *b == b' ' || *b == b'\t';
     let colon = name_len + line.get(name_len..)?.iter().position(|b| !is_blank(b))?;
-    if name.is_empty() || line.get(colon) != Some(&b':') {
+    if name_len == 0 || line.get(colon) != Some(&b':') {
         return None;
     }
     // The value starts after the blanks following the colon, so that trimming it usually
     // finds nothing to do.
     let rest = line.get(colon + 1..)?;
     Some((
+        name_len,
         name,
         colon + 1 + rest.iter().position(|b| !is_blank(b)).unwrap_or(rest.len()),
     ))
