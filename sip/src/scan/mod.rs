@@ -159,9 +159,13 @@ pub struct Message<'a> {
 
 /// Scans and validates one message (a datagram or a frame cut by [`crate::frame::Framer`]).
 pub fn parse(buf: &[u8]) -> Result<Message<'_>, ScanError> {
-    let msg = scan(buf)?;
-    msg.validate()?;
-    Ok(msg)
+    // The scan's result is returned as it is, rather than unwrapped and wrapped again, so that
+    // the message (most of a kilobyte) is not copied on the way out.
+    let msg = scan(buf);
+    if let Ok(m) = &msg {
+        m.validate()?;
+    }
+    msg
 }
 
 /// Indexes one message without rejecting it for problems a 400 can answer; see
@@ -182,10 +186,33 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
     let mut defect = None;
     let start_line = start_line(buf, start, line_end, &mut defect)?;
 
-    let headers_start = pos;
-    let mut headers: SmallVec<[Entry; 32]> = SmallVec::new();
-    let mut first = [NONE; HEADER_NAME_COUNT];
-    let mut count = [0u8; HEADER_NAME_COUNT];
+    // Built here and filled in place: assembling it from locals at the end would copy the
+    // header index once more.
+    let mut msg = Message {
+        buf,
+        start: offset(start),
+        start_line,
+        headers: SmallVec::new(),
+        first: [NONE; HEADER_NAME_COUNT],
+        count: [0; HEADER_NAME_COUNT],
+        headers_start: offset(pos),
+        headers_end: 0,
+        body: Span::default(),
+        top_via: None,
+        from: None,
+        to: None,
+        cseq: None,
+        max_forwards: None,
+        content_length: None,
+        defect,
+    };
+    let Message {
+        headers,
+        first,
+        count,
+        defect,
+        ..
+    } = &mut msg;
     // Whether continuation lines belong to the last entry (false after a malformed line, whose
     // continuations are skipped with it).
     let mut folding_into_last = false;
@@ -233,28 +260,11 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
         }
         pos = next;
     };
-    for entry in &mut headers {
+    for entry in headers.iter_mut() {
         entry.value = trim(buf, entry.value);
     }
-
-    let mut msg = Message {
-        buf,
-        start: offset(start),
-        start_line,
-        headers,
-        first,
-        count,
-        headers_start: offset(headers_start),
-        headers_end: offset(headers_end),
-        body: Span::new(body_start, buf.len()),
-        top_via: None,
-        from: None,
-        to: None,
-        cseq: None,
-        max_forwards: None,
-        content_length: None,
-        defect,
-    };
+    msg.headers_end = offset(headers_end);
+    msg.body = Span::new(body_start, buf.len());
     msg.check_fields();
     Ok(msg)
 }
