@@ -104,11 +104,17 @@ impl<'a> Cursor<'a> {
     /// Skips linear white space; says whether there was any.
     #[inline]
     fn ws(&mut self) -> bool {
-        // Most calls find none: answer those without setting up a scan.
-        self.peek().is_some_and(is_lws) && !self.take_while(is_lws).is_empty()
+        // A plain loop: most calls find no white space, and this stays small enough to be
+        // inlined at each of the many call sites.
+        let from = self.pos;
+        while self.peek().is_some_and(is_lws) {
+            self.pos += 1;
+        }
+        self.pos > from
     }
 
     /// Advances over the bytes matching `pred`; slice iteration keeps the loop tight.
+    #[inline]
     fn take_while(&mut self, pred: impl Fn(u8) -> bool) -> Span {
         let from = self.pos;
         let rest = self.buf.get(from..self.end).unwrap_or(&[]);
