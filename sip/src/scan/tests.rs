@@ -289,6 +289,18 @@ fn invalid_messages() {
             ScanError::BadValue(H::CallId),
         ),
         (
+            invite_with("Call-ID: a84b4c76e66710", "Call-ID: a84b c76"),
+            ScanError::BadValue(H::CallId),
+        ),
+        (
+            invite_with("Call-ID: a84b4c76e66710", "Call-ID: a84b\tc76"),
+            ScanError::BadValue(H::CallId),
+        ),
+        (
+            invite_with("Call-ID: a84b4c76e66710\n", "Call-ID: a84b\n c76\n"),
+            ScanError::BadValue(H::CallId),
+        ),
+        (
             invite_with("CSeq: 314159 INVITE", "CSeq: 314159"),
             ScanError::BadCSeq,
         ),

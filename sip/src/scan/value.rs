@@ -133,14 +133,6 @@ impl<'a> Cursor<'a> {
         Some(Span::new(from, self.pos))
     }
 
-    /// Reads up to (not including) the next `b`, leaving the cursor on it.
-    fn until(&mut self, b: u8) -> Option<Span> {
-        let from = self.pos;
-        let found = memchr::memchr(b, self.buf.get(from..self.end)?)?;
-        self.pos = from + found;
-        Some(Span::new(from, self.pos))
-    }
-
     fn at_end(&self) -> bool {
         self.pos >= self.end
     }
@@ -535,13 +527,10 @@ fn name_addr(value: &[u8], require_brackets: bool) -> Option<NameAddr<'_>> {
         }
     }
     let uri = if c.eat(b'<') {
-        let uri = c.until(b'>')?;
-        c.eat(b'>');
-        if uri
-            .get(value)
-            .iter()
-            .any(|&b| is_lws(b) || b == b'<' || b == b'"')
-        {
+        // One walk to the closing '>' that also checks the URI holds no white space, '<' or
+        // '"': stopping at any of them first means the value is malformed.
+        let uri = c.take_while(|b| !(matches!(b, b'>' | b'<' | b'"') || is_lws(b)));
+        if !c.eat(b'>') {
             return None;
         }
         uri
@@ -987,6 +976,10 @@ mod tests {
             ("\"Joe\" <sip:joe@example.org>;;;;", false, None),
             ("Joe", false, None),
             ("<sip:>", false, None),
+            ("<sip:a\"b@c>", false, None),
+            ("<sip:a<b@c>", false, None),
+            ("<sip:a b@c>", false, None),
+            ("<sip:a@b>>", false, None),
             ("<1sip:a@b>", false, None),
             ("<:a@b>", false, None),
             ("<s+i-p.2:a@b>", false, Some((None, "s+i-p.2:a@b", None))),
