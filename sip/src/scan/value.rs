@@ -744,6 +744,15 @@ impl Iterator for CommaSplit<'_> {
     fn next(&mut self) -> Option<Element> {
         let start = self.next?;
         let value = self.buf.get(..self.end).unwrap_or(&[]);
+        // Most values hold one element: with no comma left, the rest is the last element,
+        // whatever quotes and brackets it holds, and one `memchr` settles that.
+        if memchr::memchr(b',', value.get(start..).unwrap_or(&[])).is_none() {
+            self.next = None;
+            return Some(Element {
+                span: trim(self.buf, Span::new(start, self.end)),
+                next: None,
+            });
+        }
         // Jump between the bytes that matter instead of walking the value byte by byte.
         let mut i = start;
         let elem_end = loop {
