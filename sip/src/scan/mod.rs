@@ -332,7 +332,8 @@ fn start_line(
         return status_line(line, start);
     }
     // A request as soon as it starts with `token SP`: problems after that are answerable.
-    let Some(sp) = memchr::memchr(b' ', line) else {
+    // The method is a few bytes: walking them beats setting up `memchr`.
+    let Some(sp) = line.iter().position(|&b| b == b' ') else {
         return Err(ScanError::BadStartLine);
     };
     let method_raw = line.get(..sp).unwrap_or(&[]);
@@ -366,7 +367,11 @@ fn start_line(
 }
 
 fn status_line(line: &[u8], start: usize) -> Result<StartLine, ScanError> {
-    let sp = memchr::memchr(b' ', line).ok_or(ScanError::BadStartLine)?;
+    // Right after `SIP/2.0`: a walk of a few bytes, cheaper than setting up `memchr`.
+    let sp = line
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or(ScanError::BadStartLine)?;
     if !line
         .get(..sp)
         .is_some_and(|v| v.eq_ignore_ascii_case(b"SIP/2.0"))

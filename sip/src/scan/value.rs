@@ -647,7 +647,8 @@ impl<'a> Uri<'a> {
             _ => return None,
         };
         let tail = after_host.get(param_start..)?;
-        let (params, headers) = match memchr::memchr(b'?', tail) {
+        // URI parameters are short or absent: a plain walk beats setting up `memchr`.
+        let (params, headers) = match tail.iter().position(|&b| b == b'?') {
             Some(q) => (tail.get(..q)?, Some(tail.get(q + 1..)?)),
             None => (tail, None),
         };
