@@ -228,7 +228,15 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
         if matches!(line.first(), Some(b' ' | b'\t')) {
             match headers.last_mut() {
                 Some(last) if folding_into_last => {
-                    last.value.end = offset(end);
+                    // Trimming again from the same start gives what trimming the whole
+                    // folded value once would.
+                    last.value = trim(
+                        buf,
+                        Span {
+                            start: last.value.start,
+                            end: offset(end),
+                        },
+                    );
                     last.line.end = offset(next);
                 }
                 _ => {
@@ -249,7 +257,8 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
             }
             headers.push(Entry {
                 line: Span::new(pos, next),
-                value: Span::new(pos + value_start, end),
+                // Trimmed while the line is at hand rather than in a pass of its own.
+                value: trim(buf, Span::new(pos + value_start, end)),
                 name_len,
                 name,
             });
@@ -260,9 +269,6 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
         }
         pos = next;
     };
-    for entry in headers.iter_mut() {
-        entry.value = trim(buf, entry.value);
-    }
     msg.headers_end = offset(headers_end);
     msg.body = Span::new(body_start, buf.len());
     msg.check_fields();

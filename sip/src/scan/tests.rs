@@ -454,6 +454,22 @@ fn mandatory_completeness_decides_between_400_and_drop() {
 }
 
 #[test]
+fn folded_values_lose_outer_white_space_only() {
+    let text = crlf(&INVITE.replacen(
+        "Contact:",
+        "Subject:  hello \t\n   world  \nX-Empty: \n\t\nX-Late:\n  late\nContact:",
+        1,
+    ));
+    let msg = parse(&text).unwrap();
+    assert_eq!(
+        msg.header(HeaderName::Subject),
+        Some(&b"hello \t\r\n   world"[..])
+    );
+    assert_eq!(msg.header_named(b"X-Empty"), Some(&b""[..]));
+    assert_eq!(msg.header_named(b"X-Late"), Some(&b"late"[..]));
+}
+
+#[test]
 fn generic_header_access() {
     let text = crlf(&INVITE.replacen("Contact:", "X-Custom:  a, b\nSubject: hi\nContact:", 1));
     let msg = parse(&text).unwrap();
