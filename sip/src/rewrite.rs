@@ -49,9 +49,7 @@ impl<'a> Message<'a> {
 impl<'m, 'a> Rewrite<'m, 'a> {
     fn push(&mut self, range: Span, parts: &[&[u8]]) {
         let start = self.text.len();
-        for part in parts {
-            self.text.append(part);
-        }
+        self.text.append(parts);
         let text = Span::new(start, self.text.len());
         self.edits.push(Edit { range, text });
     }
@@ -279,17 +277,25 @@ impl Text {
         self.spilled.as_ref().map_or(self.len, Vec::len)
     }
 
-    fn append(&mut self, part: &[u8]) {
-        if let Some(spilled) = self.spilled.as_mut() {
-            spilled.extend_from_slice(part);
-        } else if let Some(dst) = self.inline.get_mut(self.len..self.len + part.len()) {
-            dst.copy_from_slice(part);
-            self.len += part.len();
-        } else {
-            let mut spilled = Vec::with_capacity(2 * (self.len + part.len()));
+    /// Appends the parts of one edit's text; whether they fit inline is decided once for all.
+    fn append(&mut self, parts: &[&[u8]]) {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if self.spilled.is_none() && self.len + total <= Text::INLINE {
+            for part in parts {
+                if let Some(dst) = self.inline.get_mut(self.len..self.len + part.len()) {
+                    dst.copy_from_slice(part);
+                    self.len += part.len();
+                }
+            }
+            return;
+        }
+        let spilled = self.spilled.get_or_insert_with(|| {
+            let mut spilled = Vec::with_capacity(2 * (self.len + total));
             spilled.extend_from_slice(self.inline.get(..self.len).unwrap_or(&[]));
+            spilled
+        });
+        for part in parts {
             spilled.extend_from_slice(part);
-            self.spilled = Some(spilled);
         }
     }
 

@@ -101,6 +101,49 @@ impl HeaderName {
             .map_or(HeaderName::Other, |&(_, known)| known)
     }
 
+    /// Finds the name at the start of a header line (the run of token bytes) and classifies
+    /// it; returns its length and the name.
+    ///
+    /// Runs once per header line. Known long names are recognised by comparing the line's
+    /// start with the few candidates for its first letter, which reads each name byte once
+    /// instead of scanning for the name's end and then comparing; compact forms and extension
+    /// names take the scan.
+    pub(crate) fn at_line_start(line: &[u8]) -> (usize, HeaderName) {
+        use HeaderName::*;
+        let known = match line.first().map_or(0, u8::to_ascii_lowercase) {
+            b'v' => name_at(line, b"Via", Via),
+            b'f' => name_at(line, b"From", From),
+            b't' => name_at(line, b"To", To),
+            b'c' => name_at(line, b"CSeq", CSeq)
+                .or_else(|| name_at(line, b"Call-ID", CallId))
+                .or_else(|| name_at(line, b"Contact", Contact))
+                .or_else(|| name_at(line, b"Content-Length", ContentLength))
+                .or_else(|| name_at(line, b"Content-Type", ContentType))
+                .or_else(|| name_at(line, b"Content-Encoding", ContentEncoding)),
+            b'm' => name_at(line, b"Max-Forwards", MaxForwards),
+            b'r' => name_at(line, b"Route", Route)
+                .or_else(|| name_at(line, b"Record-Route", RecordRoute))
+                .or_else(|| name_at(line, b"Require", Require))
+                .or_else(|| name_at(line, b"Refer-To", ReferTo))
+                .or_else(|| name_at(line, b"Referred-By", ReferredBy)),
+            b'p' => name_at(line, b"Path", Path),
+            b's' => name_at(line, b"Supported", Supported)
+                .or_else(|| name_at(line, b"Subject", Subject))
+                .or_else(|| name_at(line, b"Session-Expires", SessionExpires)),
+            b'e' => name_at(line, b"Event", Event).or_else(|| name_at(line, b"Expires", Expires)),
+            b'a' => name_at(line, b"Allow-Events", AllowEvents),
+            b'i' => name_at(line, b"Identity", Identity),
+            _ => None,
+        };
+        known.unwrap_or_else(|| {
+            let len = line
+                .iter()
+                .position(|&b| !is_token_byte(b))
+                .unwrap_or(line.len());
+            (len, HeaderName::from_bytes(line.get(..len).unwrap_or(&[])))
+        })
+    }
+
     /// The canonical long form, as sipedge writes it in headers it inserts.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -136,6 +179,20 @@ impl fmt::Display for HeaderName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// `Some((N, known))` when `line` starts with the name `long` (any case) followed by a byte
+/// that cannot continue a name. The length is a constant, so the exact-case comparison
+/// compiles to a few word compares rather than a `memcmp` call.
+#[inline]
+fn name_at<const N: usize>(
+    line: &[u8],
+    long: &[u8; N],
+    known: HeaderName,
+) -> Option<(usize, HeaderName)> {
+    let head = line.get(..N)?;
+    let ends = !line.get(N).is_some_and(|&b| is_token_byte(b));
+    (ends && (head == long || head.eq_ignore_ascii_case(long))).then_some((N, known))
 }
 
 /// A request method. Methods are case-sensitive (RFC 3261 §7.1): `invite` is an extension
@@ -343,6 +400,51 @@ mod tests {
         for name in all {
             check(name.as_str(), name);
             check(&name.as_str().to_ascii_uppercase(), name);
+        }
+    }
+
+    fn check_line(line: &str, expected: (usize, HeaderName)) {
+        assert_eq!(
+            HeaderName::at_line_start(line.as_bytes()),
+            expected,
+            "{line:?}"
+        );
+    }
+
+    #[test]
+    fn names_at_line_start() {
+        let cases = [
+            ("Via: SIP/2.0/UDP h", (3, HeaderName::Via)),
+            ("VIA :x", (3, HeaderName::Via)),
+            ("v: x", (1, HeaderName::Via)),
+            ("Via-X: x", (5, HeaderName::Other)),
+            ("Vias: x", (4, HeaderName::Other)),
+            ("Vi: x", (2, HeaderName::Other)),
+            ("Via", (3, HeaderName::Via)),
+            ("To:x", (2, HeaderName::To)),
+            ("Toy: x", (3, HeaderName::Other)),
+            ("t\t: x", (1, HeaderName::To)),
+            ("CSeq: 1 INVITE", (4, HeaderName::CSeq)),
+            ("call-id: a", (7, HeaderName::CallId)),
+            ("Contact: <sip:a@b>", (7, HeaderName::Contact)),
+            ("Content-Length: 0", (14, HeaderName::ContentLength)),
+            ("Content-Type: a/b", (12, HeaderName::ContentType)),
+            ("Content-Encoding: gzip", (16, HeaderName::ContentEncoding)),
+            ("Content-Disposition: x", (19, HeaderName::Other)),
+            ("Max-Forwards: 70", (12, HeaderName::MaxForwards)),
+            ("Record-Route: <sip:p;lr>", (12, HeaderName::RecordRoute)),
+            ("Route: <sip:p;lr>", (5, HeaderName::Route)),
+            ("Referred-By: x", (11, HeaderName::ReferredBy)),
+            ("Session-Expires: 90", (15, HeaderName::SessionExpires)),
+            ("Allow: INVITE", (5, HeaderName::Other)),
+            ("Allow-Events: talk", (12, HeaderName::AllowEvents)),
+            ("X-Custom: 1", (8, HeaderName::Other)),
+            ("Cont\ract: x", (4, HeaderName::Other)),
+            (": x", (0, HeaderName::Other)),
+            ("", (0, HeaderName::Other)),
+        ];
+        for (line, expected) in cases {
+            check_line(line, expected);
         }
     }
 

@@ -159,9 +159,13 @@ pub struct Message<'a> {
 
 /// Scans and validates one message (a datagram or a frame cut by [`crate::frame::Framer`]).
 pub fn parse(buf: &[u8]) -> Result<Message<'_>, ScanError> {
-    let msg = scan(buf)?;
-    msg.validate()?;
-    Ok(msg)
+    // The scan's result is returned as it is, rather than unwrapped and wrapped again, so that
+    // the message (most of a kilobyte) is not copied on the way out.
+    let msg = scan(buf);
+    if let Ok(m) = &msg {
+        m.validate()?;
+    }
+    msg
 }
 
 /// Indexes one message without rejecting it for problems a 400 can answer; see
@@ -182,10 +186,33 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
     let mut defect = None;
     let start_line = start_line(buf, start, line_end, &mut defect)?;
 
-    let headers_start = pos;
-    let mut headers: SmallVec<[Entry; 32]> = SmallVec::new();
-    let mut first = [NONE; HEADER_NAME_COUNT];
-    let mut count = [0u8; HEADER_NAME_COUNT];
+    // Built here and filled in place: assembling it from locals at the end would copy the
+    // header index once more.
+    let mut msg = Message {
+        buf,
+        start: offset(start),
+        start_line,
+        headers: SmallVec::new(),
+        first: [NONE; HEADER_NAME_COUNT],
+        count: [0; HEADER_NAME_COUNT],
+        headers_start: offset(pos),
+        headers_end: 0,
+        body: Span::default(),
+        top_via: None,
+        from: None,
+        to: None,
+        cseq: None,
+        max_forwards: None,
+        content_length: None,
+        defect,
+    };
+    let Message {
+        headers,
+        first,
+        count,
+        defect,
+        ..
+    } = &mut msg;
     // Whether continuation lines belong to the last entry (false after a malformed line, whose
     // continuations are skipped with it).
     let mut folding_into_last = false;
@@ -201,19 +228,26 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
         if matches!(line.first(), Some(b' ' | b'\t')) {
             match headers.last_mut() {
                 Some(last) if folding_into_last => {
-                    last.value.end = offset(end);
+                    // Trimming again from the same start gives what trimming the whole
+                    // folded value once would.
+                    last.value = trim(
+                        buf,
+                        Span {
+                            start: last.value.start,
+                            end: offset(end),
+                        },
+                    );
                     last.line.end = offset(next);
                 }
                 _ => {
                     defect.get_or_insert(ScanError::MalformedHeader);
                 }
             }
-        } else if let Some((name, value_start)) = header_name(line) {
+        } else if let Some((name_len, name, value_start)) = header_name(line) {
             if headers.len() >= MAX_HEADERS {
                 return Err(ScanError::TooManyHeaders);
             }
-            let name_len = u16::try_from(name.len()).map_err(|_| ScanError::HeadersTooLarge)?;
-            let name = HeaderName::from_bytes(name);
+            let name_len = u16::try_from(name_len).map_err(|_| ScanError::HeadersTooLarge)?;
             let slot = name as usize;
             if let Some(f) = first.get_mut(slot).filter(|f| **f == NONE) {
                 *f = u16::try_from(headers.len()).unwrap_or(NONE);
@@ -223,7 +257,8 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
             }
             headers.push(Entry {
                 line: Span::new(pos, next),
-                value: Span::new(pos + value_start, end),
+                // Trimmed while the line is at hand rather than in a pass of its own.
+                value: trim(buf, Span::new(pos + value_start, end)),
                 name_len,
                 name,
             });
@@ -234,28 +269,8 @@ pub fn scan(buf: &[u8]) -> Result<Message<'_>, ScanError> {
         }
         pos = next;
     };
-    for entry in &mut headers {
-        entry.value = trim(buf, entry.value);
-    }
-
-    let mut msg = Message {
-        buf,
-        start: offset(start),
-        start_line,
-        headers,
-        first,
-        count,
-        headers_start: offset(headers_start),
-        headers_end: offset(headers_end),
-        body: Span::new(body_start, buf.len()),
-        top_via: None,
-        from: None,
-        to: None,
-        cseq: None,
-        max_forwards: None,
-        content_length: None,
-        defect,
-    };
+    msg.headers_end = offset(headers_end);
+    msg.body = Span::new(body_start, buf.len());
     msg.check_fields();
     Ok(msg)
 }
@@ -290,22 +305,20 @@ fn next_line(buf: &[u8], from: usize, escaped_nul: bool) -> Result<(usize, usize
     }
 }
 
-/// Splits `name HCOLON` off a header line; returns the name and where the value starts.
-fn header_name(line: &[u8]) -> Option<(&[u8], usize)> {
-    let name_len = line
-        .iter()
-        .position(|&b| !is_token_byte(b))
-        .unwrap_or(line.len());
-    let name = line.get(..name_len)?;
+/// Splits `name HCOLON` off a header line; returns the name's length, the classified name
+/// and where the value starts.
+fn header_name(line: &[u8]) -> Option<(usize, HeaderName, usize)> {
+    let (name_len, name) = HeaderName::at_line_start(line);
     let is_blank = |b: &u8| *b == b' ' || *b == b'\t';
     let colon = name_len + line.get(name_len..)?.iter().position(|b| !is_blank(b))?;
-    if name.is_empty() || line.get(colon) != Some(&b':') {
+    if name_len == 0 || line.get(colon) != Some(&b':') {
         return None;
     }
     // The value starts after the blanks following the colon, so that trimming it usually
     // finds nothing to do.
     let rest = line.get(colon + 1..)?;
     Some((
+        name_len,
         name,
         colon + 1 + rest.iter().position(|b| !is_blank(b)).unwrap_or(rest.len()),
     ))
@@ -325,7 +338,8 @@ fn start_line(
         return status_line(line, start);
     }
     // A request as soon as it starts with `token SP`: problems after that are answerable.
-    let Some(sp) = memchr::memchr(b' ', line) else {
+    // The method is a few bytes: walking them beats setting up `memchr`.
+    let Some(sp) = line.iter().position(|&b| b == b' ') else {
         return Err(ScanError::BadStartLine);
     };
     let method_raw = line.get(..sp).unwrap_or(&[]);
@@ -359,7 +373,11 @@ fn start_line(
 }
 
 fn status_line(line: &[u8], start: usize) -> Result<StartLine, ScanError> {
-    let sp = memchr::memchr(b' ', line).ok_or(ScanError::BadStartLine)?;
+    // Right after `SIP/2.0`: a walk of a few bytes, cheaper than setting up `memchr`.
+    let sp = line
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or(ScanError::BadStartLine)?;
     if !line
         .get(..sp)
         .is_some_and(|v| v.eq_ignore_ascii_case(b"SIP/2.0"))
@@ -418,9 +436,11 @@ impl<'a> Message<'a> {
                 note(ScanError::DuplicateHeader(name));
             }
         }
+        // White space inside the value: SP or HTAB, or the CR of a fold (a LF never comes
+        // without one, the scanner rejects bare LFs), found with one `memchr3`.
         if self
             .header(HeaderName::CallId)
-            .is_some_and(|v| v.is_empty() || v.iter().any(|&b| value::is_lws(b)))
+            .is_some_and(|v| v.is_empty() || memchr::memchr3(b' ', b'\t', b'\r', v).is_some())
         {
             note(ScanError::BadValue(HeaderName::CallId));
         }

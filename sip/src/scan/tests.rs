@@ -289,6 +289,18 @@ fn invalid_messages() {
             ScanError::BadValue(H::CallId),
         ),
         (
+            invite_with("Call-ID: a84b4c76e66710", "Call-ID: a84b c76"),
+            ScanError::BadValue(H::CallId),
+        ),
+        (
+            invite_with("Call-ID: a84b4c76e66710", "Call-ID: a84b\tc76"),
+            ScanError::BadValue(H::CallId),
+        ),
+        (
+            invite_with("Call-ID: a84b4c76e66710\n", "Call-ID: a84b\n c76\n"),
+            ScanError::BadValue(H::CallId),
+        ),
+        (
             invite_with("CSeq: 314159 INVITE", "CSeq: 314159"),
             ScanError::BadCSeq,
         ),
@@ -439,6 +451,22 @@ fn mandatory_completeness_decides_between_400_and_drop() {
     let msg = scan(&bad_version).unwrap();
     assert_eq!(msg.validate(), Err(ScanError::BadVersion));
     assert!(msg.is_mandatory_complete());
+}
+
+#[test]
+fn folded_values_lose_outer_white_space_only() {
+    let text = crlf(&INVITE.replacen(
+        "Contact:",
+        "Subject:  hello \t\n   world  \nX-Empty: \n\t\nX-Late:\n  late\nContact:",
+        1,
+    ));
+    let msg = parse(&text).unwrap();
+    assert_eq!(
+        msg.header(HeaderName::Subject),
+        Some(&b"hello \t\r\n   world"[..])
+    );
+    assert_eq!(msg.header_named(b"X-Empty"), Some(&b""[..]));
+    assert_eq!(msg.header_named(b"X-Late"), Some(&b"late"[..]));
 }
 
 #[test]

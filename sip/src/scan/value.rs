@@ -104,11 +104,17 @@ impl<'a> Cursor<'a> {
     /// Skips linear white space; says whether there was any.
     #[inline]
     fn ws(&mut self) -> bool {
-        // Most calls find none: answer those without setting up a scan.
-        self.peek().is_some_and(is_lws) && !self.take_while(is_lws).is_empty()
+        // A plain loop: most calls find no white space, and this stays small enough to be
+        // inlined at each of the many call sites.
+        let from = self.pos;
+        while self.peek().is_some_and(is_lws) {
+            self.pos += 1;
+        }
+        self.pos > from
     }
 
     /// Advances over the bytes matching `pred`; slice iteration keeps the loop tight.
+    #[inline]
     fn take_while(&mut self, pred: impl Fn(u8) -> bool) -> Span {
         let from = self.pos;
         let rest = self.buf.get(from..self.end).unwrap_or(&[]);
@@ -124,14 +130,6 @@ impl<'a> Cursor<'a> {
         }
         let close = closing_quote(self.buf.get(..self.end)?, self.pos)?;
         self.pos = close + 1;
-        Some(Span::new(from, self.pos))
-    }
-
-    /// Reads up to (not including) the next `b`, leaving the cursor on it.
-    fn until(&mut self, b: u8) -> Option<Span> {
-        let from = self.pos;
-        let found = memchr::memchr(b, self.buf.get(from..self.end)?)?;
-        self.pos = from + found;
         Some(Span::new(from, self.pos))
     }
 
@@ -320,21 +318,15 @@ pub(crate) fn via_spans(buf: &[u8], value: Span) -> Result<ViaSpans, ScanError> 
 fn via_inner(buf: &[u8], value: Span) -> Option<ViaSpans> {
     let mut c = Cursor::new(buf, value);
     c.ws();
-    let protocol = c.take_while(is_token_byte);
-    if !protocol.get(buf).eq_ignore_ascii_case(b"SIP") {
-        return None;
-    }
-    c.ws();
-    if !c.eat(b'/') {
-        return None;
-    }
-    c.ws();
-    if c.take_while(is_token_byte).get(buf) != b"2.0" {
-        return None;
-    }
-    c.ws();
-    if !c.eat(b'/') {
-        return None;
+    // Nearly every Via starts with exactly this; only the others take the token-by-token
+    // path that allows white space and any case.
+    if buf
+        .get(c.pos..c.end)
+        .is_some_and(|v| v.starts_with(b"SIP/2.0/"))
+    {
+        c.pos += b"SIP/2.0/".len();
+    } else {
+        sent_protocol_prefix(&mut c)?;
     }
     c.ws();
     let transport = c.take_while(is_token_byte);
@@ -378,6 +370,26 @@ fn via_inner(buf: &[u8], value: Span) -> Option<ViaSpans> {
         port_number(rport.get(buf))?;
     }
     Some(spans)
+}
+
+/// `"SIP" "/" "2.0" "/"` with white space allowed around the slashes and any case for `SIP`
+/// (RFC 3261 §25.1, RFC 4475 wsinv); leaves the cursor after the second slash.
+fn sent_protocol_prefix(c: &mut Cursor<'_>) -> Option<()> {
+    let buf = c.buf;
+    let protocol = c.take_while(is_token_byte);
+    if !protocol.get(buf).eq_ignore_ascii_case(b"SIP") {
+        return None;
+    }
+    c.ws();
+    if !c.eat(b'/') {
+        return None;
+    }
+    c.ws();
+    if c.take_while(is_token_byte).get(buf) != b"2.0" {
+        return None;
+    }
+    c.ws();
+    c.eat(b'/').then_some(())
 }
 
 /// A parsed Via value. Slices borrow from the message buffer.
@@ -477,15 +489,14 @@ impl<'a> NameAddr<'a> {
 
 /// `scheme ":" ...` with an RFC 3986 scheme and something after the colon.
 fn has_scheme(uri: &[u8]) -> bool {
-    let Some(colon) = memchr::memchr(b':', uri) else {
-        return false;
-    };
-    let (scheme, rest) = uri.split_at(colon);
-    scheme.first().is_some_and(u8::is_ascii_alphabetic)
-        && scheme
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
-        && rest.len() > 1
+    // One walk over the scheme's few bytes; `memchr` costs more to set up than that.
+    let scheme_len = uri
+        .iter()
+        .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')))
+        .unwrap_or(uri.len());
+    uri.first().is_some_and(u8::is_ascii_alphabetic)
+        && uri.get(scheme_len) == Some(&b':')
+        && uri.len() > scheme_len + 1
 }
 
 fn name_addr(value: &[u8], require_brackets: bool) -> Option<NameAddr<'_>> {
@@ -516,13 +527,10 @@ fn name_addr(value: &[u8], require_brackets: bool) -> Option<NameAddr<'_>> {
         }
     }
     let uri = if c.eat(b'<') {
-        let uri = c.until(b'>')?;
-        c.eat(b'>');
-        if uri
-            .get(value)
-            .iter()
-            .any(|&b| is_lws(b) || b == b'<' || b == b'"')
-        {
+        // One walk to the closing '>' that also checks the URI holds no white space, '<' or
+        // '"': stopping at any of them first means the value is malformed.
+        let uri = c.take_while(|b| !(matches!(b, b'>' | b'<' | b'"') || is_lws(b)));
+        if !c.eat(b'>') {
             return None;
         }
         uri
@@ -600,7 +608,8 @@ pub struct Uri<'a> {
 impl<'a> Uri<'a> {
     /// Splits a SIP or SIPS URI; `None` for other schemes or a missing host.
     pub fn parse(uri: &'a [u8]) -> Option<Uri<'a>> {
-        let colon = memchr::memchr(b':', uri)?;
+        // The colon is within the first few bytes: a plain walk beats setting up `memchr`.
+        let colon = uri.iter().position(|&b| b == b':')?;
         let (scheme, rest) = (uri.get(..colon)?, uri.get(colon + 1..)?);
         if !scheme.eq_ignore_ascii_case(b"sip") && !scheme.eq_ignore_ascii_case(b"sips") {
             return None;
@@ -638,7 +647,8 @@ impl<'a> Uri<'a> {
             _ => return None,
         };
         let tail = after_host.get(param_start..)?;
-        let (params, headers) = match memchr::memchr(b'?', tail) {
+        // URI parameters are short or absent: a plain walk beats setting up `memchr`.
+        let (params, headers) = match tail.iter().position(|&b| b == b'?') {
             Some(q) => (tail.get(..q)?, Some(tail.get(q + 1..)?)),
             None => (tail, None),
         };
@@ -735,6 +745,15 @@ impl Iterator for CommaSplit<'_> {
     fn next(&mut self) -> Option<Element> {
         let start = self.next?;
         let value = self.buf.get(..self.end).unwrap_or(&[]);
+        // Most values hold one element: with no comma left, the rest is the last element,
+        // whatever quotes and brackets it holds, and one `memchr` settles that.
+        if memchr::memchr(b',', value.get(start..).unwrap_or(&[])).is_none() {
+            self.next = None;
+            return Some(Element {
+                span: trim(self.buf, Span::new(start, self.end)),
+                next: None,
+            });
+        }
         // Jump between the bytes that matter instead of walking the value byte by byte.
         let mut i = start;
         let elem_end = loop {
@@ -847,6 +866,18 @@ mod tests {
                 "SIP/2.0/UDP h : 5060",
                 Some((Udp, "h", Some(5060), None, Absent)),
             ),
+            (
+                "SIP/2.0/ UDP h;branch=x",
+                Some((Udp, "h", None, Some("x"), Absent)),
+            ),
+            (
+                "sip/2.0/udp h;branch=x",
+                Some((Udp, "h", None, Some("x"), Absent)),
+            ),
+            ("SIP/2.0/", None),
+            ("SIP/2.0/UDPh", None),
+            ("SIP/2.0 /UDP h", Some((Udp, "h", None, None, Absent))),
+            ("SIP/2.00/UDP h", None),
             ("SIP/2.0/UDP 192.0.2.15;;", None),
             ("SIP/2.0/UDP 192.0.2.15;branch=", None),
             ("SIP/2.0/UDP", None),
@@ -954,6 +985,14 @@ mod tests {
             ("<user>", false, None),
             ("\"Joe\" <sip:joe@example.org>;;;;", false, None),
             ("Joe", false, None),
+            ("<sip:>", false, None),
+            ("<sip:a\"b@c>", false, None),
+            ("<sip:a<b@c>", false, None),
+            ("<sip:a b@c>", false, None),
+            ("<sip:a@b>>", false, None),
+            ("<1sip:a@b>", false, None),
+            ("<:a@b>", false, None),
+            ("<s+i-p.2:a@b>", false, Some((None, "s+i-p.2:a@b", None))),
             (
                 "Agent M\u{fc}ller <sip:m@h>",
                 false,
