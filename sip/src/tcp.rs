@@ -1,6 +1,11 @@
 //! The TCP side: accept loops, one reader and one writer task per connection, the table of
 //! open connections (by id and by remote address, so responses and flow-token requests find
 //! a terminal's connection), and the pool of connections to the upstream (one per port).
+//!
+//! A message is written straight to the socket by the task that relays it when nothing is
+//! queued before it; only what the socket does not take at once goes to the connection's
+//! writer task. Handing every message to the writer woke a second task per message, which
+//! cost 10-15 % of sipedge's CPU per call over TCP (BENCHMARKS.md, issue 4).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
@@ -41,13 +46,81 @@ pub(crate) struct ConnHandle {
     pub(crate) id: u64,
     /// The peer's address: checked against a token's address, and the key for Via routing.
     pub(crate) remote: SocketAddr,
-    /// Queue to the connection's writer task.
-    tx: mpsc::Sender<Bytes>,
+    /// The connection's write side, shared by every task that sends on it.
+    out: Arc<Outbox>,
 }
 
 impl ConnHandle {
     fn is_open(&self) -> bool {
-        !self.tx.is_closed()
+        !self.out.tx.is_closed()
+    }
+}
+
+/// One connection's write side: the socket, the writer task's queue, and who writes now.
+#[derive(Debug)]
+struct Outbox {
+    /// Written directly by senders while the queue is idle, else by the writer task.
+    wr: OwnedWriteHalf,
+    /// Queue to the connection's writer task.
+    tx: mpsc::Sender<Bytes>,
+    /// Taken by every sender and by the writer task between two messages, so that messages
+    /// never interleave or overtake one another.
+    state: Mutex<Writing>,
+}
+
+/// Who may write to the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writing {
+    /// Nothing queued: a sender writes itself.
+    Idle,
+    /// The writer task has bytes to write: senders queue behind them.
+    Queued,
+    /// The connection is closing: nothing new is taken.
+    Closed,
+}
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Writing> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes or queues `bytes`; false when the connection is closing, broken or its queue
+    /// is full.
+    fn send(&self, bytes: &[u8]) -> bool {
+        let mut state = self.lock();
+        match *state {
+            Writing::Closed => false,
+            Writing::Queued => self.tx.try_send(Bytes::copy_from_slice(bytes)).is_ok(),
+            Writing::Idle => {
+                let written = match self.wr.try_write(bytes) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                    Err(_) => return false,
+                };
+                let Some(rest) = bytes.get(written..).filter(|rest| !rest.is_empty()) else {
+                    return true;
+                };
+                // The queue is empty while idle, so this fails only once the writer is gone.
+                if self.tx.try_send(Bytes::copy_from_slice(rest)).is_err() {
+                    return false;
+                }
+                *state = Writing::Queued;
+                true
+            }
+        }
+    }
+
+    /// Writes all of `bytes` once the socket takes them.
+    async fn write_all(&self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            self.wr.writable().await?;
+            match self.wr.try_write(bytes) {
+                Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -143,7 +216,7 @@ impl Shared {
 
     /// Queues `out` on a connection; false when its queue is full or it is closing.
     pub(crate) fn send_tcp(&self, conn: &ConnHandle, out: &[u8]) -> bool {
-        conn.tx.try_send(Bytes::copy_from_slice(out)).is_ok()
+        conn.out.send(out)
     }
 
     /// The pooled connection to the upstream for sipedge port `port`, connecting when there
@@ -233,7 +306,7 @@ pub(crate) fn connect_and_send(shared: Arc<Shared>, flow: Flow, first: Bytes) {
             Side::Terminal,
             Some(permit),
         );
-        if conn.tx.try_send(first).is_err() {
+        if !conn.out.send(&first) {
             shared.metrics.dropped(DropReason::SendFailed);
         }
     });
@@ -252,16 +325,25 @@ fn start(
     let _ = stream.set_nodelay(true);
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-    let handle = ConnHandle { id, remote, tx };
+    let (rd, wr) = stream.into_split();
+    let out = Arc::new(Outbox {
+        wr,
+        tx,
+        state: Mutex::new(Writing::Idle),
+    });
+    let handle = ConnHandle {
+        id,
+        remote,
+        out: Arc::clone(&out),
+    };
     shared.conns.insert(handle.clone());
     shared
         .metrics
         .tcp_connections
         .fetch_add(1, Ordering::Relaxed);
-    let (rd, wr) = stream.into_split();
     tokio::spawn(async move {
         let (stop_tx, stop_rx) = oneshot::channel();
-        let mut writer = tokio::spawn(write_loop(wr, rx, stop_rx));
+        let mut writer = tokio::spawn(write_loop(out, rx, stop_rx));
         let arrival = Arrival {
             transport: Transport::Tcp,
             local_port: port,
@@ -289,7 +371,7 @@ fn start(
 }
 
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    out: Arc<Outbox>,
     mut rx: mpsc::Receiver<Bytes>,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -298,21 +380,29 @@ async fn write_loop(
             b = rx.recv() => b,
             _ = &mut stop => {
                 // No new messages; what is already queued still goes out.
+                *out.lock() = Writing::Closed;
                 rx.close();
                 while let Some(bytes) = rx.recv().await {
-                    if wr.write_all(&bytes).await.is_err() {
+                    if out.write_all(&bytes).await.is_err() {
                         return;
                     }
                 }
-                let _ = wr.shutdown().await;
+                // Other tasks may still hold the write half: shut the socket down here
+                // rather than when the last of them lets go.
+                let _ = socket2::SockRef::from(out.wr.as_ref()).shutdown(std::net::Shutdown::Write);
                 return;
             }
         };
         let Some(bytes) = bytes else {
             return;
         };
-        if wr.write_all(&bytes).await.is_err() {
+        if out.write_all(&bytes).await.is_err() {
+            *out.lock() = Writing::Closed;
             return;
+        }
+        let mut state = out.lock();
+        if *state == Writing::Queued && rx.is_empty() {
+            *state = Writing::Idle;
         }
     }
 }
@@ -370,5 +460,91 @@ async fn read_loop(shared: &Arc<Shared>, mut rd: tokio::net::tcp::OwnedReadHalf,
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
             Ok(Ok(_)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A connected pair on loopback, the first side's write half in an [`Outbox`] with its
+    /// writer task running.
+    async fn outbox() -> (
+        Arc<Outbox>,
+        TcpStream,
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (peer, _) = accepted.unwrap();
+        let client = client.unwrap();
+        // A small send buffer, so that a few messages fill the socket whatever the host's
+        // tuning.
+        socket2::SockRef::from(&client)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let (_rd, wr) = client.into_split();
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let out = Arc::new(Outbox {
+            wr,
+            tx,
+            state: Mutex::new(Writing::Idle),
+        });
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let writer = tokio::spawn(write_loop(Arc::clone(&out), rx, stop_rx));
+        (out, peer, stop_tx, writer)
+    }
+
+    /// A peer that reads nothing for a while fills the socket: later messages queue behind
+    /// the unwritten rest, and the peer still receives every byte once, in order.
+    #[tokio::test]
+    async fn direct_writes_and_queued_rests_keep_their_order() {
+        let (out, mut peer, _stop, writer) = outbox().await;
+        let messages: Vec<Vec<u8>> = (0..200u32)
+            .map(|i| {
+                let mut m = format!("message {i:04} ").into_bytes();
+                m.resize(16 * 1024, b'a' + (i % 26) as u8);
+                m
+            })
+            .collect();
+        let mut queued_at_some_point = false;
+        for m in &messages {
+            assert!(out.send(m));
+            queued_at_some_point |= *out.lock() == Writing::Queued;
+        }
+        assert!(queued_at_some_point, "the messages never filled the socket");
+
+        let expected: Vec<u8> = messages.concat();
+        let mut received = vec![0u8; expected.len()];
+        tokio::time::timeout(Duration::from_secs(10), peer.read_exact(&mut received))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(received == expected, "bytes reordered or lost");
+        writer.abort();
+    }
+
+    /// After the stop, what was sent before goes out, nothing new is taken, and the peer
+    /// sees the end of the stream.
+    #[tokio::test]
+    async fn a_closed_outbox_flushes_then_takes_nothing() {
+        let (out, mut peer, stop, writer) = outbox().await;
+        assert!(out.send(b"before"));
+        stop.send(()).unwrap();
+        writer.await.unwrap();
+        assert!(!out.send(b"after"));
+        let mut received = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), peer.read_to_end(&mut received))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            received, b"before",
+            "the socket was not shut down after the flush"
+        );
     }
 }
