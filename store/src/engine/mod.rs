@@ -194,6 +194,27 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// Hands `step` the entries of `iter` in `direction` order until it breaks or fails: the
+/// walk both engines' scans share.
+pub(crate) fn walk<T>(
+    mut iter: impl DoubleEndedIterator<Item = T>,
+    direction: Direction,
+    mut step: impl FnMut(T) -> Result<ControlFlow<()>, StoreError>,
+) -> Result<(), StoreError> {
+    let mut go = |entries: &mut dyn Iterator<Item = T>| {
+        for entry in entries {
+            if step(entry)?.is_break() {
+                break;
+            }
+        }
+        Ok(())
+    };
+    match direction {
+        Direction::Forward => go(&mut iter),
+        Direction::Backward => go(&mut iter.rev()),
+    }
+}
+
 /// Whether `range` holds no key at all; engines would otherwise panic on inverted bounds.
 pub(crate) fn is_empty(range: &KeyRange) -> bool {
     match (&range.0, &range.1) {

@@ -141,28 +141,11 @@ impl Snapshot for RedbSnapshot {
             range.1.as_ref().map(Vec::as_slice),
         );
         let iter = handle.range::<&[u8]>(bounds).map_err(fail("scan"))?;
-        let mut step =
-            |entry: Result<_, redb::StorageError>| -> Result<ControlFlow<()>, StoreError> {
-                let (k, v): (redb::AccessGuard<'_, &[u8]>, redb::AccessGuard<'_, &[u8]>) =
-                    entry.map_err(fail("scan"))?;
-                visit(k.value(), v.value())
-            };
-        match direction {
-            Direction::Forward => {
-                for entry in iter {
-                    if step(entry)?.is_break() {
-                        break;
-                    }
-                }
-            }
-            Direction::Backward => {
-                for entry in iter.rev() {
-                    if step(entry)?.is_break() {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(())
+        let step = |entry: Result<_, redb::StorageError>| -> Result<ControlFlow<()>, StoreError> {
+            let (k, v): (redb::AccessGuard<'_, &[u8]>, redb::AccessGuard<'_, &[u8]>) =
+                entry.map_err(fail("scan"))?;
+            visit(k.value(), v.value())
+        };
+        super::walk(iter, direction, step)
     }
 }

@@ -200,26 +200,10 @@ impl Snapshot for SledSnapshot<'_> {
         let lo = tagged_bound(table, &range.0, Bound::Included(vec![table.tag()]));
         let hi = tagged_bound(table, &range.1, Bound::Excluded(vec![table.tag() + 1]));
         let iter = self.tree.range::<Vec<u8>, _>((lo, hi));
-        let mut step = |entry: sled::Result<(sled::IVec, sled::IVec)>| {
+        let step = |entry: sled::Result<(sled::IVec, sled::IVec)>| {
             let (k, v) = entry.map_err(fail("scan"))?;
             visit(k.get(1..).unwrap_or_default(), &v)
         };
-        match direction {
-            Direction::Forward => {
-                for entry in iter {
-                    if step(entry)?.is_break() {
-                        break;
-                    }
-                }
-            }
-            Direction::Backward => {
-                for entry in iter.rev() {
-                    if step(entry)?.is_break() {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(())
+        super::walk(iter, direction, step)
     }
 }
