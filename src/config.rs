@@ -82,6 +82,7 @@ impl StoreSection {
             cdr_retention: self.cdr_retention,
             trace_retention: self.trace_retention,
             flush_interval: self.flush_interval,
+            ..StoreConfig::default()
         }
     }
 }

@@ -80,10 +80,13 @@ pub enum AlarmKind {
     /// A reload's file did not load; the running configuration stays (not in SPEC §11's
     /// list: issue 8 asks for an alarm there).
     ConfigInvalid,
+    /// The bank's database has not taken CDRs for longer than `sink.postgres.lag_alarm`
+    /// (issue 12; not in SPEC §11's list either).
+    SinkLag,
 }
 
 impl AlarmKind {
-    pub const ALL: [AlarmKind; 8] = [
+    pub const ALL: [AlarmKind; 9] = [
         AlarmKind::ProcessMissing,
         AlarmKind::ProcessRestarted,
         AlarmKind::ProcessCpu,
@@ -92,6 +95,7 @@ impl AlarmKind {
         AlarmKind::DiskLow,
         AlarmKind::StoreError,
         AlarmKind::ConfigInvalid,
+        AlarmKind::SinkLag,
     ];
 
     /// The name used in JSON, metrics labels and the id hash.
@@ -105,6 +109,7 @@ impl AlarmKind {
             AlarmKind::DiskLow => "disk_low",
             AlarmKind::StoreError => "store_error",
             AlarmKind::ConfigInvalid => "config_invalid",
+            AlarmKind::SinkLag => "sink_lag",
         }
     }
 }

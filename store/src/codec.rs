@@ -358,6 +358,7 @@ byte_enum!(
         AlarmKind::DiskLow = 5,
         AlarmKind::StoreError = 6,
         AlarmKind::ConfigInvalid = 7,
+        AlarmKind::SinkLag = 8,
     ]
 );
 
@@ -478,6 +479,24 @@ pub(crate) fn decode_counts(value: &[u8]) -> Result<Counts, StoreError> {
     let calls = d.varint()?;
     let talk_ms = d.varint()?;
     d.finish(Counts { calls, talk_ms })
+}
+
+/// An outbox entry's value: the CDR it ships and when it was queued.
+pub(crate) fn encode_outbox(id: CdrId, queued_at: UnixMs) -> Vec<u8> {
+    let mut e = Enc(Vec::with_capacity(26));
+    e.u8(VERSION);
+    e.0.extend_from_slice(&id.0.to_be_bytes());
+    e.signed(queued_at.0);
+    e.0
+}
+
+pub(crate) fn decode_outbox(value: &[u8]) -> Result<(CdrId, UnixMs), StoreError> {
+    let mut d = Dec::new(value, "outbox entry")?;
+    let id = <[u8; 16]>::try_from(d.take(16)?)
+        .map(|b| CdrId(u128::from_be_bytes(b)))
+        .map_err(|_| corrupt("outbox entry", "short id"))?;
+    let queued_at = UnixMs(d.signed()?);
+    d.finish((id, queued_at))
 }
 
 pub(crate) fn encode_log(entry: &LogEntry) -> Vec<u8> {
@@ -712,6 +731,23 @@ m=audio 30000 RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\
         let mut garbled = encoded[..=header].to_vec();
         garbled.extend_from_slice(&[10, 3, 0x00, 0xff, 0xff]);
         check_corrupt("garbled", decode_log(&garbled));
+    }
+
+    #[test]
+    fn outbox_entries_round_trip_and_damage_is_an_error() {
+        let id = cdr().id;
+        for at in [UnixMs(0), UnixMs(1_767_225_600_123), UnixMs(-5)] {
+            let bytes = encode_outbox(id, at);
+            assert_eq!(decode_outbox(&bytes).unwrap(), (id, at));
+            for cut in 0..bytes.len() {
+                check_corrupt("truncated outbox", decode_outbox(&bytes[..cut]));
+            }
+            check_corrupt(
+                "trailing",
+                decode_outbox(&[bytes.as_slice(), &[0]].concat()),
+            );
+        }
+        check_corrupt("version 2", decode_outbox(&[2; 26]));
     }
 
     #[test]

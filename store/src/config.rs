@@ -19,6 +19,10 @@ pub struct StoreConfig {
     /// lose (SPEC §8).
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// Whether every stored or changed CDR is also queued for a sink in the same batch: set
+    /// by the root when a sink is configured, not a key of `[store]`.
+    #[serde(skip)]
+    pub outbox: bool,
 }
 
 impl Default for StoreConfig {
@@ -27,6 +31,7 @@ impl Default for StoreConfig {
             cdr_retention: Duration::from_secs(365 * 86_400),
             trace_retention: Duration::from_secs(30 * 86_400),
             flush_interval: Duration::from_millis(100),
+            outbox: false,
         }
     }
 }

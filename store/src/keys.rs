@@ -9,6 +9,7 @@
 //! | `calls` | id (16) | the tracker's bytes |
 //! | `logs` | id (16) ‖ seq (8) | log entry |
 //! | `alarms` | alarm id (16) | alarm |
+//! | `sink_outbox` | seq (8) | CDR id (16) ‖ queued at (8) |
 //! | `meta` | name | value |
 //!
 //! The number indexes lead with the hour so that a prefix filter reads, per hour, only the
@@ -25,6 +26,17 @@ pub(crate) const SLOT_MS: i64 = 15 * 60_000;
 pub(crate) const SCHEMA_KEY: &[u8] = b"schema_version";
 /// The meta key of the next log sequence number.
 pub(crate) const LOG_SEQ_KEY: &[u8] = b"next_log_seq";
+/// The meta key of the next outbox sequence number: kept apart from the entries so that a
+/// drained outbox does not start numbering again (a shipper remembers the last seq it acked).
+pub(crate) const OUTBOX_SEQ_KEY: &[u8] = b"next_outbox_seq";
+/// Where sinks keep their own state in `meta`, each under this prefix and its name.
+pub(crate) const SINK_STATE_PREFIX: &[u8] = b"sink_state/";
+
+pub(crate) fn sink_state_key(name: &str) -> Vec<u8> {
+    let mut key = SINK_STATE_PREFIX.to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
+}
 
 pub(crate) fn id_key(id: CdrId) -> [u8; 16] {
     id.0.to_be_bytes()
@@ -106,6 +118,14 @@ pub(crate) fn log_key(id: CdrId, seq: u64) -> [u8; 24] {
     key[..16].copy_from_slice(&id_key(id));
     key[16..].copy_from_slice(&seq.to_be_bytes());
     key
+}
+
+pub(crate) fn outbox_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+pub(crate) fn outbox_seq_of(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! - [`alarm`]: the alarm type of SPEC §11.
 //! - [`query`]: filters, newest-first pages, statistics, and how each filter picks an index.
 //! - [`writer`]: the non-blocking write queue, its background batching thread and retention.
+//! - [`outbox`]: CDRs queued for the bank's database, with what a sink saved of its progress.
 //! - [`config`]: `[store]` settings.
 //! - `engine`: the ordered key-value seam and its redb and sled implementations (private).
 //! - `keys`, `codec`: key layouts and the versioned value encodings (private, pure).
@@ -29,6 +30,7 @@ mod error;
 mod keys;
 pub mod live;
 pub mod log;
+pub mod outbox;
 pub mod query;
 pub mod writer;
 
@@ -44,6 +46,7 @@ pub use config::StoreConfig;
 pub use engine::Engine;
 pub use error::StoreError;
 pub use log::{Direction, LogEntry, LogKind};
+pub use outbox::{OutboxEntry, OutboxStats};
 pub use query::{CdrFilter, Counters, NumberMatch, StatsBucket, StatsResult, TypeCounters};
 pub use writer::{Purged, WriteOp, Writer, WriterStats};
 
@@ -105,6 +108,9 @@ impl Store {
     pub fn open(dir: &Path, engine: Engine, cfg: StoreConfig) -> Result<Store, StoreError> {
         let kv: Arc<dyn Kv> = Arc::from(engine::open(dir, engine)?);
         check_schema(kv.as_ref())?;
+        if !cfg.outbox {
+            forget_sink_states(kv.as_ref())?;
+        }
         let (writer, thread) = writer::spawn(kv.clone(), cfg)?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -220,6 +226,65 @@ impl Store {
         Ok(out)
     }
 
+    /// Up to `limit` outbox entries with a seq above `after`, oldest first.
+    pub fn outbox_peek(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let mut snap = self.inner.kv.snapshot()?;
+        outbox::peek(snap.as_mut(), after, limit)
+    }
+
+    pub fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let mut snap = self.inner.kv.snapshot()?;
+        outbox::stats(snap.as_mut())
+    }
+
+    /// Up to `limit` CDRs with an id above `after`, oldest first: a sink's backfill walks
+    /// the whole store with it.
+    pub fn cdrs_ascending(
+        &self,
+        after: Option<CdrId>,
+        limit: usize,
+    ) -> Result<Vec<Cdr>, StoreError> {
+        let mut snap = self.inner.kv.snapshot()?;
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let lo = match after {
+            Some(id) => Bound::Excluded(keys::id_key(id).to_vec()),
+            None => Bound::Unbounded,
+        };
+        snap.scan(
+            Table::Cdrs,
+            (lo, Bound::Unbounded),
+            engine::Direction::Forward,
+            &mut |k, v| {
+                let id = keys::id_of(k).ok_or_else(|| StoreError::Corrupt {
+                    what: "CDR key",
+                    detail: format!("{} bytes", k.len()),
+                })?;
+                out.push(codec::decode_cdr(id, v)?);
+                Ok(if out.len() >= limit {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// What the sink `name` last saved with [`WriteOp::PutSinkState`] (committed only).
+    pub fn sink_state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner
+            .kv
+            .snapshot()?
+            .get(Table::Meta, &keys::sink_state_key(name))
+    }
+
     pub fn get_alarm(&self, id: AlarmId) -> Result<Option<Alarm>, StoreError> {
         let mut snap = self.inner.kv.snapshot()?;
         match snap.get(Table::Alarms, &id.0.to_be_bytes())? {
@@ -288,6 +353,25 @@ fn check_schema(kv: &dyn Kv) -> Result<(), StoreError> {
             kv.commit(&batch)
         }
     }
+}
+
+/// A store opened without a sink forgets what sinks saved: CDRs written now are queued for
+/// no one, so a sink enabled again later must backfill from the start to find them.
+fn forget_sink_states(kv: &dyn Kv) -> Result<(), StoreError> {
+    let mut batch = engine::Batch::default();
+    kv.snapshot()?.scan(
+        Table::Meta,
+        prefix_range(keys::SINK_STATE_PREFIX),
+        engine::Direction::Forward,
+        &mut |k, _| {
+            batch.delete(Table::Meta, k.to_vec());
+            Ok(ControlFlow::Continue(()))
+        },
+    )?;
+    if batch.is_empty() {
+        return Ok(());
+    }
+    kv.commit(&batch)
 }
 
 /// Batches of matching CDRs, newest first; see [`Store::cdrs_batches`].
@@ -442,6 +526,7 @@ mod tests {
                     cdr_retention: Duration::from_secs(90 * day),
                     trace_retention: Duration::from_secs(12 * 3600),
                     flush_interval: Duration::from_millis(50),
+                    outbox: false,
                 }),
             ),
             (

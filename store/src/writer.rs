@@ -34,6 +34,12 @@ pub enum WriteOp {
     RemoveCall(CdrId),
     /// Store or update an alarm.
     PutAlarm(Alarm),
+    /// Remove every outbox entry with a seq up to this one: a sink acknowledges what the
+    /// bank's database committed. Durable with the next commit; a crash before it only means
+    /// those entries are shipped again, which the sink's idempotent writes absorb.
+    AckOutbox(u64),
+    /// Save a sink's own state (its backfill progress) under its name.
+    PutSinkState(String, Vec<u8>),
 }
 
 /// What a retention run deleted.
@@ -93,6 +99,8 @@ enum Queued {
     PutCall(CdrId, Vec<u8>),
     RemoveCall(CdrId),
     Alarm(Alarm),
+    Ack(u64),
+    SinkState(String, Vec<u8>),
 }
 
 enum Msg {
@@ -136,6 +144,8 @@ impl Writer {
             WriteOp::PutCall(id, bytes) => Queued::PutCall(id, bytes),
             WriteOp::RemoveCall(id) => Queued::RemoveCall(id),
             WriteOp::PutAlarm(alarm) => Queued::Alarm(alarm),
+            WriteOp::AckOutbox(seq) => Queued::Ack(seq),
+            WriteOp::PutSinkState(name, state) => Queued::SinkState(name, state),
         };
         self.tx.send(Msg::Op(queued)).map_err(|_| {
             self.counters.submitted.fetch_sub(1, Ordering::Relaxed);
@@ -222,7 +232,16 @@ pub(crate) fn spawn(
         kv,
         cfg,
         counters: counters.clone(),
-        next_log_seq: stored_log_seq(kv_for_seq.as_ref())?,
+        next_log_seq: stored_seq(
+            kv_for_seq.as_ref(),
+            keys::LOG_SEQ_KEY,
+            "log sequence counter",
+        )?,
+        next_outbox_seq: stored_seq(
+            kv_for_seq.as_ref(),
+            keys::OUTBOX_SEQ_KEY,
+            "outbox sequence counter",
+        )?,
         // Not at once: opening must not compete with a burst of retention work, and tests
         // that purge explicitly see deterministic counts.
         next_purge: Instant::now() + PURGE_EVERY,
@@ -245,18 +264,20 @@ struct WriterThread {
     /// keeps each call's entries in submission order without a lookup per call. Stored in
     /// `meta` with every batch that uses it.
     next_log_seq: u64,
+    /// The sequence number of the next outbox entry; stored in `meta` like the log's.
+    next_outbox_seq: u64,
     /// When retention runs next.
     next_purge: Instant,
 }
 
-/// The log sequence counter as the last commit left it.
-fn stored_log_seq(kv: &dyn Kv) -> Result<u64, StoreError> {
-    match kv.snapshot()?.get(Table::Meta, keys::LOG_SEQ_KEY)? {
+/// A sequence counter kept in `meta` as the last commit left it.
+fn stored_seq(kv: &dyn Kv, key: &[u8], what: &'static str) -> Result<u64, StoreError> {
+    match kv.snapshot()?.get(Table::Meta, key)? {
         None => Ok(0),
         Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
             .map(u64::from_be_bytes)
             .map_err(|_| StoreError::Corrupt {
-                what: "log sequence counter",
+                what,
                 detail: format!("{} bytes", bytes.len()),
             }),
     }
@@ -427,11 +448,46 @@ impl WriterThread {
         let mut build = BatchBuilder::default();
         let (mut cdrs, mut logs) = (0u64, 0u64);
         let mut seq = self.next_log_seq;
+        let mut outbox_seq = self.next_outbox_seq;
+        let queued_at = now_ms();
+        // The highest ack taken in this batch so far: a later one only deletes past it.
+        let mut acked: Option<u64> = None;
         for op in ops {
             match op {
                 Queued::Cdr(cdr) => {
-                    build.put_cdr(snap.as_mut(), cdr)?;
+                    if build.put_cdr(snap.as_mut(), cdr)? && self.cfg.outbox {
+                        build.batch.put(
+                            Table::Outbox,
+                            keys::outbox_key(outbox_seq).to_vec(),
+                            codec::encode_outbox(cdr.id, queued_at),
+                        );
+                        outbox_seq += 1;
+                    }
                     cdrs += 1;
+                }
+                Queued::Ack(upto) => {
+                    if acked.is_some_and(|done| done >= *upto) {
+                        continue;
+                    }
+                    let lo = match acked {
+                        Some(done) => Bound::Excluded(keys::outbox_key(done).to_vec()),
+                        None => Bound::Unbounded,
+                    };
+                    let hi = Bound::Included(keys::outbox_key(*upto).to_vec());
+                    let mut gone = Vec::new();
+                    snap.scan(Table::Outbox, (lo, hi), Direction::Forward, &mut |k, _| {
+                        gone.push(k.to_vec());
+                        Ok(ControlFlow::Continue(()))
+                    })?;
+                    for key in gone {
+                        build.batch.delete(Table::Outbox, key);
+                    }
+                    acked = Some(*upto);
+                }
+                Queued::SinkState(name, state) => {
+                    build
+                        .batch
+                        .put(Table::Meta, keys::sink_state_key(name), state.clone())
                 }
                 Queued::Log(id, encoded) => {
                     build.batch.put(
@@ -464,10 +520,18 @@ impl WriterThread {
                 seq.to_be_bytes().to_vec(),
             );
         }
+        if outbox_seq != self.next_outbox_seq {
+            build.batch.put(
+                Table::Meta,
+                keys::OUTBOX_SEQ_KEY.to_vec(),
+                outbox_seq.to_be_bytes().to_vec(),
+            );
+        }
         let batch = build.finish(snap.as_mut())?;
         drop(snap);
         self.kv.commit(&batch)?;
         self.next_log_seq = seq;
+        self.next_outbox_seq = outbox_seq;
         let c = &self.counters;
         c.batches.fetch_add(1, Ordering::Relaxed);
         c.cdrs.fetch_add(cdrs, Ordering::Relaxed);
@@ -616,12 +680,13 @@ impl BatchBuilder {
         }
     }
 
-    fn put_cdr(&mut self, snap: &mut dyn Snapshot, cdr: &Cdr) -> Result<(), StoreError> {
+    /// Stores `cdr` with its index entries; says whether it was new or changed.
+    fn put_cdr(&mut self, snap: &mut dyn Snapshot, cdr: &Cdr) -> Result<bool, StoreError> {
         self.batch
             .delete(Table::Calls, keys::id_key(cdr.id).to_vec());
         let old = self.stored(snap, cdr.id)?;
         if old.as_ref() == Some(cdr) {
-            return Ok(());
+            return Ok(false);
         }
         if let Some(old) = &old {
             self.unindex(old, -1);
@@ -648,7 +713,7 @@ impl BatchBuilder {
             .put(Table::ByKind, keys::kind_key(kind, cdr.id), Vec::new());
         self.count(cdr, 1);
         self.cdrs.insert(cdr.id, Some(cdr.clone()));
-        Ok(())
+        Ok(true)
     }
 
     fn remove_cdr(&mut self, snap: &mut dyn Snapshot, cdr: &Cdr) -> Result<(), StoreError> {

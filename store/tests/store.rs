@@ -38,6 +38,8 @@ both!(
     re_putting_a_cdr_counts_it_once,
     alarms_newest_first,
     crash_loses_no_acknowledged_cdr,
+    outbox_holds_every_stored_cdr_until_acked,
+    outbox_survives_reopen_and_never_reuses_a_seq,
 );
 
 const FLUSH: Duration = Duration::from_secs(30);
@@ -447,6 +449,7 @@ fn retention_deletes_expired_records(engine: Engine) {
         cdr_retention: Duration::from_secs(10 * 86_400),
         trace_retention: Duration::from_secs(5 * 86_400),
         flush_interval: Duration::from_millis(20),
+        outbox: false,
     };
     let store = Store::open(dir.path(), engine, cfg).unwrap();
     let t = now();
@@ -777,5 +780,151 @@ fn crash_loses_no_acknowledged_cdr(engine: Engine) {
                 .all(|(id, _)| store.get_cdr(*id).unwrap().is_none())
         );
         drop(store);
+    }
+}
+
+fn outbox_cfg(outbox: bool) -> StoreConfig {
+    StoreConfig {
+        cdr_retention: Duration::from_secs(10 * 86_400),
+        outbox,
+        ..cfg()
+    }
+}
+
+fn seqs(store: &Store, after: Option<u64>) -> Vec<u64> {
+    let entries = store.outbox_peek(after, 100).unwrap();
+    entries.iter().map(|e| e.seq).collect()
+}
+
+fn submit_all(store: &Store, ops: impl IntoIterator<Item = WriteOp>) {
+    for op in ops {
+        store.writer().submit(op).unwrap();
+    }
+    store.flush(FLUSH).unwrap();
+}
+
+fn outbox_holds_every_stored_cdr_until_acked(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), engine, outbox_cfg(true)).unwrap();
+    let t = now();
+    let cdrs: Vec<Cdr> = (0..5)
+        .map(|i| {
+            cdr(
+                UnixMs(t.0 - 60_000 + i),
+                &format!("c{i}"),
+                "1",
+                "2",
+                false,
+                true,
+            )
+        })
+        .collect();
+    put_all(&store, &cdrs);
+    // The same CDR again queues nothing; a changed one is queued again, and the entry reads
+    // the CDR as it is now.
+    let mut changed = cdrs[1].clone();
+    changed.end_time = UnixMs(changed.end_time.0 + 5_000);
+    let expired = cdr(UnixMs(t.0 - 20 * DAY), "old", "1", "2", false, false);
+    submit_all(
+        &store,
+        [
+            WriteOp::PutCdr(Box::new(cdrs[0].clone())),
+            WriteOp::PutCdr(Box::new(changed.clone())),
+            WriteOp::PutCdr(Box::new(expired.clone())),
+        ],
+    );
+    let stats = store.outbox_stats().unwrap();
+    assert_eq!(stats.depth, 7);
+    assert!(
+        stats
+            .oldest_queued_at
+            .is_some_and(|at| (at.0 - t.0).abs() < 60_000)
+    );
+    let first = store.outbox_peek(None, 3).unwrap();
+    assert_eq!(first.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1, 2]);
+    assert_eq!(first[0].cdr.as_ref(), Some(&cdrs[0]));
+    assert_eq!(first[1].cdr.as_ref(), Some(&changed));
+    let rest = store.outbox_peek(Some(2), 100).unwrap();
+    assert_eq!(rest.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5, 6]);
+    assert_eq!(
+        (rest[2].id, rest[2].cdr.as_ref()),
+        (changed.id, Some(&changed))
+    );
+    assert!(store.outbox_peek(None, 0).unwrap().is_empty());
+
+    // Retention may remove a CDR before it ships: its entry stays, to be acknowledged.
+    assert_eq!(store.purge_expired(FLUSH).unwrap().cdrs, 1);
+    let last = store.outbox_peek(Some(5), 100).unwrap();
+    assert_eq!((last[0].id, last[0].cdr.as_ref()), (expired.id, None));
+
+    // Acks remove a prefix; acking again or below it changes nothing.
+    submit_all(&store, [WriteOp::AckOutbox(2), WriteOp::AckOutbox(1)]);
+    assert_eq!(seqs(&store, None), [3, 4, 5, 6]);
+    assert_eq!(store.outbox_stats().unwrap().depth, 4);
+    submit_all(&store, [WriteOp::AckOutbox(6)]);
+    assert_eq!(store.outbox_stats().unwrap(), Default::default());
+
+    // The backfill walk: every CDR once, oldest first, in pages.
+    let mut walked = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.cdrs_ascending(after, 2).unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        walked.extend(page.iter().map(|c| c.id));
+    }
+    let mut expected: Vec<CdrId> = cdrs.iter().map(|c| c.id).collect();
+    expected.sort();
+    assert_eq!(walked, expected);
+}
+
+fn outbox_survives_reopen_and_never_reuses_a_seq(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let t = now();
+    let one = |i: i64| {
+        cdr(
+            UnixMs(t.0 - 1_000 + i),
+            &format!("r{i}"),
+            "1",
+            "2",
+            true,
+            true,
+        )
+    };
+    {
+        let store = Store::open(dir.path(), engine, outbox_cfg(true)).unwrap();
+        put_all(&store, &[one(0), one(1), one(2)]);
+        submit_all(
+            &store,
+            [
+                WriteOp::AckOutbox(0),
+                WriteOp::PutSinkState("postgres".into(), b"cursor-1".to_vec()),
+            ],
+        );
+        assert_eq!(
+            store.sink_state("postgres").unwrap().as_deref(),
+            Some(&b"cursor-1"[..])
+        );
+        assert_eq!(store.sink_state("other").unwrap(), None);
+    }
+    {
+        let store = Store::open(dir.path(), engine, outbox_cfg(true)).unwrap();
+        assert_eq!(seqs(&store, None), [1, 2]);
+        assert_eq!(
+            store.sink_state("postgres").unwrap().as_deref(),
+            Some(&b"cursor-1"[..])
+        );
+        submit_all(&store, [WriteOp::AckOutbox(2)]);
+        put_all(&store, &[one(3)]);
+        // A drained outbox goes on numbering: a sink remembers the last seq it acked.
+        assert_eq!(seqs(&store, Some(2)), [3]);
+    }
+    {
+        // Without a sink nothing is queued, and what sinks saved is forgotten so that the
+        // next one backfills what this run wrote.
+        let store = Store::open(dir.path(), engine, outbox_cfg(false)).unwrap();
+        put_all(&store, &[one(4)]);
+        assert_eq!(seqs(&store, None), [3]);
+        assert_eq!(store.sink_state("postgres").unwrap(), None);
     }
 }

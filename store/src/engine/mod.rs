@@ -55,10 +55,12 @@ pub(crate) enum Table {
     Calls = 6,
     Logs = 7,
     Alarms = 8,
+    Outbox = 9,
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 9] = [
+    pub(crate) const COUNT: usize = 10;
+    pub(crate) const ALL: [Table; Table::COUNT] = [
         Table::Meta,
         Table::Cdrs,
         Table::ByCaller,
@@ -68,6 +70,7 @@ impl Table {
         Table::Calls,
         Table::Logs,
         Table::Alarms,
+        Table::Outbox,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -81,6 +84,7 @@ impl Table {
             Table::Calls => "calls",
             Table::Logs => "logs",
             Table::Alarms => "alarms",
+            Table::Outbox => "sink_outbox",
         }
     }
 

@@ -66,7 +66,8 @@ impl Kv for RedbKv {
         let mut txn = self.db.begin_write().map_err(fail("begin a write"))?;
         txn.set_quick_repair(true);
         {
-            let mut open: [Option<redb::Table<'_, &[u8], &[u8]>>; 9] = Default::default();
+            let mut open: [Option<redb::Table<'_, &[u8], &[u8]>>; Table::COUNT] =
+                Default::default();
             for change in &batch.changes {
                 let table = match change {
                     Change::Put(t, _, _) | Change::Delete(t, _) => *t,
@@ -96,7 +97,7 @@ struct RedbSnapshot {
     /// Every read of one snapshot sees the same committed state.
     txn: ReadTransaction,
     /// Tables opened so far in this snapshot, by tag, since opening costs a lookup.
-    tables: [Option<ReadOnlyTable<&'static [u8], &'static [u8]>>; 9],
+    tables: [Option<ReadOnlyTable<&'static [u8], &'static [u8]>>; Table::COUNT],
 }
 
 impl RedbSnapshot {
