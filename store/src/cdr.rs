@@ -28,9 +28,19 @@ pub struct CdrId(pub u128);
 
 impl CdrId {
     pub fn new(start: UnixMs, node: &str, call_id: &str) -> Self {
+        Self::new_salted(start, node, call_id, 0)
+    }
+
+    /// The id of a call that would otherwise share [`CdrId::new`]'s with another: the same
+    /// Call-ID starting again within the same millisecond (a new INVITE right after a final
+    /// failure). `salt` 0 gives `new`'s id; call tracking uses the INVITE's CSeq.
+    pub fn new_salted(start: UnixMs, node: &str, call_id: &str, salt: u32) -> Self {
+        let salt = salt.to_be_bytes();
+        let salt: &[u8] = if salt == [0; 4] { &[] } else { &salt };
         // FNV-1a: stable across builds and platforms, unlike std's RandomState hasher.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in node.bytes().chain([0u8]).chain(call_id.bytes()) {
+        let bytes = node.bytes().chain([0u8]).chain(call_id.bytes());
+        for b in bytes.chain(salt.iter().copied()) {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
@@ -184,6 +194,13 @@ mod tests {
             a,
             CdrId::new(UnixMs(1_700_000_000_000), "sz-01", "abc@host")
         );
+        let salted = CdrId::new_salted(UnixMs(1_700_000_000_000), "sh-01", "abc@host", 2);
+        assert_eq!(
+            CdrId::new_salted(UnixMs(1_700_000_000_000), "sh-01", "abc@host", 0),
+            a
+        );
+        assert_ne!(salted, a);
+        assert_eq!(salted.start(), a.start());
         let text = a.to_string();
         assert_eq!(text.len(), 32);
         assert_eq!(text.parse::<CdrId>(), Ok(a));

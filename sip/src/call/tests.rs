@@ -1316,3 +1316,31 @@ fn a_new_invite_after_an_ended_call_with_a_higher_cseq_is_a_new_call() {
         ],
     });
 }
+
+/// Found by the `call_tracking` fuzz target: a call refused (486) and a new INVITE of the
+/// same dialog within the same millisecond made one CDR id for two calls, so the second
+/// record would have replaced the first in the store.
+#[test]
+fn a_call_restarted_within_its_predecessors_millisecond_gets_its_own_record() {
+    let first = invite(0.0);
+    let second = invite(0.0).cseq(2);
+    let events = vec![
+        first.clone(),
+        resp(0.0, 486, &first),
+        second.clone(),
+        resp(0.0, 486, &second),
+    ];
+    let mut t = tracker();
+    let got = run(&mut t, events, None);
+    let refused_at_0 = refused(486, Disposition::Busy, 0.0);
+    let again = Cdr {
+        id: CdrId::new_salted(ms(0.0), NODE, CALL_ID, 2),
+        ring_time: None,
+        ..refused_at_0.clone()
+    };
+    let first_cdr = Cdr {
+        ring_time: None,
+        ..refused_at_0
+    };
+    assert_eq!(got, vec![first_cdr, again]);
+}

@@ -967,8 +967,14 @@ impl Tracker {
             cseq: ev.cseq,
             method: Method::Invite,
         });
+        let mut id = CdrId::new(ev.at, &self.node, &key.call_id);
+        if self.recent.get(&key).is_some_and(|r| r.id == id) {
+            // The same call started again within the millisecond its predecessor ended in:
+            // the same id would overwrite that call's record.
+            id = CdrId::new_salted(ev.at, &self.node, &key.call_id, ev.cseq);
+        }
         let call = CallSnapshot {
-            id: CdrId::new(ev.at, &self.node, &key.call_id),
+            id,
             caller: bounded(user_part(&ev.from_uri).unwrap_or_default(), MAX_URI_LEN),
             called: bounded(called, MAX_URI_LEN),
             caller_uri: bounded(&ev.from_uri, MAX_URI_LEN),
