@@ -27,6 +27,12 @@ if ! cargo deb --version >/dev/null 2>&1; then
   cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION"
 fi
 
+# cargo-fuzz, for the short fuzz run of tests/fuzz.rs (on the machine's nightly toolchain).
+CARGO_FUZZ_VERSION=0.13.2
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION"
+fi
+
 if [ ! -d tests/e2e/node_modules/playwright-core ]; then
   (cd tests/e2e && npm ci --no-audit --no-fund)
 fi

@@ -27,6 +27,8 @@ mod codec;
 pub mod config;
 mod engine;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod keys;
 pub mod live;
 pub mod log;
