@@ -194,6 +194,7 @@ const TABLE = {
     'kind.disk_low': '磁盘空间不足',
     'kind.store_error': '存储错误',
     'kind.config_invalid': '配置文件无效',
+    'kind.sink_lag': '数据库同步滞后',
   },
   en: {
     'nav.label': 'Pages',
@@ -383,6 +384,7 @@ const TABLE = {
     'kind.disk_low': 'Disk space low',
     'kind.store_error': 'Store error',
     'kind.config_invalid': 'Configuration file invalid',
+    'kind.sink_lag': 'Database sink lagging',
   },
 };
 
