@@ -199,6 +199,7 @@ pub async fn start(
     let webhook = match &config.webhook {
         Some(url) => Some(Webhook::start(
             WebhookUrl::parse(url).map_err(|e| MonitorError::Config(format!("webhook: {e}")))?,
+            config.webhook_queue,
             shutdown.clone(),
         )),
         None => None,
