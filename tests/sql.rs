@@ -163,6 +163,56 @@ fn readme_blocks_are_found_by_name() {
     );
 }
 
+// ---------------------------------------------------------------- the harness
+
+#[test]
+fn the_harness_server_comes_back_on_its_port_after_a_stop() {
+    let mut pg = Postgres::start();
+    let port = pg.port();
+    // PostgreSQL refuses root: under root the server runs as an unprivileged user.
+    let pid: u32 = std::fs::read_to_string(pg.data_dir().join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        !uid.split_whitespace().any(|id| id == "0"),
+        "postgres runs as root: {uid}"
+    );
+
+    pg.create_database("bank");
+    pg.psql("bank", "CREATE TABLE t (x int); INSERT INTO t VALUES (1);");
+    pg.create_login_role("app", "a p@ss'word");
+    pg.psql("bank", "GRANT SELECT ON t TO app;");
+    assert_eq!(
+        pg.url("bank", "app"),
+        format!("postgres://app:a%20p%40ss%27word@127.0.0.1:{port}/bank")
+    );
+    assert_eq!(
+        pg.url("bank", SUPERUSER),
+        format!("postgres://postgres@127.0.0.1:{port}/bank")
+    );
+    assert_eq!(
+        pg.psql_as("bank", "app", "SELECT x FROM t;").unwrap(),
+        "1\n"
+    );
+
+    pg.stop();
+    assert!(!pg.is_running());
+    let err = pg.psql_as("bank", "app", "SELECT 1;").unwrap_err();
+    assert!(err.contains("Connection refused"), "{err}");
+    pg.start_again();
+    assert_eq!(pg.port(), port);
+    assert_eq!(
+        pg.psql_as("bank", "app", "SELECT x FROM t;").unwrap(),
+        "1\n"
+    );
+}
+
 // ---------------------------------------------------------------- schema and migrations
 
 fn read_sql(path: &std::path::Path) -> String {
