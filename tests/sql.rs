@@ -26,6 +26,9 @@ const README: &str = include_str!("../etc/sql/README.md");
 const ZONE: Tz = chrono_tz::Asia::Shanghai;
 /// The README's setup blocks, run in this order; every other block is a query.
 const SETUP: [&str; 3] = ["setup_roles", "setup_database", "setup_grants"];
+/// The README's template of the next migration, which [`the_migration_template_upgrades_once`]
+/// applies.
+const TEMPLATE: &str = "migration_template";
 /// Every README query, each of which [`readme_queries_on_a_known_data_set`] checks.
 const QUERIES: [&str; 8] = [
     "schema_version",
@@ -155,6 +158,7 @@ fn readme_blocks_are_found_by_name() {
     let known: BTreeSet<String> = SETUP
         .iter()
         .chain(QUERIES.iter())
+        .chain([TEMPLATE].iter())
         .map(|n| (*n).to_owned())
         .collect();
     assert_eq!(
@@ -265,6 +269,30 @@ fn postgres_sql_equals_the_migrations_applied_in_order() {
             .trim()
             .is_empty()
     );
+}
+
+#[test]
+fn the_migration_template_upgrades_once() {
+    let pg = Postgres::start();
+    pg.create_database("bank");
+    pg.apply_migrations("bank");
+    let template = block(TEMPLATE);
+    pg.psql("bank", &template);
+    let versions = "SELECT version, description FROM sipedge_schema_version ORDER BY version;";
+    assert_eq!(
+        pg.psql("bank", versions),
+        "1|initial: cdr and sipedge_schema_version\n2|what it adds\n"
+    );
+    let again = pg.psql_as("bank", SUPERUSER, &template).unwrap_err();
+    assert!(
+        again.contains("migration 2 upgrades schema version 1, this database is at 2"),
+        "{again}"
+    );
+    // Nor does it apply where migration 1 is missing.
+    pg.create_database("empty");
+    let refused = pg.psql_as("empty", SUPERUSER, &template).unwrap_err();
+    assert!(refused.contains("sipedge_schema_version"), "{refused}");
+    assert_eq!(pg.psql("bank", versions).lines().count(), 2);
 }
 
 /// A valid CDR as `column -> SQL literal`, one of each kind of value.
