@@ -199,13 +199,13 @@ impl Shared {
     ) {
         match self.relay.refuse_stream(arrival, buffered, problem, out) {
             Decision::Reply { direction, .. } => {
+                // Handed to call tracking first, as in `process`.
+                self.observe(Origin::Local, direction, arrival, arrival.src, out);
                 let sent = self
                     .conns
                     .find(arrival.conn, arrival.src)
                     .is_some_and(|c| self.send_tcp(&c, out));
-                if sent {
-                    self.observe(Origin::Local, direction, arrival, arrival.src, out);
-                } else {
+                if !sent {
                     self.metrics.dropped(DropReason::SendFailed);
                 }
             }
