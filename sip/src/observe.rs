@@ -2,7 +2,7 @@
 //! [`Relayed`] per message for call tracking, handed off without ever waiting.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -160,6 +160,82 @@ pub const DROP_REASONS: [(DropReason, &str); 6] = [
     (DropReason::TcpCap, "tcp_cap"),
 ];
 
+/// A memory bound of `[sip]` that input can run into (SPEC §10): each counts what it refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// Inbound TCP connections over all ports: connections closed on accept.
+    TcpConnections,
+    /// Inbound TCP connections from one source IP: connections closed on accept.
+    TcpConnectionsPerSource,
+    /// Bytes buffered per connection waiting for a message end: connections closed.
+    TcpBuffer,
+    /// Bytes queued to send on one connection: messages dropped (the connection is closed).
+    TcpWriteQueue,
+    /// Calls in progress: initial INVITEs answered 503.
+    Calls,
+    /// Log entries of one call: entries not logged.
+    LogEntriesPerCall,
+    /// Log bytes of one call: entries not logged.
+    LogBytesPerCall,
+}
+
+/// Every [`Bound`], in counter order, labelled with its configuration key.
+pub const BOUNDS: [(Bound, &str); 7] = [
+    (Bound::TcpConnections, "sip.tcp_max_connections"),
+    (
+        Bound::TcpConnectionsPerSource,
+        "sip.tcp_max_connections_per_source",
+    ),
+    (Bound::TcpBuffer, "sip.tcp_max_buffer_bytes"),
+    (Bound::TcpWriteQueue, "sip.tcp_max_write_queue_bytes"),
+    (Bound::Calls, "sip.max_calls"),
+    (Bound::LogEntriesPerCall, "sip.max_log_entries_per_call"),
+    (Bound::LogBytesPerCall, "sip.max_log_bytes_per_call"),
+];
+
+/// The calls in progress as call tracking last counted them, and `sip.max_calls`: the relay
+/// answers a new call 503 when they meet. Call tracking runs behind the relay by what waits
+/// in the hand-off queue, so the cap is soft: INVITEs relayed meanwhile count only once
+/// tracking has seen them (see [`crate::ProxyConfig::max_calls`]).
+#[derive(Debug)]
+pub struct CallGauge {
+    /// Written by call tracking after every message it takes.
+    active: AtomicUsize,
+    /// The cap; `usize::MAX` until the proxy sets it.
+    max: AtomicUsize,
+}
+
+impl Default for CallGauge {
+    fn default() -> Self {
+        CallGauge {
+            active: AtomicUsize::new(0),
+            max: AtomicUsize::new(usize::MAX),
+        }
+    }
+}
+
+impl CallGauge {
+    /// Calls in progress, as last counted.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Call tracking's count.
+    pub fn set_active(&self, calls: usize) {
+        self.active.store(calls, Ordering::Relaxed);
+    }
+
+    /// Sets the cap.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Whether a new call would go over the cap.
+    pub fn is_full(&self) -> bool {
+        self.active() >= self.max.load(Ordering::Relaxed)
+    }
+}
+
 /// Counters of the relay, read by the metrics endpoint; all updates are relaxed atomics so
 /// counting costs the relay nothing measurable.
 #[derive(Debug)]
@@ -176,6 +252,11 @@ pub struct Metrics {
     pub handoff_dropped: AtomicU64,
     /// TCP connections open now (inbound and outbound).
     pub tcp_connections: AtomicU64,
+    /// What each [`Bound`] refused.
+    refusals: [AtomicU64; BOUNDS.len()],
+    /// Calls in progress against `sip.max_calls`; here because the relay and call tracking
+    /// both hold these counters.
+    pub calls: CallGauge,
 }
 
 /// One non-zero message counter, for export.
@@ -202,6 +283,8 @@ impl Default for Metrics {
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             handoff_dropped: AtomicU64::new(0),
             tcp_connections: AtomicU64::new(0),
+            refusals: std::array::from_fn(|_| AtomicU64::new(0)),
+            calls: CallGauge::default(),
         }
     }
 }
@@ -237,6 +320,24 @@ impl Metrics {
         {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts `n` refusals by `bound`.
+    pub fn refused(&self, bound: Bound, n: u64) {
+        if let Some(i) = BOUNDS.iter().position(|(b, _)| *b == bound)
+            && let Some(c) = self.refusals.get(i)
+        {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Refusals so far by bound, labelled with the bound's configuration key.
+    pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+        BOUNDS
+            .iter()
+            .zip(&self.refusals)
+            .map(|((_, key), c)| (*key, c.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// Drops so far, with their labels.
@@ -317,6 +418,25 @@ mod tests {
             ]
         );
         assert!(m.drops().contains(&("rate_limited", 1)));
+        m.refused(Bound::Calls, 1);
+        m.refused(Bound::LogBytesPerCall, 3);
+        let refusals = m.refusals();
+        assert_eq!(refusals.len(), BOUNDS.len());
+        assert!(refusals.contains(&("sip.max_calls", 1)));
+        assert!(refusals.contains(&("sip.max_log_bytes_per_call", 3)));
+        assert!(refusals.contains(&("sip.tcp_max_connections", 0)));
+    }
+
+    #[test]
+    fn the_call_gauge_is_full_at_its_cap() {
+        let g = CallGauge::default();
+        g.set_active(1_000_000);
+        assert!(!g.is_full(), "no cap until the proxy sets one");
+        for (active, max, full) in [(0, 1, false), (1, 1, true), (4, 5, false), (6, 5, true)] {
+            g.set_max(max);
+            g.set_active(active);
+            assert_eq!(g.is_full(), full, "{active} calls, cap {max}");
+        }
     }
 
     #[tokio::test]
