@@ -57,9 +57,10 @@ pub struct ProxyConfig {
     #[serde(default = "default_tcp_max_write_queue_bytes")]
     pub tcp_max_write_queue_bytes: usize,
     /// Cap on calls in progress: a new INVITE from a terminal (no To tag) past it gets a
-    /// stateless 503 with Retry-After; requests within calls, and calls under way, go on.
-    /// The relay reads call tracking's count, which lags by what is in the hand-off queue, so
-    /// a burst may pass it by up to that many calls; call tracking's own hard cap sits a
+    /// stateless 503 with Retry-After; requests within calls, calls under way, and the
+    /// retransmissions or post-challenge retries of INVITEs let through lately go on. The
+    /// relay reads call tracking's count, which lags by what is in the hand-off queue, so a
+    /// burst may pass it by up to that many calls; call tracking's own hard cap sits a
     /// quarter above it.
     #[serde(default = "default_max_calls")]
     pub max_calls: usize,

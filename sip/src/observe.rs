@@ -193,16 +193,27 @@ pub const BOUNDS: [(Bound, &str); 7] = [
     (Bound::LogBytesPerCall, "sip.max_log_bytes_per_call"),
 ];
 
+/// Slots of [`CallGauge`]'s memory of new calls let through: at 100 new calls a second, one
+/// is overwritten within a second with a chance of about 1 %.
+const ADMITTED_SLOTS: usize = 8192;
+
 /// The calls in progress as call tracking last counted them, and `sip.max_calls`: the relay
 /// answers a new call 503 when they meet. Call tracking runs behind the relay by what waits
 /// in the hand-off queue, so the cap is soft: INVITEs relayed meanwhile count only once
 /// tracking has seen them (see [`crate::ProxyConfig::max_calls`]).
+///
+/// It also remembers the calls it let through lately (a hash of Call-ID and From tag per
+/// slot), so that at the cap a retransmission of their INVITE, or the new INVITE after a
+/// 401/407 challenge, still passes: a 503 to those would fail a call the Sipserver is
+/// already setting up.
 #[derive(Debug)]
 pub struct CallGauge {
     /// Written by call tracking after every message it takes.
     active: AtomicUsize,
     /// The cap; `usize::MAX` until the proxy sets it.
     max: AtomicUsize,
+    /// Hashes of new calls let through, each in the slot it selects (0 = empty).
+    admitted: Box<[AtomicU64]>,
 }
 
 impl Default for CallGauge {
@@ -210,6 +221,7 @@ impl Default for CallGauge {
         CallGauge {
             active: AtomicUsize::new(0),
             max: AtomicUsize::new(usize::MAX),
+            admitted: (0..ADMITTED_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 }
@@ -234,6 +246,29 @@ impl CallGauge {
     pub fn is_full(&self) -> bool {
         self.active() >= self.max.load(Ordering::Relaxed)
     }
+
+    /// Whether the new call `(call_id, from_tag)` may start: under the cap, or one let
+    /// through lately. A call let through is remembered.
+    pub fn admit(&self, call_id: &[u8], from_tag: &[u8]) -> bool {
+        let h = call_hash(call_id, from_tag);
+        let Some(slot) = self.admitted.get(h as usize % ADMITTED_SLOTS) else {
+            return true;
+        };
+        if !self.is_full() {
+            slot.store(h, Ordering::Relaxed);
+            return true;
+        }
+        slot.load(Ordering::Relaxed) == h
+    }
+}
+
+/// A non-zero hash of a call's identity (0 marks an empty slot).
+fn call_hash(call_id: &[u8], from_tag: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    call_id.hash(&mut h);
+    from_tag.hash(&mut h);
+    h.finish().max(1)
 }
 
 /// Counters of the relay, read by the metrics endpoint; all updates are relaxed atomics so
@@ -425,6 +460,32 @@ mod tests {
         assert!(refusals.contains(&("sip.max_calls", 1)));
         assert!(refusals.contains(&("sip.max_log_bytes_per_call", 3)));
         assert!(refusals.contains(&("sip.tcp_max_connections", 0)));
+    }
+
+    /// At the cap, only calls let through before pass again (their retransmissions, their
+    /// retry after a challenge); under it, every call passes and is remembered.
+    #[test]
+    fn at_the_cap_only_calls_let_through_before_pass() {
+        let g = CallGauge::default();
+        g.set_max(2);
+        let steps: [(usize, &[u8], &[u8], bool); 7] = [
+            (0, b"a@x", b"1", true),
+            (1, b"b@x", b"1", true),
+            (2, b"c@x", b"1", false),
+            (2, b"a@x", b"1", true),
+            (2, b"b@x", b"1", true),
+            (2, b"b@x", b"2", false),
+            (1, b"c@x", b"1", true),
+        ];
+        for (i, (active, call_id, tag, expected)) in steps.into_iter().enumerate() {
+            g.set_active(active);
+            assert_eq!(g.admit(call_id, tag), expected, "step {i}");
+        }
+        g.set_active(2);
+        assert!(
+            g.admit(b"c@x", b"1"),
+            "admitted under the cap, so remembered"
+        );
     }
 
     #[test]

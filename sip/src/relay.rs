@@ -279,9 +279,13 @@ impl Relay {
             msg.method() == Some(Method::Invite) && msg.to().is_some_and(|t| t.tag.is_none());
         // Only the terminals' calls: the Sipserver's own are few, and it is not asked to back
         // off by the edge it relies on.
-        if new_call && side != Side::Upstream && self.metrics.calls.is_full() {
-            self.metrics.refused(Bound::Calls, 1);
-            return self.refuse(msg, arrival, back, &TOO_MANY_CALLS, out);
+        if new_call && side != Side::Upstream {
+            let call_id = msg.call_id().unwrap_or_default();
+            let from_tag = msg.from().and_then(|f| f.tag).unwrap_or_default();
+            if !self.metrics.calls.admit(call_id, from_tag) {
+                self.metrics.refused(Bound::Calls, 1);
+                return self.refuse(msg, arrival, back, &TOO_MANY_CALLS, out);
+            }
         }
         let (target, pop_route) = match side {
             Side::Upstream => match self.upstream_target(arrival, msg) {
@@ -1017,6 +1021,24 @@ mod tests {
                 },
             ),
         ];
+        let r = full(true);
+        let mut out = Vec::new();
+        let first = r.handle(&terminal(), invite("").as_bytes(), &mut out);
+        assert_eq!(first, to_upstream(Transport::Udp));
+        r.metrics.calls.set_active(5);
+        let again = r.handle(&terminal(), invite("").as_bytes(), &mut out);
+        assert_eq!(
+            again,
+            to_upstream(Transport::Udp),
+            "a retransmission of a call let through passes at the cap"
+        );
+        let retry = invite("").replace("CSeq: 1 INVITE", "CSeq: 2 INVITE");
+        let retried = r.handle(&terminal(), retry.as_bytes(), &mut out);
+        assert_eq!(
+            retried,
+            to_upstream(Transport::Udp),
+            "the retry after a 401"
+        );
         for (name, r, arrival, input, expected) in cases {
             let mut out = Vec::new();
             let got = r.handle(&arrival, input.as_bytes(), &mut out);
