@@ -87,6 +87,11 @@ pub struct ProxyConfig {
     /// and counted rather than making forwarding wait.
     #[serde(default = "default_handoff_queue")]
     pub handoff_queue: usize,
+    /// Bytes of messages the hand-off queue may hold (each message is copied into it), so
+    /// that call tracking falling behind costs at most this much; past it, observations are
+    /// dropped and counted like a full queue. At least `max_message_bytes`.
+    #[serde(default = "default_handoff_queue_bytes")]
+    pub handoff_queue_bytes: usize,
 }
 
 /// Highest `sip.max_calls` accepted: call tracking holds every call in memory (about 3 KB
@@ -138,6 +143,9 @@ fn default_source_rate_burst() -> u32 {
 fn default_handoff_queue() -> usize {
     65_536
 }
+fn default_handoff_queue_bytes() -> usize {
+    64 * 1024 * 1024
+}
 
 impl ProxyConfig {
     /// A configuration with every default and the given upstream (for tests and tools).
@@ -161,6 +169,7 @@ impl ProxyConfig {
             source_rate_limit: default_source_rate_limit(),
             source_rate_burst: default_source_rate_burst(),
             handoff_queue: default_handoff_queue(),
+            handoff_queue_bytes: default_handoff_queue_bytes(),
         }
     }
 
@@ -185,6 +194,7 @@ impl ProxyConfig {
                 self.tcp_max_write_queue_bytes,
             ),
             ("sip.max_log_bytes_per_call", self.max_log_bytes_per_call),
+            ("sip.handoff_queue_bytes", self.handoff_queue_bytes),
         ];
         for (key, value) in at_least_a_message {
             if value < self.max_message_bytes {
@@ -482,7 +492,12 @@ mod tests {
     /// ones name their key.
     #[test]
     fn memory_bounds_are_validated() {
-        let cases: [(&str, Result<(), &str>); 16] = [
+        let cases: [(&str, Result<(), &str>); 18] = [
+            ("handoff_queue_bytes = 65535", Ok(())),
+            (
+                "handoff_queue_bytes = 1000",
+                Err("sip.handoff_queue_bytes: must be at least sip.max_message_bytes"),
+            ),
             ("tcp_max_connections_per_source = 1", Ok(())),
             ("tcp_max_connections_per_source = 100000", Ok(())),
             (

@@ -2,6 +2,7 @@
 //! [`Relayed`] per message for call tracking, handed off without ever waiting.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
@@ -73,31 +74,81 @@ pub struct Relayed {
     /// The whole message: parsed once more by call tracking, off the relay path (the
     /// scanner's index borrows the relay buffer, so it cannot travel).
     pub bytes: Bytes,
+    /// Its share of the hand-off's byte budget, given back when call tracking is done with
+    /// it.
+    pub(crate) charge: Charge,
 }
 
-/// The sending half of the hand-off to call tracking, plus its drop counter.
+/// The bytes one queued message holds of [`Handoff`]'s budget; given back on drop. A clone
+/// of a message is not in the queue and holds nothing.
+#[derive(Debug, Default)]
+pub(crate) struct Charge(Option<(Arc<AtomicUsize>, usize)>);
+
+impl Clone for Charge {
+    fn clone(&self) -> Self {
+        Charge(None)
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if let Some((queued, n)) = &self.0 {
+            queued.fetch_sub(*n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The sending half of the hand-off to call tracking: bounded in messages and in bytes, so
+/// that call tracking falling behind costs at most `sip.handoff_queue_bytes`.
 #[derive(Debug, Clone)]
 pub struct Handoff {
     /// Bounded queue to call tracking; `try_send` only, so forwarding never waits.
     tx: mpsc::Sender<Relayed>,
+    /// Bytes of the messages in the queue.
+    queued: Arc<AtomicUsize>,
+    /// `sip.handoff_queue_bytes`.
+    max_bytes: usize,
 }
 
 impl Handoff {
-    /// Wraps the sender the root created (see [`crate::ProxyConfig::handoff_queue`]).
-    pub fn new(tx: mpsc::Sender<Relayed>) -> Handoff {
-        Handoff { tx }
+    /// Wraps the sender the root created (see [`crate::ProxyConfig::handoff_queue`]), with
+    /// a budget of `max_bytes` for what waits in it.
+    pub fn new(tx: mpsc::Sender<Relayed>, max_bytes: usize) -> Handoff {
+        Handoff {
+            tx,
+            queued: Arc::default(),
+            max_bytes,
+        }
     }
 
-    /// Whether an observation would be accepted now: lets the relay skip copying the bytes
-    /// when call tracking is behind (the drop is counted by the caller via [`Handoff::send`]).
-    pub fn has_room(&self) -> bool {
-        self.tx.capacity() > 0
+    /// Whether an observation of `len` bytes would be accepted now, else the bound that
+    /// refuses it: lets the relay skip copying the bytes when call tracking is behind.
+    pub fn room_for(&self, len: usize) -> Result<(), Bound> {
+        if self.tx.capacity() == 0 {
+            return Err(Bound::Handoff);
+        }
+        if self.queued.load(Ordering::Relaxed).saturating_add(len) > self.max_bytes {
+            return Err(Bound::HandoffBytes);
+        }
+        Ok(())
     }
 
-    /// Queues `r`, or drops it and counts the drop when the queue is full or closed.
-    pub fn send(&self, r: Relayed, metrics: &Metrics) {
-        if self.tx.try_send(r).is_err() {
+    /// Queues `r`, or drops it and counts the drop when either bound is reached or the
+    /// queue is closed.
+    pub fn send(&self, mut r: Relayed, metrics: &Metrics) {
+        let len = r.bytes.len();
+        let refused = match self.room_for(len) {
+            Ok(()) => {
+                self.queued.fetch_add(len, Ordering::Relaxed);
+                r.charge = Charge(Some((Arc::clone(&self.queued), len)));
+                // A refused message is dropped here, and gives its charge back.
+                self.tx.try_send(r).err().map(|_| Bound::Handoff)
+            }
+            Err(bound) => Some(bound),
+        };
+        if let Some(bound) = refused {
             metrics.handoff_dropped.fetch_add(1, Ordering::Relaxed);
+            metrics.refused(bound, 1);
         }
     }
 }
@@ -177,10 +228,14 @@ pub enum Bound {
     LogEntriesPerCall,
     /// Log bytes of one call: entries not logged.
     LogBytesPerCall,
+    /// Messages waiting for call tracking: observations dropped.
+    Handoff,
+    /// Bytes waiting for call tracking: observations dropped.
+    HandoffBytes,
 }
 
 /// Every [`Bound`], in counter order, labelled with its configuration key.
-pub const BOUNDS: [(Bound, &str); 7] = [
+pub const BOUNDS: [(Bound, &str); 9] = [
     (Bound::TcpConnections, "sip.tcp_max_connections"),
     (
         Bound::TcpConnectionsPerSource,
@@ -191,6 +246,8 @@ pub const BOUNDS: [(Bound, &str); 7] = [
     (Bound::Calls, "sip.max_calls"),
     (Bound::LogEntriesPerCall, "sip.max_log_entries_per_call"),
     (Bound::LogBytesPerCall, "sip.max_log_bytes_per_call"),
+    (Bound::Handoff, "sip.handoff_queue"),
+    (Bound::HandoffBytes, "sip.handoff_queue_bytes"),
 ];
 
 /// Slots of [`CallGauge`]'s memory of new calls let through: at 100 new calls a second, one
@@ -503,25 +560,69 @@ mod tests {
     #[tokio::test]
     async fn handoff_never_waits_and_counts_drops() {
         let (tx, mut rx) = mpsc::channel(1);
-        let h = Handoff::new(tx);
+        let h = Handoff::new(tx, 1000);
         let m = Metrics::default();
-        let r = Relayed {
-            at: SystemTime::now(),
-            direction: Direction::ToUpstream,
-            origin: Origin::Forwarded,
-            transport: Transport::Udp,
-            src: "192.0.2.1:5060".parse().unwrap(),
-            dst: "192.0.2.2:5060".parse().unwrap(),
-            bytes: Bytes::from_static(b"x"),
-        };
-        assert!(h.has_room());
+        let r = relayed(1);
+        assert_eq!(h.room_for(1), Ok(()));
         h.send(r.clone(), &m);
-        assert!(!h.has_room());
+        assert_eq!(h.room_for(1), Err(Bound::Handoff));
         h.send(r.clone(), &m);
         assert_eq!(m.handoff_dropped.load(Ordering::Relaxed), 1);
         assert!(rx.recv().await.is_some());
         drop(rx);
         h.send(r, &m);
         assert_eq!(m.handoff_dropped.load(Ordering::Relaxed), 2);
+        assert!(m.refusals().contains(&("sip.handoff_queue", 2)));
+    }
+
+    fn relayed(len: usize) -> Relayed {
+        Relayed {
+            at: SystemTime::now(),
+            direction: Direction::ToUpstream,
+            origin: Origin::Forwarded,
+            transport: Transport::Udp,
+            src: "192.0.2.1:5060".parse().unwrap(),
+            dst: "192.0.2.2:5060".parse().unwrap(),
+            bytes: Bytes::from(vec![b'x'; len]),
+            charge: Charge::default(),
+        }
+    }
+
+    /// The queue holds at most its byte budget; what call tracking takes and drops gives
+    /// its bytes back.
+    #[tokio::test]
+    async fn the_handoff_is_bounded_in_bytes() {
+        let (tx, mut rx) = mpsc::channel(100);
+        let h = Handoff::new(tx, 1000);
+        let m = Metrics::default();
+        let sizes = [400, 400, 300, 200];
+        for len in sizes {
+            h.send(relayed(len), &m);
+        }
+        assert_eq!(rx.len(), 3, "400 + 400 + 200 fit, 300 did not");
+        assert!(m.refusals().contains(&("sip.handoff_queue_bytes", 1)));
+        assert_eq!(h.room_for(1), Err(Bound::HandoffBytes));
+        let taken = rx.recv().await.unwrap();
+        assert_eq!(taken.bytes.len(), 400);
+        let copy = taken.clone();
+        drop(taken);
+        assert_eq!(
+            h.room_for(400),
+            Ok(()),
+            "the message taken gave its bytes back"
+        );
+        assert_eq!(h.room_for(401), Err(Bound::HandoffBytes));
+        drop(copy);
+        assert_eq!(
+            h.room_for(401),
+            Err(Bound::HandoffBytes),
+            "a copy holds nothing"
+        );
+        drop(rx);
+        assert_eq!(
+            h.room_for(1000),
+            Ok(()),
+            "a closed queue's messages are freed"
+        );
     }
 }

@@ -137,7 +137,7 @@ impl Proxy {
             advertise,
             udp: udp.clone(),
             conns: Conns::new(cfg.ports.len()),
-            handoff: Handoff::new(tracking),
+            handoff: Handoff::new(tracking, cfg.handoff_queue_bytes),
             limiter: Arc::new(SourceLimiter::new(
                 cfg.source_rate_limit,
                 cfg.source_rate_burst,
@@ -388,8 +388,9 @@ impl Shared {
         dst: SocketAddr,
         bytes: &[u8],
     ) {
-        if !self.handoff.has_room() {
+        if let Err(bound) = self.handoff.room_for(bytes.len()) {
             self.metrics.handoff_dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics.refused(bound, 1);
             return;
         }
         let src = match origin {
@@ -405,6 +406,7 @@ impl Shared {
                 src,
                 dst,
                 bytes: Bytes::copy_from_slice(bytes),
+                charge: Default::default(),
             },
             &self.metrics,
         );

@@ -69,6 +69,7 @@ impl Clock {
             src,
             dst,
             bytes,
+            charge: Default::default(),
         }
     }
 }
