@@ -126,10 +126,10 @@ fn default_max_calls() -> usize {
     crate::call::DEFAULT_MAX_CALLS
 }
 fn default_max_log_entries_per_call() -> usize {
-    2000
+    crate::call::logcap::DEFAULT_LOG_CAP.max_entries as usize
 }
 fn default_max_log_bytes_per_call() -> usize {
-    2 * 1024 * 1024
+    crate::call::logcap::DEFAULT_LOG_CAP.max_bytes as usize
 }
 fn default_upstream_connect_timeout() -> Duration {
     Duration::from_secs(2)

@@ -501,7 +501,6 @@ fn start(
             side,
         };
         read_loop(&shared, rd, arrival, &out).await;
-        drop(out);
         // Let the writer flush what is queued (a final 413), but not wait on a stuck peer.
         let _ = stop_tx.send(());
         if tokio::time::timeout(FLUSH_TIMEOUT, &mut writer)

@@ -61,10 +61,7 @@ impl TrackingConfig {
             node: node.into(),
             call_timeout,
             max_calls: super::DEFAULT_MAX_CALLS,
-            log_cap: LogCap {
-                max_entries: 2000,
-                max_bytes: 2 << 20,
-            },
+            log_cap: super::logcap::DEFAULT_LOG_CAP,
             relay: Arc::default(),
             event_capacity: 1024,
         }
