@@ -185,6 +185,16 @@ impl Collector for SipCollector {
         for (reason, count) in self.metrics.drops() {
             ConstCounter::new(count).encode(drops.encode_family(&[("reason", reason)])?)?;
         }
+        let mut refused = encoder.encode_descriptor(
+            "sip_refused",
+            "What each memory bound refused, by its [sip] key: connections, messages to a peer \
+             that does not read, new calls (503), call log entries",
+            None,
+            MetricType::Counter,
+        )?;
+        for (bound, count) in self.metrics.refusals() {
+            ConstCounter::new(count).encode(refused.encode_family(&[("bound", bound)])?)?;
+        }
         let lost = ConstCounter::new(self.metrics.handoff_dropped.load(Ordering::Relaxed));
         lost.encode(encoder.encode_descriptor(
             "sip_tracking_dropped",
@@ -301,6 +311,7 @@ mod tests {
             "sipedge_alarms_active{kind=\"upstream_down\"} 0",
             "# TYPE sipedge_store_write_seconds gauge",
             "sipedge_sip_parse_errors_total 2",
+            "sipedge_sip_refused_total{bound=\"sip.max_calls\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }

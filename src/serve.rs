@@ -12,7 +12,7 @@ use sipedge_http::api::{self, ApiState};
 use sipedge_http::events::EventHub;
 use sipedge_http::health::Health;
 use sipedge_http::server::{self, ListenerStats, ServerLimits};
-use sipedge_sip::call::{TrackingConfig, task as tracking_task};
+use sipedge_sip::call::task as tracking_task;
 use sipedge_sip::limit::SourceLimiter;
 use sipedge_store::{Store, StoreError};
 use tokio::net::TcpListener;
@@ -137,9 +137,9 @@ async fn run(
         .map_err(StartError::Signals)?;
     // Tracking ends when the proxy has stopped and dropped its end of the hand-off, so that
     // every message relayed before the stop still reaches a CDR.
-    let tracking = match &config.sip {
-        Some(sip) => {
-            let settings = TrackingConfig::new(config.node.name.clone(), sip.call_timeout);
+    let tracking = match &sip {
+        Some(proxy) => {
+            let settings = proxy.tracking_config(config.node.name.clone());
             let (handle, task) =
                 tracking_task::spawn(settings, &store, relayed_rx, std::future::pending())
                     .map_err(|source| StartError::Store {

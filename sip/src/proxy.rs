@@ -29,6 +29,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::call::TrackingConfig;
 use crate::config::{PortRange, ProxyConfig};
 use crate::error::Error;
 use crate::flow::{Flow, FlowKey, Transport};
@@ -119,6 +120,7 @@ impl Proxy {
             own_hosts.push(host_bytes(cfg.listen));
         }
         let metrics = Arc::new(Metrics::default());
+        metrics.calls.set_max(cfg.max_calls);
         let (closing_tx, closing) = watch::channel(false);
         let shared = Shared {
             relay: Relay {
@@ -135,7 +137,7 @@ impl Proxy {
             advertise,
             udp: udp.clone(),
             conns: Conns::new(cfg.ports.len()),
-            handoff: Handoff::new(tracking),
+            handoff: Handoff::new(tracking, cfg.handoff_queue_bytes),
             limiter: Arc::new(SourceLimiter::new(
                 cfg.source_rate_limit,
                 cfg.source_rate_burst,
@@ -182,6 +184,12 @@ impl Proxy {
     /// The relay's counters, for the metrics endpoint.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.shared.metrics)
+    }
+
+    /// Call tracking's settings for this proxy: its timeout and caps, and the counters it
+    /// shares with the relay (the calls in progress that `sip.max_calls` holds new calls to).
+    pub fn tracking_config(&self, node: impl Into<String>) -> TrackingConfig {
+        TrackingConfig::for_proxy(node, &self.shared.cfg, self.metrics())
     }
 
     /// The per-source limiter, whose rate and burst a reload sets while the proxy runs.
@@ -366,6 +374,7 @@ impl Shared {
             arrival,
             503,
             b"Service Unavailable (upstream unreachable)",
+            b"",
             out,
         );
         self.metrics.response(Direction::ToTerminal, method, 503);
@@ -388,8 +397,9 @@ impl Shared {
         dst: SocketAddr,
         bytes: &[u8],
     ) {
-        if !self.handoff.has_room() {
+        if let Err(bound) = self.handoff.room_for(bytes.len()) {
             self.metrics.handoff_dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics.refused(bound, 1);
             return;
         }
         let src = match origin {
@@ -405,6 +415,7 @@ impl Shared {
                 src,
                 dst,
                 bytes: Bytes::copy_from_slice(bytes),
+                charge: Default::default(),
             },
             &self.metrics,
         );
