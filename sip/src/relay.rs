@@ -275,6 +275,18 @@ impl Relay {
         if max_forwards == 0 {
             return self.refuse(msg, arrival, back, &TOO_MANY_HOPS, out);
         }
+        // RFC 3261 §16.3 step 5: sipedge understands no proxy extension, so any option tag
+        // a request makes a proxy require gets 420, the tags listed in Unsupported. An ACK
+        // cannot be answered and is relayed as it is.
+        if !is_ack && let Some(unsupported) = unsupported_proxy_require(msg) {
+            let refusal = Refusal {
+                status: 420,
+                reason: b"Bad Extension",
+                headers: &unsupported,
+                otherwise: DropReason::Unroutable,
+            };
+            return self.refuse(msg, arrival, back, &refusal, out);
+        }
         let new_call =
             msg.method() == Some(Method::Invite) && msg.to().is_some_and(|t| t.tag.is_none());
         // Only the terminals' calls: the Sipserver's own are few, and it is not asked to back
@@ -627,6 +639,38 @@ impl Relay {
     }
 }
 
+/// The `Unsupported` line answering a request's `Proxy-Require` option tags, when it has any.
+fn unsupported_proxy_require(msg: &Message<'_>) -> Option<Vec<u8>> {
+    let mut line = Vec::new();
+    let required = msg.headers().filter(|h| {
+        h.name == HeaderName::Other && h.raw_name.eq_ignore_ascii_case(b"Proxy-Require")
+    });
+    for header in required {
+        let tags = header
+            .value
+            .split(|&b| b == b',')
+            .map(|tag| tag.trim_ascii())
+            .filter(|tag| !tag.is_empty());
+        for tag in tags {
+            line.extend_from_slice(if line.is_empty() {
+                b"Unsupported: "
+            } else {
+                b", "
+            });
+            // A folded value keeps its line break; the reply's header must not.
+            line.extend(
+                tag.iter()
+                    .map(|&b| if b.is_ascii_whitespace() { b' ' } else { b }),
+            );
+        }
+    }
+    if line.is_empty() {
+        return None;
+    }
+    line.extend_from_slice(b"\r\n");
+    Some(line)
+}
+
 fn branch_input<'a>(msg: &Message<'a>) -> BranchInput<'a> {
     let via = msg.top_via();
     let sent_by = via.map(|v| v.host).unwrap_or_default();
@@ -940,6 +984,56 @@ mod tests {
             &["To: <sip:bob@bank>;tag=zz\r\n"],
             &[";tag=zz;tag="],
         );
+    }
+
+    /// RFC 3261 §16.3 step 5: a Proxy-Require this proxy does not understand is a 420
+    /// listing the tags; Require is the UAS's business and relayed; an ACK is relayed.
+    #[test]
+    fn proxy_require_gets_420_with_the_tags_unsupported() {
+        let reply = |status| Decision::Reply {
+            direction: Direction::ToTerminal,
+            status,
+        };
+        check(
+            terminal(),
+            &invite("Max-Forwards: 70\r\nProxy-Require: foo, bar\r\nproxy-require: baz\r\n"),
+            reply(420),
+            &[
+                "SIP/2.0 420 Bad Extension\r\n",
+                "Call-ID: c1@x\r\nCSeq: 1 INVITE\r\n",
+                "Unsupported: foo, bar, baz\r\n",
+            ],
+            &["Proxy-Require"],
+        );
+        check(
+            terminal(),
+            &invite("Max-Forwards: 70\r\nProxy-Require: a,\r\n b\r\n"),
+            reply(420),
+            &["Unsupported: a, b\r\n"],
+            &[],
+        );
+        let relayed = |extra: &str| {
+            let r = relay();
+            let mut out = Vec::new();
+            let msg = invite(extra);
+            matches!(
+                r.handle(&terminal(), msg.as_bytes(), &mut out),
+                Decision::Forward { .. }
+            )
+        };
+        assert!(relayed("Max-Forwards: 70\r\nRequire: foo\r\n"));
+        assert!(relayed("Max-Forwards: 70\r\nProxy-Require: \r\n"));
+        let r = relay();
+        let mut out = Vec::new();
+        let ack = request(
+            "ACK sip:bob@10.0.0.5 SIP/2.0",
+            "ACK",
+            "Max-Forwards: 70\r\nProxy-Require: foo\r\n",
+        );
+        assert!(matches!(
+            r.handle(&terminal(), ack.as_bytes(), &mut out),
+            Decision::Forward { .. }
+        ));
     }
 
     /// Past `sip.max_calls`, a terminal's new INVITE gets a stateless 503 with Retry-After;
@@ -1439,7 +1533,7 @@ mod tests {
                     got,
                     Decision::Forward { .. }
                         | Decision::Reply {
-                            status: 200 | 413 | 483,
+                            status: 200 | 413 | 420 | 483,
                             ..
                         }
                 )

@@ -437,7 +437,7 @@ pub const CASES: [Case; 49] = [
         scan: Fields(
             "OPTIONS | bext01.0ha0isndaksdj | 8 OPTIONS | fold-and-staple.example.com z9hG4bKkdjuw | caller;242etr | 0",
         ),
-        edge: Relayed,
+        edge: Answered(420),
     },
     Case {
         file: "valid/invut",
