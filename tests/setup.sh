@@ -12,12 +12,21 @@ command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 fc-list 2>/dev/null | grep -qi 'CJK' || need_apt+=(fonts-noto-cjk)
+# PostgreSQL 14 or later, for the bank's database (tests/sql.rs) and the sink: the tests run
+# throw-away clusters from /usr/lib/postgresql/N/bin, never the packaged service.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 # systemd-analyze, for `systemd-analyze verify systemd/sipedge.service` (tests/ops.rs).
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+# PostgreSQL refuses to run as root: as root, the tests run its clusters as this user.
+if ! id -u sipedge-test >/dev/null 2>&1; then
+  useradd --system --user-group --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin sipedge-test
 fi
 
 # cargo-deb, for the package test (tests/package.rs), pinned: the test packages the dev

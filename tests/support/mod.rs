@@ -15,6 +15,7 @@
 //! - [`sipp`]: SIPp runs (scenarios from `tests/sipp/`), their exit status and statistics.
 //! - [`msglog`]: SIPp's message log, to know when each message of each call went by.
 //! - [`sentinel`]: a fake upstream that only records what reaches it.
+//! - [`postgres`]: a throw-away PostgreSQL server for the bank's database and the sink.
 //!
 //! Topology: sipedge listens on 127.0.0.1; the Sipserver role is a SIPp UAS on 127.0.0.2 (the
 //! proxy's upstream); terminals are SIPp UACs on 127.0.0.1 at other ports.
@@ -29,6 +30,7 @@ pub mod events;
 pub mod http;
 pub mod msglog;
 pub mod ports;
+pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod seed;
