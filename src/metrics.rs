@@ -291,7 +291,11 @@ mod tests {
         sip.request(sipedge_sip::Direction::ToUpstream, b"INVITE");
         sip.response(sipedge_sip::Direction::ToTerminal, b"INVITE", 180);
         sip.parse_errors.fetch_add(2, Ordering::Relaxed);
-        let registry = registry(&account, &store, Some(sip), None, None);
+        let sink = Arc::new(crate::sink::Shared::new(
+            "db".into(),
+            Duration::from_secs(60),
+        ));
+        let registry = registry(&account, &store, Some(sip), None, Some(sink));
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
         for line in [
@@ -301,6 +305,12 @@ mod tests {
             "sipedge_alarms_active{kind=\"upstream_down\"} 0",
             "# TYPE sipedge_store_write_seconds gauge",
             "sipedge_sip_parse_errors_total 2",
+            "sipedge_sink_outbox_depth 0",
+            "sipedge_sink_lag_seconds 0.0",
+            "sipedge_sink_shipped_total 0",
+            "sipedge_sink_errors_total{kind=\"auth\"} 0",
+            "sipedge_sink_errors_total{kind=\"rejected\"} 0",
+            "# TYPE sipedge_sink_last_success_timestamp_seconds gauge",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }

@@ -745,6 +745,34 @@ fn bad_sink_settings_exit_64_naming_the_key() {
             );
         }
     }
+    // The example's commented table, uncommented, is a valid one.
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/etc/sipedge.toml")).unwrap();
+    let mut table = String::new();
+    let mut inside = false;
+    for line in example.lines() {
+        inside |= line == "# [sink.postgres]";
+        if inside {
+            match line.strip_prefix("# ") {
+                Some(l) => table.push_str(&format!("{l}\n")),
+                None => break,
+            }
+        }
+    }
+    assert!(table.contains("batch_size = 1000"), "{table}");
+    let path = dir.path().join("example.toml");
+    std::fs::write(&path, format!("{base}\n{table}")).unwrap();
+    let out = sipedge::run([
+        "check-config".as_ref(),
+        "--config".as_ref(),
+        path.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[sink.postgres]"));
     // A password file that cannot be read stops the start, naming the key.
     let path = dir.path().join("nopw.toml");
     std::fs::write(
