@@ -185,7 +185,8 @@ impl Postgres {
         }
     }
 
-    /// `pg_dump --schema-only` of `db`: the catalog as text, to compare two databases.
+    /// `pg_dump --schema-only` of `db`: the catalog as text, to compare two databases
+    /// (without the `\restrict` lines, whose key pg_dump draws at random on each run).
     pub fn schema_dump(&self, db: &str) -> String {
         let out = self
             .client("pg_dump", db, SUPERUSER)
@@ -197,7 +198,11 @@ impl Postgres {
             "pg_dump of database {db} failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|line| !line.starts_with("\\restrict") && !line.starts_with("\\unrestrict"))
+            .map(|line| format!("{line}\n"))
+            .collect()
     }
 
     /// Creates a role that can log in with `password` and remembers the password for
