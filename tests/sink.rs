@@ -330,7 +330,7 @@ fn a_database_outage_loses_nothing_duplicates_nothing_and_raises_sink_lag() {
     run_calls(&se, "call", Transport::Udp, 5, 50);
     wait_for_rows(&pg, &se, 5);
     pg.stop();
-    run_calls(&se, "call", Transport::Udp, 500, 100);
+    run_calls(&se, "call", Transport::Udp, 500, 50);
     let api = se.addr("api");
     assert!(
         wait_until(SHIP_WAIT, || cdrs::all(api).len() >= 505),
