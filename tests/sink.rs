@@ -814,3 +814,69 @@ fn sink_status_says_when_the_server_is_not_running() {
     assert_eq!(st["running"], false);
     assert!(status_text(&se).contains("NOT RUNNING"));
 }
+
+#[test]
+fn a_slow_database_times_out_is_retried_and_loses_nothing() {
+    let pg = database();
+    let dir = tempfile::tempdir().unwrap();
+    let generated = seed::cdrs("test", UnixMs(now_ms() - 600_000), 60_000, 100, 9);
+    outbox_backlog(&dir.path().join("data"), &generated);
+    // The table stays locked for 6 s: every INSERT waits past its 1 s statement_timeout.
+    let mut holder = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            DB,
+            "-p",
+        ])
+        .arg(pg.port().to_string())
+        .args([
+            "-c",
+            "BEGIN; LOCK TABLE cdr IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT;",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run psql");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            pg.psql(DB, "SELECT count(*) FROM pg_locks WHERE relation = 'cdr'::regclass AND mode = 'AccessExclusiveLock' AND granted;")
+                .trim()
+                == "1"
+        }),
+        "the table was not locked"
+    );
+    let config = with_sink(Config::new("test"), &pg, dir.path(), PASSWORD).set(
+        "sink.postgres",
+        "statement_timeout",
+        "\"1s\"",
+    );
+    let path = config.write(dir.path());
+    let se = Sipedge::start_file(&path, dir);
+    assert!(
+        wait_until(
+            Duration::from_secs(20),
+            || status(&se).1["last_error"]["kind"] == "timeout"
+        ),
+        "{}",
+        status_text(&se)
+    );
+    assert_eq!(count(&pg), 0);
+    assert!(holder.wait().unwrap().success());
+    wait_for_rows(&pg, &se, 100);
+    assert!(
+        wait_until(Duration::from_secs(20), || status(&se).1["depth"] == 0),
+        "{}",
+        status_text(&se)
+    );
+    let m = metrics(&se);
+    assert!(
+        metric(&m, "sipedge_sink_errors_total{kind=\"timeout\"}") > Some(0.0),
+        "{m}"
+    );
+    assert_eq!(rows(&pg).len(), 100);
+}
