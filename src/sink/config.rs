@@ -43,7 +43,8 @@ pub struct PostgresConfig {
     /// A file holding the role's password (one line); none for trust or peer authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
-    /// Connections kept open: one ships the outbox, another the backfill.
+    /// Connections kept open: the outbox is shipped this many batches at a time, and the
+    /// backfill takes one between them.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
     /// CDRs per INSERT (and per transaction).

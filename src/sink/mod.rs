@@ -358,6 +358,7 @@ pub fn start(
         store: store.clone(),
         shared: shared.clone(),
         batch_size: cfg.batch_size,
+        parallel: cfg.pool_size,
         backfill_rate: cfg.backfill_rate,
         deadline: cfg.connect_timeout + cfg.statement_timeout,
         shutdown: shutdown.clone(),

@@ -1,7 +1,7 @@
 //! The PostgreSQL side: the pool (schema version checked on every new connection), the
 //! batched upsert of docs' `cdr` table contract, and the outbox and backfill loops.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,8 +10,8 @@ use deadpool_postgres::{
 };
 use serde::{Deserialize, Serialize};
 use sipedge_store::{
-    CallStatus, CallType, Cdr, CdrId, Disposition, EndedBy, Store, StoreError, Transport, UnixMs,
-    WriteOp,
+    CallStatus, CallType, Cdr, CdrId, Disposition, EndedBy, OutboxEntry, Store, StoreError,
+    Transport, UnixMs, WriteOp,
 };
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
@@ -305,6 +305,8 @@ pub struct Ctx {
     pub store: Store,
     pub shared: Arc<Shared>,
     pub batch_size: usize,
+    /// Batches the outbox loop writes at once (`pool_size`).
+    pub parallel: usize,
     pub backfill_rate: u32,
     /// The longest one statement (with getting its connection) is waited for.
     pub deadline: Duration,
@@ -423,7 +425,33 @@ fn seed() -> u64 {
         ^ u64::from(std::process::id()).rotate_left(32)
 }
 
-/// Ships the outbox, oldest first, until shutdown.
+/// The statements of one round: the entries' CDRs, each id once (a CDR changed twice is
+/// queued twice, both entries carrying its latest version, and one statement may not upsert
+/// an id twice; across the round, two transactions must not wait on each other's rows), cut
+/// into batches of `batch_size`, each in id order so that concurrent transactions (these and
+/// the backfill's) take row locks in one order and cannot deadlock.
+fn plan(entries: Vec<OutboxEntry>, batch_size: usize) -> Vec<Vec<Cdr>> {
+    let mut seen = HashSet::new();
+    let rows: Vec<Cdr> = entries
+        .into_iter()
+        .filter_map(|e| e.cdr)
+        .filter(|cdr| seen.insert(cdr.id))
+        .collect();
+    let mut batches: Vec<Vec<Cdr>> = Vec::new();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let mut batch: Vec<Cdr> = rows.by_ref().take(batch_size.max(1)).collect();
+        batch.sort_by_key(|c| c.id);
+        batches.push(batch);
+    }
+    batches
+}
+
+/// Ships the outbox, oldest first, until shutdown. Each round reads up to `parallel`
+/// batches and writes them at once on as many connections (the database's work per row is
+/// most of the cost, and each connection is a server process of its own); the round is
+/// acknowledged when all of them committed. When one fails nothing of the round is
+/// acknowledged: the next round ships the committed ones again, as no-ops.
 pub async fn outbox_loop(ctx: Arc<Ctx>) {
     let mut backoff = Backoff::new(seed());
     // Entries up to here are committed in the database and acknowledged; the ack becomes
@@ -433,23 +461,41 @@ pub async fn outbox_loop(ctx: Arc<Ctx>) {
         if ctx.shutdown.is_cancelled() {
             return;
         }
-        let limit = ctx.batch_size;
+        let limit = ctx.batch_size.saturating_mul(ctx.parallel);
         let step = async {
-            let batch = ctx.read(move |s| s.outbox_peek(done, limit)).await?;
-            let Some(last) = batch.last().map(|e| e.seq) else {
+            let entries = ctx.read(move |s| s.outbox_peek(done, limit)).await?;
+            let Some(last) = entries.last().map(|e| e.seq) else {
                 return Ok(None);
             };
-            // A CDR changed twice is queued twice; its entries carry the same latest
-            // version, and one statement may not upsert one id twice.
-            let mut seen = HashMap::new();
-            let mut rows = Vec::new();
-            for cdr in batch.iter().filter_map(|e| e.cdr.as_ref()) {
-                if seen.insert(cdr.id, ()).is_none() {
-                    rows.push(cdr);
+            let mut writes = tokio::task::JoinSet::new();
+            for batch in plan(entries, ctx.batch_size) {
+                let ctx = ctx.clone();
+                writes.spawn(async move {
+                    let refs: Vec<&Cdr> = batch.iter().collect();
+                    ctx.write(&refs).await
+                });
+            }
+            let mut round = Written::default();
+            let mut failure = None;
+            while let Some(joined) = writes.join_next().await {
+                match joined {
+                    Ok(Ok(written)) => {
+                        round.shipped += written.shipped;
+                        round.parked.extend(written.parked);
+                    }
+                    Ok(Err(e)) => failure = failure.or(Some(e)),
+                    Err(e) => {
+                        failure = failure.or(Some(SinkError::new(
+                            ErrorKind::Database,
+                            format!("a batch's task failed: {e}"),
+                        )))
+                    }
                 }
             }
-            let written = ctx.write(&rows).await?;
-            Ok::<_, SinkError>(Some((last, written)))
+            match failure {
+                Some(e) => Err(e),
+                None => Ok::<_, SinkError>(Some((last, round))),
+            }
         };
         let outcome = tokio::select! {
             () = ctx.shutdown.cancelled() => return,
@@ -609,6 +655,77 @@ mod tests {
             sql.ends_with("EXCLUDED.transport, EXCLUDED.terminal)"),
             "{sql}"
         );
+    }
+
+    #[test]
+    fn a_round_is_each_id_once_in_batches_in_id_order() {
+        let cdr = |id: u128| {
+            let mut c = sipedge_store::Cdr {
+                id: CdrId(id),
+                node: "n".into(),
+                call_id: "c".into(),
+                caller: "1".into(),
+                called: "2".into(),
+                caller_uri: "sip:1@h".into(),
+                called_uri: "sip:2@h".into(),
+                call_type: CallType::Audio,
+                video_started_at: None,
+                status: CallStatus::NotConnected,
+                disposition: Disposition::Busy,
+                sip_code: Some(486),
+                ended_by: EndedBy::Callee,
+                start_time: UnixMs(1),
+                ring_time: None,
+                answer_time: None,
+                end_time: UnixMs(2),
+                transport: Transport::Udp,
+                terminal: "127.0.0.1:5060".into(),
+            };
+            c.call_id = format!("c{id}");
+            c
+        };
+        let entry = |seq: u64, id: Option<u128>| OutboxEntry {
+            seq,
+            id: CdrId(id.unwrap_or(0)),
+            queued_at: UnixMs(0),
+            cdr: id.map(cdr),
+        };
+        let ids = |batches: &[Vec<Cdr>]| -> Vec<Vec<u128>> {
+            batches
+                .iter()
+                .map(|b| b.iter().map(|c| c.id.0).collect())
+                .collect()
+        };
+        // (seq, CDR id or retention removed it), batch size, the batches' ids.
+        type Case<'a> = (&'a [(u64, Option<u128>)], usize, &'a [&'a [u128]]);
+        let cases: &[Case] = &[
+            (&[], 2, &[]),
+            (&[(1, None)], 2, &[]),
+            (
+                &[(1, Some(5)), (2, Some(3)), (3, Some(4))],
+                10,
+                &[&[3, 4, 5]],
+            ),
+            (
+                &[
+                    (1, Some(5)),
+                    (2, Some(3)),
+                    (3, Some(5)),
+                    (4, Some(9)),
+                    (5, None),
+                    (6, Some(1)),
+                ],
+                2,
+                &[&[3, 5], &[1, 9]],
+            ),
+            (&[(1, Some(7)), (2, Some(7)), (3, Some(7))], 1, &[&[7]]),
+        ];
+        for (entries, batch_size, expected) in cases {
+            let entries = entries.iter().map(|(s, id)| entry(*s, *id)).collect();
+            let got = ids(&plan(entries, *batch_size));
+            let want: Vec<Vec<u128>> = expected.iter().map(|b| b.to_vec()).collect();
+            assert_eq!(got, want, "{entries:?}", entries = expected);
+        }
     }
 
     #[test]
