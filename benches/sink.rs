@@ -9,7 +9,7 @@
 //!   CPU from /proc/PID/stat divided by the calls, with the sink off and on.
 //!
 //! `cargo bench --bench sink`; `SIPEDGE_BENCH_CDRS` sets N, `SIPEDGE_BENCH_CALLS` the calls
-//! per CPU run (default 6,000 at 300/s).
+//! per CPU run (default 6,000 at 300/s), `SIPEDGE_BENCH_POOL` the pool size (default 2).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/support/mod.rs"]
@@ -61,6 +61,11 @@ fn sink_config(config: Config, pg: &Postgres, db: &str, dir: &Path) -> Config {
             &quote(&file.display().to_string()),
         )
         .set("sink.postgres", "batch_size", "1000")
+        .set(
+            "sink.postgres",
+            "pool_size",
+            &env_u64("SIPEDGE_BENCH_POOL", 2).to_string(),
+        )
         .set("sink.postgres", "backfill_rate", "10000000")
 }
 
@@ -174,9 +179,10 @@ fn main() {
 
     let drain = time_shipping(&pg, "drain", n, true);
     println!(
-        "outbox drain: {n} CDRs in {:.2} s = {:.0} CDRs/s (batch 1000)",
+        "outbox drain: {n} CDRs in {:.2} s = {:.0} CDRs/s (batch 1000, pool {})",
         drain.as_secs_f64(),
-        n as f64 / drain.as_secs_f64()
+        n as f64 / drain.as_secs_f64(),
+        env_u64("SIPEDGE_BENCH_POOL", 2)
     );
     let backfill = time_shipping(&pg, "backfill", n, false);
     println!(
