@@ -549,6 +549,15 @@ fn a_wrong_password_shows_in_status_and_metrics_loses_nothing_and_a_restart_fixe
         "wrong",
     );
     let mut se = Sipedge::start(&config);
+    // Idle, the sink already finds out.
+    assert!(
+        wait_until(
+            Duration::from_secs(20),
+            || status(&se).1["last_error"]["kind"] == "auth"
+        ),
+        "{}",
+        status_text(&se)
+    );
     run_calls(&se, "call", Transport::Udp, 5, 20);
     let auth_failed = |st: &Value| st["last_error"]["kind"] == "auth" && st["depth"] == 5;
     assert!(

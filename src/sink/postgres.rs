@@ -25,6 +25,8 @@ pub const SCHEMA_VERSION: i32 = 1;
 /// How often an empty outbox is looked at again: with the store's flush interval, the
 /// usual delay between a call's end and its row.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How often an idle sink gets a connection, which checks the login and schema when new.
+const IDLE_CHECK: Duration = Duration::from_secs(10);
 
 /// Every column the sink writes, in the statement's order (`shipped_at` and the generated
 /// `duration_s`, `talk_s` are the database's).
@@ -457,6 +459,8 @@ pub async fn outbox_loop(ctx: Arc<Ctx>) {
     // Entries up to here are committed in the database and acknowledged; the ack becomes
     // durable with the store's next commit, so the snapshot may still show them.
     let mut done: Option<u64> = None;
+    let started = tokio::time::Instant::now();
+    let mut last_contact = started.checked_sub(IDLE_CHECK).unwrap_or(started);
     loop {
         if ctx.shutdown.is_cancelled() {
             return;
@@ -506,11 +510,27 @@ pub async fn outbox_loop(ctx: Arc<Ctx>) {
                 if ctx.store.writer().submit(WriteOp::AckOutbox(last)).is_err() {
                     return;
                 }
+                last_contact = tokio::time::Instant::now();
                 done = Some(last);
                 ctx.shared.succeeded(written.shipped, 0, written.parked);
                 backoff.reset();
             }
             Ok(None) => {
+                // An idle sink still finds out early that the database refuses it (a wrong
+                // password, another schema version), not at the first call.
+                if last_contact.elapsed() >= IDLE_CHECK {
+                    last_contact = tokio::time::Instant::now();
+                    let checked = ctx
+                        .timed(async { ctx.pool.get().await.map_err(|e| pool_error(&e)) })
+                        .await;
+                    if let Err(e) = checked {
+                        ctx.shared.failed(&e);
+                        if !ctx.pause(backoff.next_delay()).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
                 backoff.reset();
                 if !ctx.pause(IDLE_POLL).await {
                     return;
