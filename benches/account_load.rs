@@ -249,7 +249,8 @@ impl Sipedge {
         let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let config = format!(
             "[node]\nname = \"bench\"\ntimezone = \"{zone}\"\ndata_dir = \"{data}\"\n\n\
-             [account]\nlisten = \"{listen}\"\nappids = [\"{APPID}\"]\naccount = \"sipserver\"\n\n\
+             [account]\nlisten = \"{listen}\"\nappids = [\"{APPID}\"]\naccount = \"sipserver\"\n\
+             source_rate_limit = 0\n\n\
              [api]\nlisten = \"127.0.0.1:0\"\n\n[log]\nlevel = \"{level}\"\nformat = \"text\"\n",
             zone = ZONE.name(),
             data = dir.path().join("data").display(),

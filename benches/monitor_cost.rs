@@ -69,6 +69,7 @@ fn measure(sampler: &Sampler, rules: &Rules, rounds: usize) -> (f64, f64) {
             processes: sampler.processes(),
             disk: sampler.disk(),
             store_failures: 0,
+            store_failing: false,
         };
         let found: usize = match &observation {
             Observation::Tick { processes, .. } => processes.iter().map(Vec::len).sum(),

@@ -13,6 +13,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use sipedge_http::account::AccountMetrics;
+use sipedge_http::events::EventHub;
+use sipedge_http::server::ListenerStats;
 use sipedge_sip::Metrics as SipMetrics;
 use sipedge_sip::call::CallTracking;
 use sipedge_store::{AlarmKind, Store};
@@ -116,6 +118,78 @@ impl Collector for SinkCollector {
     }
 }
 
+/// Adds what the HTTP listeners' limits did: connections open and held back, head
+/// timeouts (slow or idle clients), event streams open and refused.
+pub fn register_http<const N: usize>(
+    registry: &mut Registry,
+    events: EventHub,
+    listeners: [(&'static str, Arc<ListenerStats>); N],
+) {
+    registry.register_collector(Box::new(HttpCollector {
+        events,
+        listeners: listeners.to_vec(),
+    }));
+}
+
+#[derive(Debug)]
+struct HttpCollector {
+    events: EventHub,
+    listeners: Vec<(&'static str, Arc<ListenerStats>)>,
+}
+
+impl Collector for HttpCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        type Read = fn(&ListenerStats) -> u64;
+        let per_listener: [(&str, &str, MetricType, Read); 3] = [
+            (
+                "http_connections_open",
+                "HTTP connections open now, by listener",
+                MetricType::Gauge,
+                ListenerStats::open,
+            ),
+            (
+                "http_connections_capped",
+                "Times a client waited because max_connections were open, by listener",
+                MetricType::Counter,
+                ListenerStats::capped,
+            ),
+            (
+                "http_header_timeouts",
+                "Connections closed for not sending a request head in time, by listener",
+                MetricType::Counter,
+                ListenerStats::header_timeouts,
+            ),
+        ];
+        for (name, help, kind, read) in per_listener {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for (listener, stats) in &self.listeners {
+                let labels = [("listener", *listener)];
+                let value = read(stats);
+                if kind == MetricType::Gauge {
+                    ConstGauge::new(value as i64).encode(family.encode_family(&labels)?)?;
+                } else {
+                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let open = ConstGauge::new(self.events.clients() as i64);
+        open.encode(encoder.encode_descriptor(
+            "event_streams_open",
+            "Live-event streams (/api/events) open now",
+            None,
+            open.metric_type(),
+        )?)?;
+        let refused = ConstCounter::new(self.events.refused_clients());
+        refused.encode(encoder.encode_descriptor(
+            "event_streams_refused",
+            "Live-event streams refused because api.max_sse_clients were open",
+            None,
+            refused.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
 /// Calls in progress and call tracking's own counters.
 #[derive(Debug)]
 struct CallsCollector {
@@ -184,6 +258,16 @@ impl Collector for SipCollector {
         )?;
         for (reason, count) in self.metrics.drops() {
             ConstCounter::new(count).encode(drops.encode_family(&[("reason", reason)])?)?;
+        }
+        let mut refused = encoder.encode_descriptor(
+            "sip_refused",
+            "What each memory bound refused, by its [sip] key: connections, messages to a peer \
+             that does not read, new calls (503), call log entries",
+            None,
+            MetricType::Counter,
+        )?;
+        for (bound, count) in self.metrics.refusals() {
+            ConstCounter::new(count).encode(refused.encode_family(&[("bound", bound)])?)?;
         }
         let lost = ConstCounter::new(self.metrics.handoff_dropped.load(Ordering::Relaxed));
         lost.encode(encoder.encode_descriptor(
@@ -311,6 +395,7 @@ mod tests {
             "sipedge_sink_errors_total{kind=\"auth\"} 0",
             "sipedge_sink_errors_total{kind=\"rejected\"} 0",
             "# TYPE sipedge_sink_last_success_timestamp_seconds gauge",
+            "sipedge_sip_refused_total{bound=\"sip.max_calls\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }

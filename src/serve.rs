@@ -11,8 +11,9 @@ use sipedge_http::account::{self, AccountMetrics, AccountState};
 use sipedge_http::api::{self, ApiState};
 use sipedge_http::events::EventHub;
 use sipedge_http::health::Health;
-use sipedge_http::server::{self, ServerLimits};
-use sipedge_sip::call::{TrackingConfig, task as tracking_task};
+use sipedge_http::server::{self, ListenerStats, ServerLimits};
+use sipedge_sip::call::task as tracking_task;
+use sipedge_sip::limit::SourceLimiter;
 use sipedge_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -145,9 +146,9 @@ async fn run(
     };
     // Tracking ends when the proxy has stopped and dropped its end of the hand-off, so that
     // every message relayed before the stop still reaches a CDR.
-    let tracking = match &config.sip {
-        Some(sip) => {
-            let settings = TrackingConfig::new(config.node.name.clone(), sip.call_timeout);
+    let tracking = match &sip {
+        Some(proxy) => {
+            let settings = proxy.tracking_config(config.node.name.clone());
             let (handle, task) =
                 tracking_task::spawn(settings, &store, relayed_rx, std::future::pending())
                     .map_err(|source| StartError::Store {
@@ -161,6 +162,7 @@ async fn run(
     let health = Health::default();
     let account_metrics = AccountMetrics::default();
     let events = EventHub::default();
+    events.set_max_clients(config.api.max_sse_clients);
     // Streams of /api/events end on stop, so that the API listener can drain.
     let closing = events.clone();
     let stopping = shutdown.clone();
@@ -194,6 +196,16 @@ async fn run(
     if let Some(webhook) = &monitor.webhook {
         webhook.register(&mut registry);
     }
+    let account_stats = Arc::new(ListenerStats::default());
+    let api_stats = Arc::new(ListenerStats::default());
+    crate::metrics::register_http(
+        &mut registry,
+        events.clone(),
+        [
+            ("account", account_stats.clone()),
+            ("api", api_stats.clone()),
+        ],
+    );
 
     let account_state = Arc::new(AccountState {
         config: std::sync::RwLock::new(Arc::new(config.account.clone())),
@@ -201,6 +213,10 @@ async fn run(
         node: config.node.name.clone(),
         health: health.clone(),
         metrics: account_metrics.clone(),
+        gate: Arc::new(AccountGate(SourceLimiter::new(
+            config.account.source_rate_limit,
+            config.account.source_rate_burst,
+        ))),
     });
     let access = Arc::new(Access::new(config.api.allow.clone(), &config.api.users));
     let account_router = account::router(account_state.clone());
@@ -252,20 +268,29 @@ async fn run(
     crate::notify::ready("serving");
     crate::notify::spawn_watchdog();
 
-    let limits = ServerLimits::default();
     let tasks = [
         tokio::spawn(server::serve(
             "account",
             account_listener,
             account_router,
-            limits,
+            ServerLimits {
+                max_connections: config.account.max_connections,
+                header_read_timeout: config.account.header_timeout,
+                ..ServerLimits::default()
+            },
+            account_stats,
             shutdown.clone(),
         )),
         tokio::spawn(server::serve(
             "api",
             api_listener,
             api_router,
-            limits,
+            ServerLimits {
+                max_connections: config.api.max_connections,
+                header_read_timeout: config.api.header_timeout,
+                ..ServerLimits::default()
+            },
+            api_stats,
             shutdown.clone(),
         )),
     ];
@@ -296,4 +321,18 @@ async fn run(
     drop(store);
     tracing::info!("sipedge stopped");
     Ok(())
+}
+
+/// The relay's per-source token buckets, limiting the account listener's clients.
+#[derive(Debug)]
+struct AccountGate(SourceLimiter);
+
+impl account::SourceGate for AccountGate {
+    fn allow(&self, client: std::net::IpAddr) -> bool {
+        self.0.allow(client, std::time::Instant::now())
+    }
+
+    fn set(&self, rate: u32, burst: u32) {
+        self.0.set(rate, burst);
+    }
 }

@@ -80,6 +80,36 @@ fn bad_configs_are_refused_with_one_line() {
         "account.appids",
     );
     check_refused("[node\nname=1", "line 1");
+    for (from, to, word) in [
+        (
+            "max_connections = 1024",
+            "max_connections = 0",
+            "api.max_connections",
+        ),
+        (
+            "max_sse_clients = 64",
+            "max_sse_clients = 0",
+            "api.max_sse_clients",
+        ),
+        (
+            "body_timeout = \"10s\"",
+            "body_timeout = \"0s\"",
+            "account.body_timeout",
+        ),
+        (
+            "source_rate_burst = 1000",
+            "source_rate_burst = 0",
+            "account.source_rate_burst",
+        ),
+        (
+            "webhook_queue = 1000",
+            "webhook_queue = 0",
+            "monitor.webhook_queue",
+        ),
+    ] {
+        assert!(text.contains(from), "the example has {from}");
+        check_refused(&text.replace(from, to), word);
+    }
 
     let missing = run(["check-config", "--config", "/nonexistent/sipedge.toml"]);
     assert_eq!(missing.status.code(), Some(64));

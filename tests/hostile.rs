@@ -153,6 +153,11 @@ fn ten_thousand_idle_tcp_connections_leave_room_for_calls() {
         &Config::new("idle")
             .sip(sip)
             .set("sip", "tcp_max_connections", &(IDLE + 1000).to_string())
+            .set(
+                "sip",
+                "tcp_max_connections_per_source",
+                &(IDLE + 1000).to_string(),
+            )
             .set("sip", "source_rate_limit", "0"),
     );
     let before = rss_kib(se.pid());

@@ -2,14 +2,14 @@
 //! `POST /AgoraAccount` with `{"method","streamNumber","token","timestamp"}`, where `token` is
 //! the hex MD5 of `appid + timestamp`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
@@ -30,8 +30,6 @@ use crate::json_error;
 const METHOD: &str = "getAgoraAccount";
 /// Larger bodies are refused with 413 before they are read further.
 const MAX_BODY_BYTES: usize = 4096;
-/// A client that trickles its body slower than this is cut off.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The `[account]` table of the configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +45,38 @@ pub struct AccountConfig {
     /// Allowed distance between a request's timestamp and the server clock, either way.
     #[serde(default = "default_skew", with = "humantime_serde")]
     pub max_clock_skew: Duration,
+    /// Connections served at once (half-open ones included); more wait in the backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A connection that has not sent a whole request head within this (a new one, or one
+    /// kept alive between requests) is closed.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A request whose body has not arrived whole within this gets 408.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Requests per second accepted from one client IP address, and the burst above it;
+    /// more get 429. Generous: many terminals may share one carrier-NAT address. 0 = off.
+    #[serde(default = "default_source_rate_limit")]
+    pub source_rate_limit: u32,
+    #[serde(default = "default_source_rate_burst")]
+    pub source_rate_burst: u32,
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_source_rate_limit() -> u32 {
+    200
+}
+
+fn default_source_rate_burst() -> u32 {
+    1000
 }
 
 fn default_listen() -> SocketAddr {
@@ -70,8 +100,34 @@ impl AccountConfig {
         if self.account.trim().is_empty() {
             problems.push("account.account: the Account handed out is empty".to_owned());
         }
+        if self.max_connections == 0 {
+            problems.push("account.max_connections: must be at least 1".to_owned());
+        }
+        for (key, value) in [
+            ("header_timeout", self.header_timeout),
+            ("body_timeout", self.body_timeout),
+        ] {
+            if value < Duration::from_millis(100) {
+                problems.push(format!("account.{key}: must be at least 100ms"));
+            }
+        }
+        if self.source_rate_limit > 0 && self.source_rate_burst == 0 {
+            problems.push(
+                "account.source_rate_burst: must be at least 1 while source_rate_limit is on"
+                    .to_owned(),
+            );
+        }
         problems
     }
+}
+
+/// Per-client-address admission. The root supplies the relay's token buckets, so that the
+/// SIP ports and this listener limit a flooding source alike.
+pub trait SourceGate: std::fmt::Debug + Send + Sync {
+    /// Whether a request from `client` may be served now.
+    fn allow(&self, client: IpAddr) -> bool;
+    /// Applies a reloaded `source_rate_limit` and `source_rate_burst`.
+    fn set(&self, rate: u32, burst: u32);
 }
 
 /// What the responder needs at run time; the root swaps it on reload.
@@ -86,6 +142,8 @@ pub struct AccountState {
     pub health: Health,
     /// Requests by outcome; kept across reloads by cloning it into the new state.
     pub metrics: AccountMetrics,
+    /// `source_rate_limit`: requests from one address past it get 429.
+    pub gate: Arc<dyn SourceGate>,
 }
 
 impl AccountState {
@@ -99,6 +157,8 @@ impl AccountState {
 
     /// Serves `config` from the next request on; requests already reading keep their copy.
     pub fn set_config(&self, config: AccountConfig) {
+        self.gate
+            .set(config.source_rate_limit, config.source_rate_burst);
         *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
     }
 }
@@ -172,6 +232,8 @@ pub enum Outcome {
     BadRequest,
     TooLarge,
     Unavailable,
+    /// Over `source_rate_limit`.
+    Limited,
 }
 
 impl Outcome {
@@ -182,6 +244,7 @@ impl Outcome {
             Outcome::BadRequest => "bad_request",
             Outcome::TooLarge => "too_large",
             Outcome::Unavailable => "unavailable",
+            Outcome::Limited => "rate_limited",
         }
     }
 }
@@ -191,7 +254,18 @@ async fn agora_account(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     body: Body,
 ) -> Response {
-    let (outcome, stream_number, response) = answer(&state, body).await;
+    let (outcome, stream_number, response) = if state.gate.allow(client.ip()) {
+        answer(&state, body).await
+    } else {
+        let mut response = json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many requests from this address; retry in a second",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        (Outcome::Limited, None, response)
+    };
     state.metrics.count(outcome);
     tracing::info!(
         stream_number = stream_number.as_deref().unwrap_or("-"),
@@ -211,7 +285,7 @@ async fn answer(state: &AccountState, body: Body) -> (Outcome, Option<String>, R
             json_error(StatusCode::SERVICE_UNAVAILABLE, &msg),
         );
     }
-    let bytes = match read_body(body).await {
+    let bytes = match read_body(body, state.config().body_timeout).await {
         Ok(bytes) => bytes,
         Err((outcome, response)) => return (outcome, None, response),
     };
@@ -258,7 +332,7 @@ async fn answer(state: &AccountState, body: Body) -> (Outcome, Option<String>, R
     }
 }
 
-async fn read_body(body: Body) -> Result<Bytes, (Outcome, Response)> {
+async fn read_body(body: Body, timeout: Duration) -> Result<Bytes, (Outcome, Response)> {
     let too_large = || {
         let msg = format!("the body is larger than {MAX_BODY_BYTES} bytes");
         (
@@ -266,12 +340,7 @@ async fn read_body(body: Body) -> Result<Bytes, (Outcome, Response)> {
             json_error(StatusCode::PAYLOAD_TOO_LARGE, &msg),
         )
     };
-    match tokio::time::timeout(
-        BODY_READ_TIMEOUT,
-        axum::body::to_bytes(body, MAX_BODY_BYTES),
-    )
-    .await
-    {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
         Err(_) => Err((
             Outcome::BadRequest,
             json_error(
@@ -415,6 +484,8 @@ fn parse_timestamp(text: &str, timezone: Tz) -> Result<DateTime<Utc>, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
     use super::*;
 
     fn md5_hex(s: &str) -> String {
@@ -525,6 +596,20 @@ mod tests {
         }
     }
 
+    /// Admits a fixed number of requests, then none: the handler's side of the limit (the
+    /// token buckets themselves are the relay's, tested there).
+    #[derive(Debug)]
+    struct Budget(AtomicU32);
+
+    impl SourceGate for Budget {
+        fn allow(&self, _: IpAddr) -> bool {
+            self.0
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+        }
+        fn set(&self, _: u32, _: u32) {}
+    }
+
     #[tokio::test]
     async fn a_node_that_cannot_serve_answers_503() {
         use tower::ServiceExt;
@@ -535,11 +620,17 @@ mod tests {
                 appids: vec!["a".to_owned()],
                 account: "sipserver".to_owned(),
                 max_clock_skew: default_skew(),
+                max_connections: default_max_connections(),
+                header_timeout: default_timeout(),
+                body_timeout: default_timeout(),
+                source_rate_limit: default_source_rate_limit(),
+                source_rate_burst: default_source_rate_burst(),
             })),
             timezone: chrono_tz::Asia::Shanghai,
             node: "n1".to_owned(),
             health: health.clone(),
             metrics: AccountMetrics::default(),
+            gate: Arc::new(Budget(AtomicU32::new(2))),
         });
         let call = |path: &'static str, method: &'static str| {
             let mut request = axum::http::Request::builder()
@@ -579,5 +670,10 @@ mod tests {
             call("/healthz", "GET").await.unwrap().status(),
             StatusCode::OK
         );
+        // The gate's budget of two is spent: the next request is limited, health is not.
+        let limited = call("/AgoraAccount", "POST").await.unwrap();
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(state.metrics.requests(Outcome::Limited), 1);
     }
 }

@@ -7,6 +7,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -54,6 +55,16 @@ pub struct ApiConfig {
     /// Basic-auth users; with none, clients in `allow` need no credentials.
     #[serde(default)]
     pub users: Vec<ApiUser>,
+    /// Connections served at once (half-open ones included); more wait in the backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A connection that has not sent a whole request head within this (a new one, or one
+    /// kept alive between requests) is closed.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Live-event streams (`/api/events`) open at once; more get 503.
+    #[serde(default = "default_max_sse_clients")]
+    pub max_sse_clients: usize,
 }
 
 impl Default for ApiConfig {
@@ -62,8 +73,23 @@ impl Default for ApiConfig {
             listen: default_listen(),
             allow: default_allow(),
             users: Vec::new(),
+            max_connections: default_max_connections(),
+            header_timeout: default_header_timeout(),
+            max_sse_clients: default_max_sse_clients(),
         }
     }
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_max_sse_clients() -> usize {
+    64
 }
 
 fn default_listen() -> SocketAddr {
@@ -83,6 +109,15 @@ impl ApiConfig {
         let mut problems = Vec::new();
         if self.allow.is_empty() {
             problems.push("api.allow: empty, so every client would be refused".to_owned());
+        }
+        if self.max_connections == 0 {
+            problems.push("api.max_connections: must be at least 1".to_owned());
+        }
+        if self.header_timeout < Duration::from_millis(100) {
+            problems.push("api.header_timeout: must be at least 100ms".to_owned());
+        }
+        if self.max_sse_clients == 0 {
+            problems.push("api.max_sse_clients: must be at least 1".to_owned());
         }
         let mut seen = std::collections::HashSet::new();
         for (i, user) in self.users.iter().enumerate() {
@@ -494,7 +529,15 @@ async fn events(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Respo
             );
         }
     };
-    state.events.sse(last).into_response()
+    match state.events.sse(last) {
+        Ok(stream) => stream.into_response(),
+        Err(crate::events::TooManyClients(max)) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "{max} event streams are open, the most api.max_sse_clients allows; retry later"
+            ),
+        ),
+    }
 }
 
 async fn alarms(

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -102,7 +103,29 @@ pub struct EventHub {
     ring: Arc<Mutex<Ring>>,
     /// Carries the last id published, waking the streams.
     latest: watch::Sender<u64>,
+    /// Streams open now, the most allowed (`api.max_sse_clients`), and clients refused.
+    clients: Arc<ClientCount>,
 }
+
+#[derive(Debug)]
+struct ClientCount {
+    open: AtomicUsize,
+    max: AtomicUsize,
+    refused: AtomicU64,
+}
+
+/// Held by an open stream; gives its place back when the stream is dropped.
+struct ClientSlot(Arc<ClientCount>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Every place for a stream is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyClients(pub usize);
 
 impl Default for EventHub {
     fn default() -> Self {
@@ -122,7 +145,42 @@ impl EventHub {
                 closed: false,
             })),
             latest: watch::Sender::new(0),
+            clients: Arc::new(ClientCount {
+                open: AtomicUsize::new(0),
+                max: AtomicUsize::new(usize::MAX),
+                refused: AtomicU64::new(0),
+            }),
         }
+    }
+
+    /// Sets how many streams may be open at once; open ones past a lowered cap stay.
+    pub fn set_max_clients(&self, max: usize) {
+        self.clients.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Streams open now.
+    pub fn clients(&self) -> usize {
+        self.clients.open.load(Ordering::Relaxed)
+    }
+
+    /// Streams refused because every place was taken.
+    pub fn refused_clients(&self) -> u64 {
+        self.clients.refused.load(Ordering::Relaxed)
+    }
+
+    fn take_slot(&self) -> Result<ClientSlot, TooManyClients> {
+        let count = &self.clients;
+        let max = count.max.load(Ordering::Relaxed);
+        count
+            .open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map(|_| ClientSlot(count.clone()))
+            .map_err(|_| {
+                count.refused.fetch_add(1, Ordering::Relaxed);
+                TooManyClients(max)
+            })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
@@ -165,15 +223,21 @@ impl EventHub {
         self.lock().closed
     }
 
-    /// The `/api/events` response for a client that last saw `last`.
+    /// The `/api/events` response for a client that last saw `last`, unless every place
+    /// for a stream is taken.
     pub fn sse(
         &self,
         last: Option<u64>,
-    ) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<>> {
-        Sse::new(self.stream(last)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+    ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>> + use<>>, TooManyClients> {
+        let slot = self.take_slot()?;
+        Ok(Sse::new(self.stream(last, slot)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
     }
 
-    fn stream(&self, last: Option<u64>) -> impl Stream<Item = Result<Event, Infallible>> + use<> {
+    fn stream(
+        &self,
+        last: Option<u64>,
+        slot: ClientSlot,
+    ) -> impl Stream<Item = Result<Event, Infallible>> + use<> {
         // Subscribing before reading the ring means no publish falls between the two.
         let wake = self.latest.subscribe();
         let (first, seen) = self.since(last);
@@ -184,24 +248,27 @@ impl EventHub {
             Event::default().retry(RETRY).comment("sipedge events")
         });
         pending.extend(first.events.iter().map(|e| to_sse(e)));
-        let state = (self.clone(), wake, seen, pending);
-        futures_util::stream::unfold(state, |(hub, mut wake, mut seen, mut pending)| async move {
-            loop {
-                if let Some(event) = pending.pop_front() {
-                    return Some((Ok(event), (hub, wake, seen, pending)));
+        let state = (self.clone(), wake, seen, pending, slot);
+        futures_util::stream::unfold(
+            state,
+            |(hub, mut wake, mut seen, mut pending, slot)| async move {
+                loop {
+                    if let Some(event) = pending.pop_front() {
+                        return Some((Ok(event), (hub, wake, seen, pending, slot)));
+                    }
+                    let (next, upto) = hub.since(Some(seen));
+                    seen = upto;
+                    if next.reset {
+                        pending.push_back(reset_event("this client fell behind; reload"));
+                    }
+                    pending.extend(next.events.iter().map(|e| to_sse(e)));
+                    // Closing ends the stream once what was published before is sent.
+                    if pending.is_empty() && (hub.is_closed() || wake.changed().await.is_err()) {
+                        return None;
+                    }
                 }
-                let (next, upto) = hub.since(Some(seen));
-                seen = upto;
-                if next.reset {
-                    pending.push_back(reset_event("this client fell behind; reload"));
-                }
-                pending.extend(next.events.iter().map(|e| to_sse(e)));
-                // Closing ends the stream once what was published before is sent.
-                if pending.is_empty() && (hub.is_closed() || wake.changed().await.is_err()) {
-                    return None;
-                }
-            }
-        })
+            },
+        )
     }
 
     /// The replay after `last`, and the id the client has then seen or skipped up to.
@@ -286,7 +353,8 @@ mod tests {
 
     /// The first `n` SSE items a client that last saw `last` receives, as the wire text.
     async fn take(hub: &EventHub, last: Option<u64>, n: usize) -> String {
-        let body = Sse::new(hub.stream(last).take(n))
+        let slot = hub.take_slot().unwrap();
+        let body = Sse::new(hub.stream(last, slot).take(n))
             .into_response()
             .into_body();
         let bytes =
@@ -323,7 +391,7 @@ mod tests {
     async fn a_new_client_starts_from_now_and_close_ends_the_stream() {
         let hub = EventHub::starting_at(1);
         hub.publish("call.started", &json!({}));
-        let body = Sse::new(hub.stream(None)).into_response().into_body();
+        let body = hub.sse(None).unwrap().into_response().into_body();
         hub.publish("alarm.raised", &json!({"kind": "disk_low"}));
         hub.close();
         let bytes =
@@ -334,6 +402,23 @@ mod tests {
         let got = String::from_utf8(bytes.to_vec()).unwrap();
         assert_eq!(names(&got), vec!["alarm.raised"], "{got}");
         assert!(got.contains("data: {\"kind\":\"disk_low\"}"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn streams_past_the_cap_are_refused_until_one_closes() {
+        let hub = EventHub::starting_at(1);
+        hub.set_max_clients(2);
+        let first = hub.sse(None).unwrap();
+        let second = hub.sse(None).unwrap();
+        assert_eq!(hub.clients(), 2);
+        assert_eq!(hub.sse(None).err(), Some(TooManyClients(2)));
+        assert_eq!(hub.refused_clients(), 1);
+        drop(first);
+        assert_eq!(hub.clients(), 1);
+        let third = hub.sse(None).unwrap();
+        assert_eq!(hub.clients(), 2);
+        drop((second, third));
+        assert_eq!(hub.clients(), 0);
     }
 
     #[tokio::test]

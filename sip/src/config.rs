@@ -41,10 +41,36 @@ pub struct ProxyConfig {
     /// flood of connections cannot exhaust file descriptors.
     #[serde(default = "default_tcp_max_connections")]
     pub tcp_max_connections: usize,
+    /// Cap on inbound TCP connections from one source IP; more are closed on accept, so that
+    /// one address cannot take the whole of `tcp_max_connections`. Generous by default: a
+    /// carrier-NAT address may hide many terminals. The upstream is not held to it.
+    #[serde(default = "default_tcp_max_connections_per_source")]
+    pub tcp_max_connections_per_source: usize,
     /// Cap on bytes buffered per TCP connection waiting for a message end; a stream that
     /// exceeds it is closed (an endless stream without a message end must not grow memory).
     #[serde(default = "default_tcp_max_buffer_bytes")]
     pub tcp_max_buffer_bytes: usize,
+    /// Cap on bytes queued to send on one TCP connection beyond what its socket took (a
+    /// peer that stops reading). A message that does not fit is dropped and the connection
+    /// closed: in a stream a lost message cannot be told apart from a late one, and a closed
+    /// flow is what RFC 5626 terminals notice and recover from.
+    #[serde(default = "default_tcp_max_write_queue_bytes")]
+    pub tcp_max_write_queue_bytes: usize,
+    /// Cap on calls in progress: a new INVITE from a terminal (no To tag) past it gets a
+    /// stateless 503 with Retry-After; requests within calls, calls under way, and the
+    /// retransmissions or post-challenge retries of INVITEs let through lately go on. The
+    /// relay reads call tracking's count, which lags by what is in the hand-off queue, so a
+    /// burst may pass it by up to that many calls; call tracking's own hard cap sits a
+    /// quarter above it.
+    #[serde(default = "default_max_calls")]
+    pub max_calls: usize,
+    /// Cap on log entries kept for one call (its messages and sipedge's words about them);
+    /// past it, one "log truncated" event is logged, the rest is not. The CDR is unaffected.
+    #[serde(default = "default_max_log_entries_per_call")]
+    pub max_log_entries_per_call: usize,
+    /// Cap on bytes of log kept for one call, counted as for `max_log_entries_per_call`.
+    #[serde(default = "default_max_log_bytes_per_call")]
+    pub max_log_bytes_per_call: usize,
     /// How long a TCP connect to the upstream may take before the request gets a 503.
     #[serde(default = "default_upstream_connect_timeout", with = "humantime_serde")]
     pub upstream_connect_timeout: Duration,
@@ -61,7 +87,16 @@ pub struct ProxyConfig {
     /// and counted rather than making forwarding wait.
     #[serde(default = "default_handoff_queue")]
     pub handoff_queue: usize,
+    /// Bytes of messages the hand-off queue may hold (each message is copied into it), so
+    /// that call tracking falling behind costs at most this much; past it, observations are
+    /// dropped and counted like a full queue. At least `max_message_bytes`.
+    #[serde(default = "default_handoff_queue_bytes")]
+    pub handoff_queue_bytes: usize,
 }
+
+/// Highest `sip.max_calls` accepted: call tracking holds every call in memory (about 3 KB
+/// each with its recently ended key, measured), so this is already a few gigabytes.
+const MAX_CALLS_LIMIT: usize = 1_000_000;
 
 fn default_listen() -> IpAddr {
     IpAddr::V4(Ipv4Addr::UNSPECIFIED)
@@ -78,8 +113,23 @@ fn default_tcp_idle_timeout() -> Duration {
 fn default_tcp_max_connections() -> usize {
     10_000
 }
+fn default_tcp_max_connections_per_source() -> usize {
+    256
+}
 fn default_tcp_max_buffer_bytes() -> usize {
     256 * 1024
+}
+fn default_tcp_max_write_queue_bytes() -> usize {
+    1024 * 1024
+}
+fn default_max_calls() -> usize {
+    crate::call::DEFAULT_MAX_CALLS
+}
+fn default_max_log_entries_per_call() -> usize {
+    crate::call::logcap::DEFAULT_LOG_CAP.max_entries as usize
+}
+fn default_max_log_bytes_per_call() -> usize {
+    crate::call::logcap::DEFAULT_LOG_CAP.max_bytes as usize
 }
 fn default_upstream_connect_timeout() -> Duration {
     Duration::from_secs(2)
@@ -92,6 +142,9 @@ fn default_source_rate_burst() -> u32 {
 }
 fn default_handoff_queue() -> usize {
     65_536
+}
+fn default_handoff_queue_bytes() -> usize {
+    64 * 1024 * 1024
 }
 
 impl ProxyConfig {
@@ -106,11 +159,17 @@ impl ProxyConfig {
             call_timeout: default_call_timeout(),
             tcp_idle_timeout: default_tcp_idle_timeout(),
             tcp_max_connections: default_tcp_max_connections(),
+            tcp_max_connections_per_source: default_tcp_max_connections_per_source(),
             tcp_max_buffer_bytes: default_tcp_max_buffer_bytes(),
+            tcp_max_write_queue_bytes: default_tcp_max_write_queue_bytes(),
+            max_calls: default_max_calls(),
+            max_log_entries_per_call: default_max_log_entries_per_call(),
+            max_log_bytes_per_call: default_max_log_bytes_per_call(),
             upstream_connect_timeout: default_upstream_connect_timeout(),
             source_rate_limit: default_source_rate_limit(),
             source_rate_burst: default_source_rate_burst(),
             handoff_queue: default_handoff_queue(),
+            handoff_queue_bytes: default_handoff_queue_bytes(),
         }
     }
 
@@ -129,8 +188,47 @@ impl ProxyConfig {
                 ),
             );
         }
-        if self.tcp_max_connections == 0 {
-            return bad("sip.tcp_max_connections", "must be at least 1".into());
+        let at_least_a_message = [
+            (
+                "sip.tcp_max_write_queue_bytes",
+                self.tcp_max_write_queue_bytes,
+            ),
+            ("sip.max_log_bytes_per_call", self.max_log_bytes_per_call),
+            ("sip.handoff_queue_bytes", self.handoff_queue_bytes),
+        ];
+        for (key, value) in at_least_a_message {
+            if value < self.max_message_bytes {
+                return bad(
+                    key,
+                    format!(
+                        "must be at least sip.max_message_bytes ({})",
+                        self.max_message_bytes
+                    ),
+                );
+            }
+        }
+        let at_least_one = [
+            ("sip.tcp_max_connections", self.tcp_max_connections),
+            (
+                "sip.tcp_max_connections_per_source",
+                self.tcp_max_connections_per_source,
+            ),
+            ("sip.max_calls", self.max_calls),
+            (
+                "sip.max_log_entries_per_call",
+                self.max_log_entries_per_call,
+            ),
+        ];
+        for (key, value) in at_least_one {
+            if value == 0 {
+                return bad(key, "must be at least 1".into());
+            }
+        }
+        if self.max_calls > MAX_CALLS_LIMIT {
+            return bad(
+                "sip.max_calls",
+                format!("must be at most {MAX_CALLS_LIMIT} (each call tracked costs about 3 KB)"),
+            );
         }
         if self.handoff_queue == 0 {
             return bad("sip.handoff_queue", "must be at least 1".into());
@@ -388,5 +486,79 @@ mod tests {
         cfg.tcp_max_buffer_bytes = 1000;
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("sip.tcp_max_buffer_bytes"), "{err}");
+    }
+
+    /// Each bound of memory, set from TOML as an operator writes it: good values pass, bad
+    /// ones name their key.
+    #[test]
+    fn memory_bounds_are_validated() {
+        let cases: [(&str, Result<(), &str>); 18] = [
+            ("handoff_queue_bytes = 65535", Ok(())),
+            (
+                "handoff_queue_bytes = 1000",
+                Err("sip.handoff_queue_bytes: must be at least sip.max_message_bytes"),
+            ),
+            ("tcp_max_connections_per_source = 1", Ok(())),
+            ("tcp_max_connections_per_source = 100000", Ok(())),
+            (
+                "tcp_max_connections_per_source = 0",
+                Err("sip.tcp_max_connections_per_source: must be at least 1"),
+            ),
+            ("tcp_max_write_queue_bytes = 65535", Ok(())),
+            (
+                "tcp_max_write_queue_bytes = 65534",
+                Err(
+                    "sip.tcp_max_write_queue_bytes: must be at least sip.max_message_bytes (65535)",
+                ),
+            ),
+            (
+                "max_message_bytes = 4096\ntcp_max_write_queue_bytes = 4096",
+                Ok(()),
+            ),
+            ("max_calls = 1", Ok(())),
+            ("max_calls = 1000000", Ok(())),
+            ("max_calls = 0", Err("sip.max_calls: must be at least 1")),
+            (
+                "max_calls = 1000001",
+                Err("sip.max_calls: must be at most 1000000"),
+            ),
+            ("max_log_entries_per_call = 1", Ok(())),
+            (
+                "max_log_entries_per_call = 0",
+                Err("sip.max_log_entries_per_call: must be at least 1"),
+            ),
+            ("max_log_bytes_per_call = 65535", Ok(())),
+            (
+                "max_log_bytes_per_call = 100",
+                Err("sip.max_log_bytes_per_call: must be at least sip.max_message_bytes"),
+            ),
+            (
+                "tcp_max_connections = 0",
+                Err("sip.tcp_max_connections: must be at least 1"),
+            ),
+            ("max_log_bytes_per_call = -1", Err("invalid value")),
+        ];
+        for (keys, expected) in cases {
+            let text = format!("upstream = \"h\"\n{keys}");
+            let got = toml::from_str::<ProxyConfig>(&text)
+                .map_err(|e| e.to_string())
+                .and_then(|cfg| cfg.validate().map_err(|e| e.to_string()));
+            match (got, expected) {
+                (Ok(()), Ok(())) => {}
+                (Err(err), Err(want)) => assert!(err.contains(want), "{keys}: {err}"),
+                (got, want) => panic!("{keys}: got {got:?}, expected {want:?}"),
+            }
+        }
+        let cfg = ProxyConfig::with_upstream("h".parse().unwrap());
+        assert_eq!(
+            (
+                cfg.tcp_max_connections_per_source,
+                cfg.tcp_max_write_queue_bytes,
+                cfg.max_calls,
+                cfg.max_log_entries_per_call,
+                cfg.max_log_bytes_per_call
+            ),
+            (256, 1 << 20, 20_000, 2000, 2 << 20)
+        );
     }
 }

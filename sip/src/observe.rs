@@ -2,7 +2,8 @@
 //! [`Relayed`] per message for call tracking, handed off without ever waiting.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -73,31 +74,81 @@ pub struct Relayed {
     /// The whole message: parsed once more by call tracking, off the relay path (the
     /// scanner's index borrows the relay buffer, so it cannot travel).
     pub bytes: Bytes,
+    /// Its share of the hand-off's byte budget, given back when call tracking is done with
+    /// it.
+    pub(crate) charge: Charge,
 }
 
-/// The sending half of the hand-off to call tracking, plus its drop counter.
+/// The bytes one queued message holds of [`Handoff`]'s budget; given back on drop. A clone
+/// of a message is not in the queue and holds nothing.
+#[derive(Debug, Default)]
+pub(crate) struct Charge(Option<(Arc<AtomicUsize>, usize)>);
+
+impl Clone for Charge {
+    fn clone(&self) -> Self {
+        Charge(None)
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if let Some((queued, n)) = &self.0 {
+            queued.fetch_sub(*n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The sending half of the hand-off to call tracking: bounded in messages and in bytes, so
+/// that call tracking falling behind costs at most `sip.handoff_queue_bytes`.
 #[derive(Debug, Clone)]
 pub struct Handoff {
     /// Bounded queue to call tracking; `try_send` only, so forwarding never waits.
     tx: mpsc::Sender<Relayed>,
+    /// Bytes of the messages in the queue.
+    queued: Arc<AtomicUsize>,
+    /// `sip.handoff_queue_bytes`.
+    max_bytes: usize,
 }
 
 impl Handoff {
-    /// Wraps the sender the root created (see [`crate::ProxyConfig::handoff_queue`]).
-    pub fn new(tx: mpsc::Sender<Relayed>) -> Handoff {
-        Handoff { tx }
+    /// Wraps the sender the root created (see [`crate::ProxyConfig::handoff_queue`]), with
+    /// a budget of `max_bytes` for what waits in it.
+    pub fn new(tx: mpsc::Sender<Relayed>, max_bytes: usize) -> Handoff {
+        Handoff {
+            tx,
+            queued: Arc::default(),
+            max_bytes,
+        }
     }
 
-    /// Whether an observation would be accepted now: lets the relay skip copying the bytes
-    /// when call tracking is behind (the drop is counted by the caller via [`Handoff::send`]).
-    pub fn has_room(&self) -> bool {
-        self.tx.capacity() > 0
+    /// Whether an observation of `len` bytes would be accepted now, else the bound that
+    /// refuses it: lets the relay skip copying the bytes when call tracking is behind.
+    pub fn room_for(&self, len: usize) -> Result<(), Bound> {
+        if self.tx.capacity() == 0 {
+            return Err(Bound::Handoff);
+        }
+        if self.queued.load(Ordering::Relaxed).saturating_add(len) > self.max_bytes {
+            return Err(Bound::HandoffBytes);
+        }
+        Ok(())
     }
 
-    /// Queues `r`, or drops it and counts the drop when the queue is full or closed.
-    pub fn send(&self, r: Relayed, metrics: &Metrics) {
-        if self.tx.try_send(r).is_err() {
+    /// Queues `r`, or drops it and counts the drop when either bound is reached or the
+    /// queue is closed.
+    pub fn send(&self, mut r: Relayed, metrics: &Metrics) {
+        let len = r.bytes.len();
+        let refused = match self.room_for(len) {
+            Ok(()) => {
+                self.queued.fetch_add(len, Ordering::Relaxed);
+                r.charge = Charge(Some((Arc::clone(&self.queued), len)));
+                // A refused message is dropped here, and gives its charge back.
+                self.tx.try_send(r).err().map(|_| Bound::Handoff)
+            }
+            Err(bound) => Some(bound),
+        };
+        if let Some(bound) = refused {
             metrics.handoff_dropped.fetch_add(1, Ordering::Relaxed);
+            metrics.refused(bound, 1);
         }
     }
 }
@@ -160,6 +211,123 @@ pub const DROP_REASONS: [(DropReason, &str); 6] = [
     (DropReason::TcpCap, "tcp_cap"),
 ];
 
+/// A memory bound of `[sip]` that input can run into (SPEC §10): each counts what it refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// Inbound TCP connections over all ports: connections closed on accept.
+    TcpConnections,
+    /// Inbound TCP connections from one source IP: connections closed on accept.
+    TcpConnectionsPerSource,
+    /// Bytes buffered per connection waiting for a message end: connections closed.
+    TcpBuffer,
+    /// Bytes queued to send on one connection: messages dropped (the connection is closed).
+    TcpWriteQueue,
+    /// Calls in progress: initial INVITEs answered 503.
+    Calls,
+    /// Log entries of one call: entries not logged.
+    LogEntriesPerCall,
+    /// Log bytes of one call: entries not logged.
+    LogBytesPerCall,
+    /// Messages waiting for call tracking: observations dropped.
+    Handoff,
+    /// Bytes waiting for call tracking: observations dropped.
+    HandoffBytes,
+}
+
+/// Every [`Bound`], in counter order, labelled with its configuration key.
+pub const BOUNDS: [(Bound, &str); 9] = [
+    (Bound::TcpConnections, "sip.tcp_max_connections"),
+    (
+        Bound::TcpConnectionsPerSource,
+        "sip.tcp_max_connections_per_source",
+    ),
+    (Bound::TcpBuffer, "sip.tcp_max_buffer_bytes"),
+    (Bound::TcpWriteQueue, "sip.tcp_max_write_queue_bytes"),
+    (Bound::Calls, "sip.max_calls"),
+    (Bound::LogEntriesPerCall, "sip.max_log_entries_per_call"),
+    (Bound::LogBytesPerCall, "sip.max_log_bytes_per_call"),
+    (Bound::Handoff, "sip.handoff_queue"),
+    (Bound::HandoffBytes, "sip.handoff_queue_bytes"),
+];
+
+/// Slots of [`CallGauge`]'s memory of new calls let through: at 100 new calls a second, one
+/// is overwritten within a second with a chance of about 1 %.
+const ADMITTED_SLOTS: usize = 8192;
+
+/// The calls in progress as call tracking last counted them, and `sip.max_calls`: the relay
+/// answers a new call 503 when they meet. Call tracking runs behind the relay by what waits
+/// in the hand-off queue, so the cap is soft: INVITEs relayed meanwhile count only once
+/// tracking has seen them (see [`crate::ProxyConfig::max_calls`]).
+///
+/// It also remembers the calls it let through lately (a hash of Call-ID and From tag per
+/// slot), so that at the cap a retransmission of their INVITE, or the new INVITE after a
+/// 401/407 challenge, still passes: a 503 to those would fail a call the Sipserver is
+/// already setting up.
+#[derive(Debug)]
+pub struct CallGauge {
+    /// Written by call tracking after every message it takes.
+    active: AtomicUsize,
+    /// The cap; `usize::MAX` until the proxy sets it.
+    max: AtomicUsize,
+    /// Hashes of new calls let through, each in the slot it selects (0 = empty).
+    admitted: Box<[AtomicU64]>,
+}
+
+impl Default for CallGauge {
+    fn default() -> Self {
+        CallGauge {
+            active: AtomicUsize::new(0),
+            max: AtomicUsize::new(usize::MAX),
+            admitted: (0..ADMITTED_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl CallGauge {
+    /// Calls in progress, as last counted.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Call tracking's count.
+    pub fn set_active(&self, calls: usize) {
+        self.active.store(calls, Ordering::Relaxed);
+    }
+
+    /// Sets the cap.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Whether a new call would go over the cap.
+    pub fn is_full(&self) -> bool {
+        self.active() >= self.max.load(Ordering::Relaxed)
+    }
+
+    /// Whether the new call `(call_id, from_tag)` may start: under the cap, or one let
+    /// through lately. A call let through is remembered.
+    pub fn admit(&self, call_id: &[u8], from_tag: &[u8]) -> bool {
+        let h = call_hash(call_id, from_tag);
+        let Some(slot) = self.admitted.get(h as usize % ADMITTED_SLOTS) else {
+            return true;
+        };
+        if !self.is_full() {
+            slot.store(h, Ordering::Relaxed);
+            return true;
+        }
+        slot.load(Ordering::Relaxed) == h
+    }
+}
+
+/// A non-zero hash of a call's identity (0 marks an empty slot).
+fn call_hash(call_id: &[u8], from_tag: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    call_id.hash(&mut h);
+    from_tag.hash(&mut h);
+    h.finish().max(1)
+}
+
 /// Counters of the relay, read by the metrics endpoint; all updates are relaxed atomics so
 /// counting costs the relay nothing measurable.
 #[derive(Debug)]
@@ -176,6 +344,11 @@ pub struct Metrics {
     pub handoff_dropped: AtomicU64,
     /// TCP connections open now (inbound and outbound).
     pub tcp_connections: AtomicU64,
+    /// What each [`Bound`] refused.
+    refusals: [AtomicU64; BOUNDS.len()],
+    /// Calls in progress against `sip.max_calls`; here because the relay and call tracking
+    /// both hold these counters.
+    pub calls: CallGauge,
 }
 
 /// One non-zero message counter, for export.
@@ -202,6 +375,8 @@ impl Default for Metrics {
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             handoff_dropped: AtomicU64::new(0),
             tcp_connections: AtomicU64::new(0),
+            refusals: std::array::from_fn(|_| AtomicU64::new(0)),
+            calls: CallGauge::default(),
         }
     }
 }
@@ -237,6 +412,24 @@ impl Metrics {
         {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts `n` refusals by `bound`.
+    pub fn refused(&self, bound: Bound, n: u64) {
+        if let Some(i) = BOUNDS.iter().position(|(b, _)| *b == bound)
+            && let Some(c) = self.refusals.get(i)
+        {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Refusals so far by bound, labelled with the bound's configuration key.
+    pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+        BOUNDS
+            .iter()
+            .zip(&self.refusals)
+            .map(|((_, key), c)| (*key, c.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// Drops so far, with their labels.
@@ -317,30 +510,119 @@ mod tests {
             ]
         );
         assert!(m.drops().contains(&("rate_limited", 1)));
+        m.refused(Bound::Calls, 1);
+        m.refused(Bound::LogBytesPerCall, 3);
+        let refusals = m.refusals();
+        assert_eq!(refusals.len(), BOUNDS.len());
+        assert!(refusals.contains(&("sip.max_calls", 1)));
+        assert!(refusals.contains(&("sip.max_log_bytes_per_call", 3)));
+        assert!(refusals.contains(&("sip.tcp_max_connections", 0)));
+    }
+
+    /// At the cap, only calls let through before pass again (their retransmissions, their
+    /// retry after a challenge); under it, every call passes and is remembered.
+    #[test]
+    fn at_the_cap_only_calls_let_through_before_pass() {
+        let g = CallGauge::default();
+        g.set_max(2);
+        let steps: [(usize, &[u8], &[u8], bool); 7] = [
+            (0, b"a@x", b"1", true),
+            (1, b"b@x", b"1", true),
+            (2, b"c@x", b"1", false),
+            (2, b"a@x", b"1", true),
+            (2, b"b@x", b"1", true),
+            (2, b"b@x", b"2", false),
+            (1, b"c@x", b"1", true),
+        ];
+        for (i, (active, call_id, tag, expected)) in steps.into_iter().enumerate() {
+            g.set_active(active);
+            assert_eq!(g.admit(call_id, tag), expected, "step {i}");
+        }
+        g.set_active(2);
+        assert!(
+            g.admit(b"c@x", b"1"),
+            "admitted under the cap, so remembered"
+        );
+    }
+
+    #[test]
+    fn the_call_gauge_is_full_at_its_cap() {
+        let g = CallGauge::default();
+        g.set_active(1_000_000);
+        assert!(!g.is_full(), "no cap until the proxy sets one");
+        for (active, max, full) in [(0, 1, false), (1, 1, true), (4, 5, false), (6, 5, true)] {
+            g.set_max(max);
+            g.set_active(active);
+            assert_eq!(g.is_full(), full, "{active} calls, cap {max}");
+        }
     }
 
     #[tokio::test]
     async fn handoff_never_waits_and_counts_drops() {
         let (tx, mut rx) = mpsc::channel(1);
-        let h = Handoff::new(tx);
+        let h = Handoff::new(tx, 1000);
         let m = Metrics::default();
-        let r = Relayed {
-            at: SystemTime::now(),
-            direction: Direction::ToUpstream,
-            origin: Origin::Forwarded,
-            transport: Transport::Udp,
-            src: "192.0.2.1:5060".parse().unwrap(),
-            dst: "192.0.2.2:5060".parse().unwrap(),
-            bytes: Bytes::from_static(b"x"),
-        };
-        assert!(h.has_room());
+        let r = relayed(1);
+        assert_eq!(h.room_for(1), Ok(()));
         h.send(r.clone(), &m);
-        assert!(!h.has_room());
+        assert_eq!(h.room_for(1), Err(Bound::Handoff));
         h.send(r.clone(), &m);
         assert_eq!(m.handoff_dropped.load(Ordering::Relaxed), 1);
         assert!(rx.recv().await.is_some());
         drop(rx);
         h.send(r, &m);
         assert_eq!(m.handoff_dropped.load(Ordering::Relaxed), 2);
+        assert!(m.refusals().contains(&("sip.handoff_queue", 2)));
+    }
+
+    fn relayed(len: usize) -> Relayed {
+        Relayed {
+            at: SystemTime::now(),
+            direction: Direction::ToUpstream,
+            origin: Origin::Forwarded,
+            transport: Transport::Udp,
+            src: "192.0.2.1:5060".parse().unwrap(),
+            dst: "192.0.2.2:5060".parse().unwrap(),
+            bytes: Bytes::from(vec![b'x'; len]),
+            charge: Charge::default(),
+        }
+    }
+
+    /// The queue holds at most its byte budget; what call tracking takes and drops gives
+    /// its bytes back.
+    #[tokio::test]
+    async fn the_handoff_is_bounded_in_bytes() {
+        let (tx, mut rx) = mpsc::channel(100);
+        let h = Handoff::new(tx, 1000);
+        let m = Metrics::default();
+        let sizes = [400, 400, 300, 200];
+        for len in sizes {
+            h.send(relayed(len), &m);
+        }
+        assert_eq!(rx.len(), 3, "400 + 400 + 200 fit, 300 did not");
+        assert!(m.refusals().contains(&("sip.handoff_queue_bytes", 1)));
+        assert_eq!(h.room_for(1), Err(Bound::HandoffBytes));
+        let taken = rx.recv().await.unwrap();
+        assert_eq!(taken.bytes.len(), 400);
+        let copy = taken.clone();
+        drop(taken);
+        assert_eq!(
+            h.room_for(400),
+            Ok(()),
+            "the message taken gave its bytes back"
+        );
+        assert_eq!(h.room_for(401), Err(Bound::HandoffBytes));
+        drop(copy);
+        assert_eq!(
+            h.room_for(401),
+            Err(Bound::HandoffBytes),
+            "a copy holds nothing"
+        );
+        drop(rx);
+        assert_eq!(
+            h.room_for(1000),
+            Ok(()),
+            "a closed queue's messages are freed"
+        );
     }
 }

@@ -29,6 +29,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::call::TrackingConfig;
 use crate::config::{PortRange, ProxyConfig};
 use crate::error::Error;
 use crate::flow::{Flow, FlowKey, Transport};
@@ -119,6 +120,7 @@ impl Proxy {
             own_hosts.push(host_bytes(cfg.listen));
         }
         let metrics = Arc::new(Metrics::default());
+        metrics.calls.set_max(cfg.max_calls);
         let (closing_tx, closing) = watch::channel(false);
         let shared = Shared {
             relay: Relay {
@@ -135,7 +137,7 @@ impl Proxy {
             advertise,
             udp: udp.clone(),
             conns: Conns::new(cfg.ports.len()),
-            handoff: Handoff::new(tracking),
+            handoff: Handoff::new(tracking, cfg.handoff_queue_bytes),
             limiter: Arc::new(SourceLimiter::new(
                 cfg.source_rate_limit,
                 cfg.source_rate_burst,
@@ -182,6 +184,12 @@ impl Proxy {
     /// The relay's counters, for the metrics endpoint.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.shared.metrics)
+    }
+
+    /// Call tracking's settings for this proxy: its timeout and caps, and the counters it
+    /// shares with the relay (the calls in progress that `sip.max_calls` holds new calls to).
+    pub fn tracking_config(&self, node: impl Into<String>) -> TrackingConfig {
+        TrackingConfig::for_proxy(node, &self.shared.cfg, self.metrics())
     }
 
     /// The per-source limiter, whose rate and burst a reload sets while the proxy runs.
@@ -255,11 +263,15 @@ impl Shared {
         out: &mut Vec<u8>,
     ) {
         let decision = self.relay.handle(&arrival, data, out);
+        // Every message is handed to call tracking before it is sent: once sent, its answer
+        // can come back on another task and be handed over first (seen under load: a 401 and
+        // a 180 tracked before their INVITE, so missing from the call). A send that then
+        // fails is counted; its message stays in the call's log.
         match decision {
             Decision::Drop(reason) => self.metrics.dropped(reason),
             Decision::Reply { direction, .. } => {
-                self.send_back(&arrival, out).await;
                 self.observe(Origin::Local, direction, &arrival, arrival.src, out);
+                self.send_back(&arrival, out).await;
             }
             Decision::Forward { target, direction } => {
                 let sent = match target {
@@ -268,7 +280,8 @@ impl Shared {
                         local_port,
                     } => {
                         let dst = self.relay.upstream_addr(local_port);
-                        self.send_udp(local_port, dst, out).await.then_some(dst)
+                        self.observe(Origin::Forwarded, direction, &arrival, dst, data);
+                        self.send_udp(local_port, dst, out).await
                     }
                     Target::Upstream {
                         transport: Transport::Tcp,
@@ -276,18 +289,23 @@ impl Shared {
                     } => {
                         let dst = self.relay.upstream_addr(local_port);
                         match self.upstream_conn(local_port).await {
-                            Some(conn) => self.send_tcp(&conn, out).then_some(dst),
+                            Some(conn) => {
+                                self.observe(Origin::Forwarded, direction, &arrival, dst, data);
+                                self.send_tcp(&conn, out)
+                            }
                             None => {
                                 self.upstream_unreachable(&arrival, data, out).await;
                                 return;
                             }
                         }
                     }
-                    Target::Flow(flow) | Target::Address(flow) => self.send_flow(flow, out).await,
+                    Target::Flow(flow) | Target::Address(flow) => {
+                        self.observe(Origin::Forwarded, direction, &arrival, flow.remote, data);
+                        self.send_flow(flow, out).await
+                    }
                 };
-                match sent {
-                    Some(dst) => self.observe(Origin::Forwarded, direction, &arrival, dst, data),
-                    None => self.metrics.dropped(DropReason::SendFailed),
+                if !sent {
+                    self.metrics.dropped(DropReason::SendFailed);
                 }
             }
         }
@@ -295,22 +313,21 @@ impl Shared {
 
     /// Sends to a terminal's flow (or an address): UDP from the flow's port; TCP over its
     /// connection when still open, else over any connection to its address, else a new one.
-    async fn send_flow(self: &Arc<Self>, flow: Flow, out: &[u8]) -> Option<SocketAddr> {
+    async fn send_flow(self: &Arc<Self>, flow: Flow, out: &[u8]) -> bool {
         match flow.transport {
-            Transport::Udp => self
-                .send_udp(flow.local_port, flow.remote, out)
-                .await
-                .then_some(flow.remote),
+            Transport::Udp => self.send_udp(flow.local_port, flow.remote, out).await,
             Transport::Tcp => {
                 if let Some(conn) = self.conns.find(flow.conn, flow.remote) {
-                    return self.send_tcp(&conn, out).then_some(flow.remote);
+                    return self.send_tcp(&conn, out);
                 }
                 if self.relay.is_upstream_addr(flow.remote) {
-                    let conn = self.upstream_conn(flow.local_port).await?;
-                    return self.send_tcp(&conn, out).then_some(flow.remote);
+                    return match self.upstream_conn(flow.local_port).await {
+                        Some(conn) => self.send_tcp(&conn, out),
+                        None => false,
+                    };
                 }
                 crate::tcp::connect_and_send(Arc::clone(self), flow, Bytes::copy_from_slice(out));
-                Some(flow.remote)
+                true
             }
         }
     }
@@ -357,10 +374,10 @@ impl Shared {
             arrival,
             503,
             b"Service Unavailable (upstream unreachable)",
+            b"",
             out,
         );
         self.metrics.response(Direction::ToTerminal, method, 503);
-        self.send_back(arrival, out).await;
         self.observe(
             Origin::Local,
             Direction::ToTerminal,
@@ -368,6 +385,7 @@ impl Shared {
             arrival.src,
             out,
         );
+        self.send_back(arrival, out).await;
     }
 
     /// Hands one message to call tracking; never waits.
@@ -379,8 +397,9 @@ impl Shared {
         dst: SocketAddr,
         bytes: &[u8],
     ) {
-        if !self.handoff.has_room() {
+        if let Err(bound) = self.handoff.room_for(bytes.len()) {
             self.metrics.handoff_dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics.refused(bound, 1);
             return;
         }
         let src = match origin {
@@ -396,6 +415,7 @@ impl Shared {
                 src,
                 dst,
                 bytes: Bytes::copy_from_slice(bytes),
+                charge: Default::default(),
             },
             &self.metrics,
         );

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::PortRange;
 use crate::flow::{self, BranchInput, Flow, FlowKey, Transport};
-use crate::observe::{Direction, DropReason, Metrics};
+use crate::observe::{Bound, Direction, DropReason, Metrics};
 use crate::scan::{self, HeaderName, Message, Method, RPort, Uri, Via};
 
 /// Max-Forwards written when a request has none (RFC 3261 §16.6 step 3).
@@ -23,6 +23,8 @@ struct Refusal<'r> {
     status: u16,
     /// Reason phrase (may name the defect, for a 400).
     reason: &'r [u8],
+    /// Header lines added to the reply, each ending in CRLF.
+    headers: &'r [u8],
     /// How the drop is counted when no reply is possible (an ACK, or missing headers).
     otherwise: DropReason,
 }
@@ -30,18 +32,30 @@ struct Refusal<'r> {
 const TOO_LARGE: Refusal<'static> = Refusal {
     status: 413,
     reason: b"Request Entity Too Large",
+    headers: b"",
     otherwise: DropReason::TooLarge,
 };
 
 const TOO_MANY_HOPS: Refusal<'static> = Refusal {
     status: 483,
     reason: b"Too Many Hops",
+    headers: b"",
     otherwise: DropReason::Unroutable,
 };
 
 const NOT_FOUND: Refusal<'static> = Refusal {
     status: 404,
     reason: b"Not Found (no flow or address)",
+    headers: b"",
+    otherwise: DropReason::Unroutable,
+};
+
+/// A new call past `sip.max_calls` (RFC 3261 §21.5.4): the terminal may retry later, or try
+/// another node at once (RFC 3263 §4.3), which is what the other data centre is for.
+const TOO_MANY_CALLS: Refusal<'static> = Refusal {
+    status: 503,
+    reason: b"Service Unavailable (too many calls)",
+    headers: b"Retry-After: 10\r\n",
     otherwise: DropReason::Unroutable,
 };
 
@@ -200,6 +214,7 @@ impl Relay {
                 refusal = Refusal {
                     status: 400,
                     reason: reason.as_bytes(),
+                    headers: b"",
                     otherwise: DropReason::Unparseable,
                 };
                 &refusal
@@ -241,6 +256,7 @@ impl Relay {
             let bad = Refusal {
                 status: 400,
                 reason: reason.as_bytes(),
+                headers: b"",
                 otherwise: DropReason::Unparseable,
             };
             return self.refuse(msg, arrival, back, &bad, out);
@@ -249,7 +265,7 @@ impl Relay {
         let is_options = msg.method() == Some(Method::Options);
         if is_options && (max_forwards == 0 || self.is_options_for_us(msg)) {
             self.metrics.request(back.reverse(), method);
-            self.reply(msg, arrival, 200, b"OK", out);
+            self.reply(msg, arrival, 200, b"OK", b"", out);
             self.metrics.response(back, method, 200);
             return Decision::Reply {
                 direction: back,
@@ -258,6 +274,18 @@ impl Relay {
         }
         if max_forwards == 0 {
             return self.refuse(msg, arrival, back, &TOO_MANY_HOPS, out);
+        }
+        let new_call =
+            msg.method() == Some(Method::Invite) && msg.to().is_some_and(|t| t.tag.is_none());
+        // Only the terminals' calls: the Sipserver's own are few, and it is not asked to back
+        // off by the edge it relies on.
+        if new_call && side != Side::Upstream {
+            let call_id = msg.call_id().unwrap_or_default();
+            let from_tag = msg.from().and_then(|f| f.tag).unwrap_or_default();
+            if !self.metrics.calls.admit(call_id, from_tag) {
+                self.metrics.refused(Bound::Calls, 1);
+                return self.refuse(msg, arrival, back, &TOO_MANY_CALLS, out);
+            }
         }
         let (target, pop_route) = match side {
             Side::Upstream => match self.upstream_target(arrival, msg) {
@@ -519,7 +547,14 @@ impl Relay {
         if msg.method() == Some(Method::Ack) || !msg.is_mandatory_complete() {
             return Decision::Drop(refusal.otherwise);
         }
-        self.reply(msg, arrival, refusal.status, refusal.reason, out);
+        self.reply(
+            msg,
+            arrival,
+            refusal.status,
+            refusal.reason,
+            refusal.headers,
+            out,
+        );
         let method = msg.method_bytes().unwrap_or_default();
         self.metrics.response(back, method, refusal.status);
         Decision::Reply {
@@ -529,13 +564,15 @@ impl Relay {
     }
 
     /// Writes a stateless response to `msg` (RFC 3261 §8.2.6): its Vias (the top one with
-    /// `received`/`rport`), From, To with a tag, Call-ID and CSeq copied byte for byte.
+    /// `received`/`rport`), From, To with a tag, Call-ID and CSeq copied byte for byte, then
+    /// `headers` (whole lines, each ending in CRLF).
     pub fn reply(
         &self,
         msg: &Message<'_>,
         arrival: &Arrival,
         status: u16,
         reason: &[u8],
+        headers: &[u8],
         out: &mut Vec<u8>,
     ) {
         out.clear();
@@ -585,6 +622,7 @@ impl Relay {
                 out.extend_from_slice(b"\r\n");
             }
         }
+        out.extend_from_slice(headers);
         out.extend_from_slice(b"Server: sipedge\r\nContent-Length: 0\r\n\r\n");
     }
 }
@@ -902,6 +940,127 @@ mod tests {
             &["To: <sip:bob@bank>;tag=zz\r\n"],
             &[";tag=zz;tag="],
         );
+    }
+
+    /// Past `sip.max_calls`, a terminal's new INVITE gets a stateless 503 with Retry-After;
+    /// everything else is relayed as before.
+    #[test]
+    fn new_calls_past_the_cap_get_503() {
+        let full = |tagged: bool| {
+            let r = relay();
+            r.metrics.calls.set_max(5);
+            r.metrics.calls.set_active(if tagged { 4 } else { 5 });
+            r
+        };
+        let in_dialog = |s: String| s.replace("To: <sip:bob@bank>", "To: <sip:bob@bank>;tag=b1");
+        let refused = Decision::Reply {
+            direction: Direction::ToTerminal,
+            status: 503,
+        };
+        let from_upstream = "INVITE sip:8001@192.0.2.1 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 10.0.0.5:14501;branch=z9hG4bKup2\r\n\
+             From: <sip:95566@bank>;tag=s1\r\nTo: <sip:8001@bank>\r\nCall-ID: c2@x\r\n\
+             CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+            .to_owned();
+        let cases: [(&str, Relay, Arrival, String, Decision); 7] = [
+            (
+                "a new call at the cap",
+                full(false),
+                terminal(),
+                invite(""),
+                refused,
+            ),
+            (
+                "a new call under it",
+                full(true),
+                terminal(),
+                invite(""),
+                to_upstream(Transport::Udp),
+            ),
+            (
+                "a re-INVITE at the cap",
+                full(false),
+                terminal(),
+                in_dialog(invite("")),
+                to_upstream(Transport::Udp),
+            ),
+            (
+                "a BYE at the cap",
+                full(false),
+                terminal(),
+                in_dialog(request("BYE sip:bob@10.0.0.5 SIP/2.0", "BYE", "")),
+                to_upstream(Transport::Udp),
+            ),
+            (
+                "an ACK at the cap",
+                full(false),
+                terminal(),
+                request("ACK sip:bob@10.0.0.5 SIP/2.0", "ACK", ""),
+                to_upstream(Transport::Udp),
+            ),
+            (
+                "a REGISTER at the cap",
+                full(false),
+                terminal(),
+                request("REGISTER sip:10.0.0.5 SIP/2.0", "REGISTER", ""),
+                to_upstream(Transport::Udp),
+            ),
+            (
+                "the Sipserver's new call at the cap",
+                full(false),
+                upstream(),
+                from_upstream,
+                Decision::Forward {
+                    target: Target::Address(Flow {
+                        transport: Transport::Udp,
+                        local_port: 14501,
+                        remote: "192.0.2.1:5060".parse().unwrap(),
+                        conn: 0,
+                    }),
+                    direction: Direction::ToTerminal,
+                },
+            ),
+        ];
+        let r = full(true);
+        let mut out = Vec::new();
+        let first = r.handle(&terminal(), invite("").as_bytes(), &mut out);
+        assert_eq!(first, to_upstream(Transport::Udp));
+        r.metrics.calls.set_active(5);
+        let again = r.handle(&terminal(), invite("").as_bytes(), &mut out);
+        assert_eq!(
+            again,
+            to_upstream(Transport::Udp),
+            "a retransmission of a call let through passes at the cap"
+        );
+        let retry = invite("").replace("CSeq: 1 INVITE", "CSeq: 2 INVITE");
+        let retried = r.handle(&terminal(), retry.as_bytes(), &mut out);
+        assert_eq!(
+            retried,
+            to_upstream(Transport::Udp),
+            "the retry after a 401"
+        );
+        for (name, r, arrival, input, expected) in cases {
+            let mut out = Vec::new();
+            let got = r.handle(&arrival, input.as_bytes(), &mut out);
+            let text = String::from_utf8_lossy(&out);
+            assert_eq!(got, expected, "{name}:\n{text}");
+            let counted = r.metrics.refusals().contains(&("sip.max_calls", 1));
+            assert_eq!(counted, expected == refused, "{name}: refusal counted");
+            if expected == refused {
+                for line in [
+                    "SIP/2.0 503 Service Unavailable (too many calls)\r\n",
+                    "Via: SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bKabc;rport;received=203.0.113.7;rport=40000\r\n",
+                    "From: <sip:alice@bank>;tag=a1\r\n",
+                    "To: <sip:bob@bank>;tag=",
+                    "Call-ID: c1@x\r\nCSeq: 1 INVITE\r\n",
+                    "\r\nRetry-After: 10\r\n",
+                    "Content-Length: 0\r\n\r\n",
+                ] {
+                    assert!(text.contains(line), "{name}: no {line:?} in\n{text}");
+                }
+                assert!(scan::parse(&out).is_ok(), "{name}: the 503 parses");
+            }
+        }
     }
 
     #[test]

@@ -6,9 +6,15 @@
 //! queued before it; only what the socket does not take at once goes to the connection's
 //! writer task. Handing every message to the writer woke a second task per message, which
 //! cost 10-15 % of sipedge's CPU per call over TCP (BENCHMARKS.md, issue 4).
+//!
+//! Memory per connection is bounded both ways: `sip.tcp_max_buffer_bytes` of unframed input,
+//! `sip.tcp_max_write_queue_bytes` of output the peer has not taken. A peer that lets more
+//! than that pile up is closed at once (the message that did not fit is dropped, and nothing
+//! queued is flushed), never waited for. `sip.tcp_max_connections_per_source` caps what one
+//! address may open.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -17,17 +23,17 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::flow::{Flow, Transport};
 use crate::frame::{Frame, Framer};
-use crate::observe::{DropReason, Origin};
+use crate::observe::{Bound, DropReason, Origin};
 use crate::proxy::Shared;
 use crate::relay::Decision;
 use crate::relay::{Arrival, Side, StreamProblem};
 
-/// Messages queued for one connection's writer; a peer that stops reading loses messages
-/// beyond this instead of growing memory.
+/// Messages queued for one connection's writer, besides the byte cap: a flood of tiny
+/// messages (keep-alive answers) costs more than their bytes.
 const WRITE_QUEUE: usize = 1024;
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
@@ -52,7 +58,7 @@ pub(crate) struct ConnHandle {
 
 impl ConnHandle {
     fn is_open(&self) -> bool {
-        !self.out.tx.is_closed()
+        !self.out.tx.is_closed() && self.out.lock().writing != Writing::Closed
     }
 }
 
@@ -65,7 +71,42 @@ struct Outbox {
     tx: mpsc::Sender<Bytes>,
     /// Taken by every sender and by the writer task between two messages, so that messages
     /// never interleave or overtake one another.
-    state: Mutex<Writing>,
+    state: Mutex<OutState>,
+    /// `sip.tcp_max_write_queue_bytes`.
+    max_queued: usize,
+    /// Tells the connection's reader that the peer let the queue overflow: the connection
+    /// ends.
+    overflow: Notify,
+}
+
+/// What an [`Outbox`]'s lock guards.
+#[derive(Debug)]
+struct OutState {
+    /// Who writes now.
+    writing: Writing,
+    /// Bytes in the writer's queue.
+    queued: usize,
+    /// Whether the connection is closing because its queue overflowed (nothing is flushed).
+    overflowed: bool,
+}
+
+impl OutState {
+    fn new() -> Mutex<OutState> {
+        Mutex::new(OutState {
+            writing: Writing::Idle,
+            queued: 0,
+            overflowed: false,
+        })
+    }
+}
+
+/// Why [`Outbox::send`] did not take a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// The connection is closing or broken.
+    Closed,
+    /// The message did not fit in the queue: the connection is closing now because of it.
+    Overflow,
 }
 
 /// Who may write to the socket.
@@ -80,34 +121,52 @@ enum Writing {
 }
 
 impl Outbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Writing> {
+    fn new(wr: OwnedWriteHalf, tx: mpsc::Sender<Bytes>, max_queued: usize) -> Outbox {
+        Outbox {
+            wr,
+            tx,
+            state: OutState::new(),
+            max_queued,
+            overflow: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Writes or queues `bytes`; false when the connection is closing, broken or its queue
-    /// is full.
-    fn send(&self, bytes: &[u8]) -> bool {
+    /// Writes or queues `bytes`; refused when the connection is closing or broken, or when
+    /// they do not fit in the queue (which closes the connection).
+    fn send(&self, bytes: &[u8]) -> Result<(), Refused> {
         let mut state = self.lock();
-        match *state {
-            Writing::Closed => false,
-            Writing::Queued => self.tx.try_send(Bytes::copy_from_slice(bytes)).is_ok(),
+        let rest = match state.writing {
+            Writing::Closed => return Err(Refused::Closed),
+            Writing::Queued => bytes,
             Writing::Idle => {
                 let written = match self.wr.try_write(bytes) {
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-                    Err(_) => return false,
+                    Err(_) => return Err(Refused::Closed),
                 };
-                let Some(rest) = bytes.get(written..).filter(|rest| !rest.is_empty()) else {
-                    return true;
-                };
-                // The queue is empty while idle, so this fails only once the writer is gone.
-                if self.tx.try_send(Bytes::copy_from_slice(rest)).is_err() {
-                    return false;
+                match bytes.get(written..).filter(|rest| !rest.is_empty()) {
+                    Some(rest) => rest,
+                    None => return Ok(()),
                 }
-                *state = Writing::Queued;
-                true
             }
+        };
+        let fits = state.queued.saturating_add(rest.len()) <= self.max_queued;
+        if fits && self.tx.try_send(Bytes::copy_from_slice(rest)).is_ok() {
+            state.queued += rest.len();
+            state.writing = Writing::Queued;
+            return Ok(());
         }
+        if self.tx.is_closed() {
+            return Err(Refused::Closed);
+        }
+        state.writing = Writing::Closed;
+        state.overflowed = true;
+        self.overflow.notify_one();
+        Err(Refused::Overflow)
     }
 
     /// Writes all of `bytes` once the socket takes them.
@@ -132,6 +191,61 @@ pub(crate) struct Conns {
     /// One connection to the upstream per sipedge port, reused by every terminal on that
     /// port; the async lock makes concurrent senders wait for one connect.
     pool: Vec<tokio::sync::Mutex<Option<ConnHandle>>>,
+    /// Inbound connections per source IP.
+    sources: Arc<SourceCounts>,
+}
+
+/// Inbound connections open per source IP, for `sip.tcp_max_connections_per_source`; a
+/// source leaves the map with its last connection, so it holds at most one entry per
+/// connection.
+#[derive(Debug, Default)]
+struct SourceCounts(Mutex<HashMap<IpAddr, usize>>);
+
+/// One inbound connection's place in its source's count, given back when the connection
+/// ends.
+#[derive(Debug)]
+struct SourceSlot {
+    counts: Arc<SourceCounts>,
+    ip: IpAddr,
+}
+
+impl SourceCounts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A slot for one more connection from `ip`, unless it has `max` already.
+    fn claim(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut counts = self.lock();
+        let open = counts.entry(ip).or_insert(0);
+        if *open >= max {
+            return None;
+        }
+        *open += 1;
+        Some(SourceSlot {
+            counts: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock();
+        if let Some(open) = counts.get_mut(&self.ip) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// What holds an inbound connection's places under the connection caps.
+#[derive(Debug)]
+struct Admission {
+    _permit: OwnedSemaphorePermit,
+    _source: Option<SourceSlot>,
 }
 
 #[derive(Debug, Default)]
@@ -147,6 +261,7 @@ impl Conns {
         Conns {
             table: Mutex::new(Table::default()),
             pool: (0..ports).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            sources: Arc::default(),
         }
     }
 
@@ -199,13 +314,13 @@ impl Shared {
     ) {
         match self.relay.refuse_stream(arrival, buffered, problem, out) {
             Decision::Reply { direction, .. } => {
+                // Handed to call tracking first, as in `process`.
+                self.observe(Origin::Local, direction, arrival, arrival.src, out);
                 let sent = self
                     .conns
                     .find(arrival.conn, arrival.src)
                     .is_some_and(|c| self.send_tcp(&c, out));
-                if sent {
-                    self.observe(Origin::Local, direction, arrival, arrival.src, out);
-                } else {
+                if !sent {
                     self.metrics.dropped(DropReason::SendFailed);
                 }
             }
@@ -214,9 +329,49 @@ impl Shared {
         }
     }
 
-    /// Queues `out` on a connection; false when its queue is full or it is closing.
+    /// Queues `out` on a connection; false when it is closing, or when its queue is full
+    /// (then it closes: see the module's note).
     pub(crate) fn send_tcp(&self, conn: &ConnHandle, out: &[u8]) -> bool {
-        conn.out.send(out)
+        match conn.out.send(out) {
+            Ok(()) => true,
+            Err(Refused::Closed) => false,
+            Err(Refused::Overflow) => {
+                self.metrics.refused(Bound::TcpWriteQueue, 1);
+                tracing::warn!(
+                    peer = %conn.remote,
+                    cap = self.cfg.tcp_max_write_queue_bytes,
+                    "TCP peer does not read: sip.tcp_max_write_queue_bytes reached, connection closed"
+                );
+                false
+            }
+        }
+    }
+
+    /// Places for an inbound connection from `remote` under `sip.tcp_max_connections` and
+    /// (unless it is the upstream's) `sip.tcp_max_connections_per_source`; `None` counts
+    /// the refusal.
+    fn admit_connection(&self, remote: SocketAddr, side: Side) -> Option<Admission> {
+        let Ok(permit) = Arc::clone(&self.conn_permits).try_acquire_owned() else {
+            self.metrics.dropped(DropReason::TcpCap);
+            self.metrics.refused(Bound::TcpConnections, 1);
+            return None;
+        };
+        let source = match side {
+            Side::Upstream => None,
+            _ => {
+                let max = self.cfg.tcp_max_connections_per_source;
+                let Some(slot) = self.conns.sources.claim(remote.ip(), max) else {
+                    self.metrics.dropped(DropReason::TcpCap);
+                    self.metrics.refused(Bound::TcpConnectionsPerSource, 1);
+                    return None;
+                };
+                Some(slot)
+            }
+        };
+        Some(Admission {
+            _permit: permit,
+            _source: source,
+        })
     }
 
     /// The pooled connection to the upstream for sipedge port `port`, connecting when there
@@ -265,19 +420,18 @@ pub(crate) async fn accept(shared: Arc<Shared>, port: u16, listener: TcpListener
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&shared.conn_permits).try_acquire_owned() else {
-            shared.metrics.dropped(DropReason::TcpCap);
+        let side = shared.tcp_side(remote);
+        let Some(admission) = shared.admit_connection(remote, side) else {
             drop(stream);
             continue;
         };
-        let side = shared.tcp_side(remote);
         start(
             Arc::clone(&shared),
             stream,
             remote,
             port,
             side,
-            Some(permit),
+            Some(admission),
         );
     }
 }
@@ -294,8 +448,7 @@ pub(crate) fn connect_and_send(shared: Arc<Shared>, flow: Flow, first: Bytes) {
             shared.metrics.dropped(DropReason::SendFailed);
             return;
         };
-        let Ok(permit) = Arc::clone(&shared.conn_permits).try_acquire_owned() else {
-            shared.metrics.dropped(DropReason::TcpCap);
+        let Some(admission) = shared.admit_connection(flow.remote, Side::Terminal) else {
             return;
         };
         let conn = start(
@@ -304,9 +457,9 @@ pub(crate) fn connect_and_send(shared: Arc<Shared>, flow: Flow, first: Bytes) {
             flow.remote,
             flow.local_port,
             Side::Terminal,
-            Some(permit),
+            Some(admission),
         );
-        if !conn.out.send(&first) {
+        if !shared.send_tcp(&conn, &first) {
             shared.metrics.dropped(DropReason::SendFailed);
         }
     });
@@ -320,17 +473,13 @@ fn start(
     remote: SocketAddr,
     port: u16,
     side: Side,
-    permit: Option<OwnedSemaphorePermit>,
+    admission: Option<Admission>,
 ) -> ConnHandle {
     let _ = stream.set_nodelay(true);
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
     let (rd, wr) = stream.into_split();
-    let out = Arc::new(Outbox {
-        wr,
-        tx,
-        state: Mutex::new(Writing::Idle),
-    });
+    let out = Arc::new(Outbox::new(wr, tx, shared.cfg.tcp_max_write_queue_bytes));
     let handle = ConnHandle {
         id,
         remote,
@@ -343,7 +492,7 @@ fn start(
         .fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         let (stop_tx, stop_rx) = oneshot::channel();
-        let mut writer = tokio::spawn(write_loop(out, rx, stop_rx));
+        let mut writer = tokio::spawn(write_loop(Arc::clone(&out), rx, stop_rx));
         let arrival = Arrival {
             transport: Transport::Tcp,
             local_port: port,
@@ -351,7 +500,7 @@ fn start(
             conn: id,
             side,
         };
-        read_loop(&shared, rd, arrival).await;
+        read_loop(&shared, rd, arrival, &out).await;
         // Let the writer flush what is queued (a final 413), but not wait on a stuck peer.
         let _ = stop_tx.send(());
         if tokio::time::timeout(FLUSH_TIMEOUT, &mut writer)
@@ -365,7 +514,7 @@ fn start(
             .metrics
             .tcp_connections
             .fetch_sub(1, Ordering::Relaxed);
-        drop(permit);
+        drop(admission);
     });
     handle
 }
@@ -379,17 +528,27 @@ async fn write_loop(
         let bytes = tokio::select! {
             b = rx.recv() => b,
             _ = &mut stop => {
-                // No new messages; what is already queued still goes out.
-                *out.lock() = Writing::Closed;
+                let overflowed = {
+                    let mut state = out.lock();
+                    state.writing = Writing::Closed;
+                    state.overflowed
+                };
                 rx.close();
-                while let Some(bytes) = rx.recv().await {
+                // No new messages; what is already queued still goes out, unless the peer
+                // stopped reading it.
+                while !overflowed && let Some(bytes) = rx.recv().await {
                     if out.write_all(&bytes).await.is_err() {
                         return;
                     }
                 }
                 // Other tasks may still hold the write half: shut the socket down here
                 // rather than when the last of them lets go.
-                let _ = socket2::SockRef::from(out.wr.as_ref()).shutdown(std::net::Shutdown::Write);
+                let how = if overflowed {
+                    std::net::Shutdown::Both
+                } else {
+                    std::net::Shutdown::Write
+                };
+                let _ = socket2::SockRef::from(out.wr.as_ref()).shutdown(how);
                 return;
             }
         };
@@ -397,19 +556,25 @@ async fn write_loop(
             return;
         };
         if out.write_all(&bytes).await.is_err() {
-            *out.lock() = Writing::Closed;
+            out.lock().writing = Writing::Closed;
             return;
         }
         let mut state = out.lock();
-        if *state == Writing::Queued && rx.is_empty() {
-            *state = Writing::Idle;
+        state.queued = state.queued.saturating_sub(bytes.len());
+        if state.writing == Writing::Queued && rx.is_empty() {
+            state.writing = Writing::Idle;
         }
     }
 }
 
 /// Reads, frames and relays messages until the peer closes, the connection idles out, a cap
 /// is hit, the stream cannot be framed, or sipedge shuts down.
-async fn read_loop(shared: &Arc<Shared>, mut rd: tokio::net::tcp::OwnedReadHalf, arrival: Arrival) {
+async fn read_loop(
+    shared: &Arc<Shared>,
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    arrival: Arrival,
+    out_box: &Outbox,
+) {
     let cap = shared.cfg.tcp_max_buffer_bytes;
     let idle = shared.cfg.tcp_idle_timeout;
     let mut framer = Framer::new(shared.cfg.max_message_bytes);
@@ -449,12 +614,14 @@ async fn read_loop(shared: &Arc<Shared>, mut rd: tokio::net::tcp::OwnedReadHalf,
         }
         if buf.len() >= cap {
             shared.metrics.dropped(DropReason::TcpCap);
+            shared.metrics.refused(Bound::TcpBuffer, 1);
             return;
         }
         buf.reserve(READ_CHUNK.min(cap - buf.len()));
         let read = tokio::select! {
             r = tokio::time::timeout(idle, rd.read_buf(&mut buf)) => r,
             _ = closing.changed() => return,
+            () = out_box.overflow.notified() => return,
         };
         match read {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
@@ -471,7 +638,9 @@ mod tests {
 
     /// A connected pair on loopback, the first side's write half in an [`Outbox`] with its
     /// writer task running.
-    async fn outbox() -> (
+    async fn outbox(
+        max_queued: usize,
+    ) -> (
         Arc<Outbox>,
         TcpStream,
         oneshot::Sender<()>,
@@ -489,11 +658,7 @@ mod tests {
             .unwrap();
         let (_rd, wr) = client.into_split();
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let out = Arc::new(Outbox {
-            wr,
-            tx,
-            state: Mutex::new(Writing::Idle),
-        });
+        let out = Arc::new(Outbox::new(wr, tx, max_queued));
         let (stop_tx, stop_rx) = oneshot::channel();
         let writer = tokio::spawn(write_loop(Arc::clone(&out), rx, stop_rx));
         (out, peer, stop_tx, writer)
@@ -503,7 +668,7 @@ mod tests {
     /// the unwritten rest, and the peer still receives every byte once, in order.
     #[tokio::test]
     async fn direct_writes_and_queued_rests_keep_their_order() {
-        let (out, mut peer, _stop, writer) = outbox().await;
+        let (out, mut peer, _stop, writer) = outbox(usize::MAX).await;
         let messages: Vec<Vec<u8>> = (0..200u32)
             .map(|i| {
                 let mut m = format!("message {i:04} ").into_bytes();
@@ -513,8 +678,8 @@ mod tests {
             .collect();
         let mut queued_at_some_point = false;
         for m in &messages {
-            assert!(out.send(m));
-            queued_at_some_point |= *out.lock() == Writing::Queued;
+            assert_eq!(out.send(m), Ok(()));
+            queued_at_some_point |= out.lock().writing == Writing::Queued;
         }
         assert!(queued_at_some_point, "the messages never filled the socket");
 
@@ -532,11 +697,11 @@ mod tests {
     /// sees the end of the stream.
     #[tokio::test]
     async fn a_closed_outbox_flushes_then_takes_nothing() {
-        let (out, mut peer, stop, writer) = outbox().await;
-        assert!(out.send(b"before"));
+        let (out, mut peer, stop, writer) = outbox(usize::MAX).await;
+        assert_eq!(out.send(b"before"), Ok(()));
         stop.send(()).unwrap();
         writer.await.unwrap();
-        assert!(!out.send(b"after"));
+        assert_eq!(out.send(b"after"), Err(Refused::Closed));
         let mut received = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), peer.read_to_end(&mut received))
             .await
@@ -546,5 +711,64 @@ mod tests {
             received, b"before",
             "the socket was not shut down after the flush"
         );
+    }
+
+    /// A peer that reads nothing: the queue grows to its cap and no further; the message
+    /// that does not fit closes the connection at once (nothing is flushed to a peer that
+    /// does not read), and later ones are refused.
+    #[tokio::test]
+    async fn a_peer_that_does_not_read_is_closed_at_the_queue_cap() {
+        const CAP: usize = 256 * 1024;
+        let (out, mut peer, stop, writer) = outbox(CAP).await;
+        let message = vec![b'x'; 10_000];
+        let mut sent = 0usize;
+        let refused = loop {
+            match out.send(&message) {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(out.lock().queued <= CAP, "queued past the cap");
+            assert!(sent < 10_000, "the queue never filled");
+        };
+        assert_eq!(refused, Refused::Overflow);
+        assert!(
+            out.lock().queued > CAP - message.len(),
+            "refused before the queue was full: {} bytes queued",
+            out.lock().queued
+        );
+        assert_eq!(out.send(b"later"), Err(Refused::Closed));
+        tokio::time::timeout(Duration::from_secs(5), out.overflow.notified())
+            .await
+            .expect("the reader is told");
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .expect("the writer stops without flushing to a peer that does not read")
+            .unwrap();
+        // What reached the peer is a prefix of what was sent, then the end of the stream.
+        let mut received = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), peer.read_to_end(&mut received))
+            .await
+            .expect("the peer sees the connection end");
+        assert!(received.len() <= sent * message.len());
+        assert!(received.iter().all(|&b| b == b'x'));
+    }
+
+    /// Each source has its own count; a slot given back makes room, and a source with no
+    /// connection left leaves the table.
+    #[test]
+    fn sources_are_counted_apart() {
+        let counts = Arc::new(SourceCounts::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let first = counts.claim(a, 2).unwrap();
+        let second = counts.claim(a, 2).unwrap();
+        assert!(counts.claim(a, 2).is_none(), "a third from the same source");
+        let other = counts.claim(b, 2).unwrap();
+        drop(first);
+        let again = counts.claim(a, 2).unwrap();
+        assert!(counts.claim(a, 2).is_none());
+        drop((second, again, other));
+        assert!(counts.lock().is_empty(), "{:?}", counts.lock());
     }
 }

@@ -32,6 +32,10 @@ pub struct MonitorConfig {
     /// An `http://host:port/path` URL that receives every alarm change as a JSON POST.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<String>,
+    /// Alarm changes held for the webhook while its receiver is away; past it the oldest
+    /// are dropped and counted.
+    #[serde(default = "default_webhook_queue")]
+    pub webhook_queue: usize,
     /// The processes to watch.
     #[serde(default, rename = "process")]
     pub processes: Vec<ProcessWatch>,
@@ -47,9 +51,14 @@ impl Default for MonitorConfig {
             disk_min_free_mb: default_disk_min_free_mb(),
             disk_min_free_percent: default_disk_min_free_percent(),
             webhook: None,
+            webhook_queue: default_webhook_queue(),
             processes: Vec::new(),
         }
     }
+}
+
+fn default_webhook_queue() -> usize {
+    1000
 }
 
 fn default_interval() -> Duration {
@@ -177,6 +186,9 @@ impl MonitorConfig {
         let mut problems = Vec::new();
         if self.interval < Duration::from_millis(100) {
             problems.push("monitor.interval: must be at least 100ms".to_owned());
+        }
+        if self.webhook_queue == 0 {
+            problems.push("monitor.webhook_queue: must be at least 1".to_owned());
         }
         if self.probe_timeout.is_zero() || self.probe_timeout >= self.interval {
             problems.push(format!(

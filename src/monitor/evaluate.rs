@@ -73,11 +73,13 @@ pub struct DiskSample {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Observation {
     /// The periodic look: per watch (in [`Rules::watches`] order) the processes that match;
-    /// the disk when it could be read; the store writer's failure counter.
+    /// the disk when it could be read; the store writer's failure counter, and whether its
+    /// last commit attempt failed (its retries back off to longer than an interval).
     Tick {
         processes: Vec<Vec<ProcSample>>,
         disk: Option<DiskSample>,
         store_failures: u64,
+        store_failing: bool,
     },
     /// One upstream probe's outcome: answered (any status) or timed out.
     Probe { answered: bool },
@@ -244,6 +246,7 @@ pub fn evaluate(
             processes,
             disk,
             store_failures,
+            store_failing,
         } => {
             next.watches
                 .resize_with(rules.watches.len(), WatchState::default);
@@ -285,7 +288,7 @@ pub fn evaluate(
             out.set(
                 AlarmKind::StoreError,
                 &rules.data_dir,
-                grown > 0,
+                grown > 0 || *store_failing,
                 Severity::Critical,
                 || format!("{grown} store commit attempts failed in the last interval (they are retried); check the disk of {}", rules.data_dir),
             );
@@ -605,6 +608,7 @@ mod tests {
             processes: vec![web.to_vec(), sipserver.to_vec()],
             disk,
             store_failures,
+            store_failing: false,
         }
     }
 
@@ -907,6 +911,24 @@ mod tests {
                     tick_with(&web, &sip_ok(), Some(DISK_OK), 7),
                     &["-store_error:/data"],
                 ),
+            ],
+            0,
+        );
+        // A writer stuck on one batch retries less often than the monitor looks: the alarm
+        // stays up while its last attempt failed, and clears when one succeeds.
+        let stuck = |failures: u64, failing: bool| Observation::Tick {
+            processes: vec![web.to_vec(), sip_ok().to_vec()],
+            disk: Some(DISK_OK),
+            store_failures: failures,
+            store_failing: failing,
+        };
+        check(
+            &[
+                (0, stuck(0, false), &[]),
+                (5, stuck(3, true), &["+store_error:/data"]),
+                (10, stuck(3, true), &[]),
+                (15, stuck(3, true), &[]),
+                (20, stuck(3, false), &["-store_error:/data"]),
             ],
             0,
         );

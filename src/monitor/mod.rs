@@ -201,6 +201,7 @@ pub async fn start(
     let webhook = match &config.webhook {
         Some(url) => Some(Webhook::start(
             WebhookUrl::parse(url).map_err(|e| MonitorError::Config(format!("webhook: {e}")))?,
+            config.webhook_queue,
             shutdown.clone(),
         )),
         None => None,
@@ -419,10 +420,14 @@ async fn run(
                 let sampler = sampler.clone();
                 let store = core.outputs.store.clone();
                 // Reading /proc is blocking file I/O.
-                let looked = tokio::task::spawn_blocking(move || Observation::Tick {
-                    processes: sampler.processes(),
-                    disk: sampler.disk(),
-                    store_failures: store.writer_stats().failures,
+                let looked = tokio::task::spawn_blocking(move || {
+                    let writer = store.writer_stats();
+                    Observation::Tick {
+                        processes: sampler.processes(),
+                        disk: sampler.disk(),
+                        store_failures: writer.failures,
+                        store_failing: writer.failing,
+                    }
                 })
                 .await;
                 match looked {

@@ -15,8 +15,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::WebhookUrl;
 
-/// Alarm changes held while the receiver is away.
-const QUEUE_LEN: usize = 1000;
 /// The first wait after a failed POST; doubled each time up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -34,6 +32,8 @@ struct Shared {
     /// Bodies waiting, oldest first, each with its sequence number so that the sender pops
     /// only the one it sent even if it was dropped meanwhile.
     queue: Mutex<(u64, VecDeque<(u64, Bytes)>)>,
+    /// `monitor.webhook_queue`: bodies held at most.
+    capacity: usize,
     /// Wakes the sender when the queue was empty.
     wake: Notify,
     /// Alarm changes dropped because the queue was full: `sipedge_webhook_dropped_total`.
@@ -44,9 +44,10 @@ struct Shared {
 
 impl Webhook {
     /// Starts the sending task; it ends on `shutdown`.
-    pub fn start(url: WebhookUrl, shutdown: CancellationToken) -> Webhook {
+    pub fn start(url: WebhookUrl, capacity: usize, shutdown: CancellationToken) -> Webhook {
         let shared = Arc::new(Shared {
             queue: Mutex::new((0, VecDeque::new())),
+            capacity: capacity.max(1),
             wake: Notify::new(),
             dropped: Counter::default(),
             failures: Counter::default(),
@@ -65,7 +66,7 @@ impl Webhook {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             let (next, queue) = &mut *guard;
-            if queue.len() >= QUEUE_LEN {
+            if queue.len() >= self.shared.capacity {
                 queue.pop_front();
                 self.shared.dropped.inc();
             }
@@ -163,7 +164,8 @@ mod tests {
             .port();
         let url = WebhookUrl::parse(&format!("http://127.0.0.1:{port}/x")).unwrap();
         let shutdown = CancellationToken::new();
-        let webhook = Webhook::start(url, shutdown.clone());
+        const QUEUE_LEN: usize = 20;
+        let webhook = Webhook::start(url, QUEUE_LEN, shutdown.clone());
         for n in 0..(QUEUE_LEN + 5) {
             webhook.send(&serde_json::json!({ "n": n }));
         }

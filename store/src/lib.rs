@@ -36,6 +36,7 @@ pub mod outbox;
 pub mod query;
 pub mod writer;
 
+use std::collections::HashMap;
 use std::ops::{Bound, ControlFlow};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -288,6 +289,9 @@ impl Store {
     }
 
     pub fn get_alarm(&self, id: AlarmId) -> Result<Option<Alarm>, StoreError> {
+        if let Some(unsaved) = self.unsaved_alarms().into_iter().find(|a| a.id == id) {
+            return Ok(Some(unsaved));
+        }
         let mut snap = self.inner.kv.snapshot()?;
         match snap.get(Table::Alarms, &id.0.to_be_bytes())? {
             Some(value) => codec::decode_alarm(id, &value).map(Some),
@@ -296,7 +300,13 @@ impl Store {
     }
 
     /// Up to `limit` alarms, newest raised first; only those not cleared if `active_only`.
+    /// Alarms submitted and not yet committed are included, in their newest version.
     pub fn alarms(&self, active_only: bool, limit: usize) -> Result<Vec<Alarm>, StoreError> {
+        let unsaved: HashMap<AlarmId, Alarm> = self
+            .unsaved_alarms()
+            .into_iter()
+            .map(|a| (a.id, a))
+            .collect();
         let mut snap = self.inner.kv.snapshot()?;
         let mut out = Vec::new();
         if limit == 0 {
@@ -311,7 +321,11 @@ impl Store {
                     what: "alarm key",
                     detail: format!("{} bytes", k.len()),
                 })?;
-                let alarm = codec::decode_alarm(AlarmId(u128::from_be_bytes(id)), v)?;
+                let id = AlarmId(u128::from_be_bytes(id));
+                if unsaved.contains_key(&id) {
+                    return Ok(ControlFlow::Continue(()));
+                }
+                let alarm = codec::decode_alarm(id, v)?;
                 if !active_only || alarm.is_active() {
                     out.push(alarm);
                 }
@@ -322,7 +336,18 @@ impl Store {
                 })
             },
         )?;
+        out.extend(
+            unsaved
+                .into_values()
+                .filter(|a| !active_only || a.is_active()),
+        );
+        out.sort_unstable_by_key(|a| std::cmp::Reverse(a.id));
+        out.truncate(limit);
         Ok(out)
+    }
+
+    fn unsaved_alarms(&self) -> Vec<Alarm> {
+        self.inner.writer.unsaved_alarms()
     }
 }
 

@@ -6,13 +6,13 @@
 
 use std::collections::HashMap;
 use std::ops::{Bound, ControlFlow};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::StoreError;
-use crate::alarm::Alarm;
+use crate::alarm::{Alarm, AlarmId};
 use crate::cdr::{Cdr, CdrId, UnixMs};
 use crate::codec::{self, Counts, Kind};
 use crate::config::StoreConfig;
@@ -66,6 +66,9 @@ pub struct WriterStats {
     pub failures: u64,
     /// Duration of the last successful commit.
     pub last_commit: Duration,
+    /// The last commit attempt failed and its batch is waiting for the next one (a full
+    /// disk): true for as long as the writer is stuck, however slow its retries are.
+    pub failing: bool,
     /// Writes submitted and not yet committed.
     pub queued: u64,
 }
@@ -81,12 +84,17 @@ struct Counters {
     logs: AtomicU64,
     /// Failed commit attempts.
     failures: AtomicU64,
+    /// Whether the last attempt failed.
+    failing: AtomicBool,
     /// The last successful commit's duration, in µs.
     last_commit_us: AtomicU64,
     /// Ops accepted by `submit`; with `committed`, the queue depth.
     submitted: AtomicU64,
     /// Ops whose batch was committed.
     committed: AtomicU64,
+    /// Alarms submitted and not yet committed, which readers see as if stored: the alarm
+    /// that says the store cannot commit (a full disk) must be shown while that lasts.
+    unsaved_alarms: Mutex<HashMap<AlarmId, Alarm>>,
 }
 
 /// A [`WriteOp`] as the writer thread takes it.
@@ -143,7 +151,14 @@ impl Writer {
             WriteOp::AppendLog(id, entry) => Queued::Log(id, codec::encode_log(&entry)),
             WriteOp::PutCall(id, bytes) => Queued::PutCall(id, bytes),
             WriteOp::RemoveCall(id) => Queued::RemoveCall(id),
-            WriteOp::PutAlarm(alarm) => Queued::Alarm(alarm),
+            WriteOp::PutAlarm(alarm) => {
+                self.counters
+                    .unsaved_alarms
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(alarm.id, alarm.clone());
+                Queued::Alarm(alarm)
+            }
             WriteOp::AckOutbox(seq) => Queued::Ack(seq),
             WriteOp::PutSinkState(name, state) => Queued::SinkState(name, state),
         };
@@ -171,9 +186,21 @@ impl Writer {
             cdrs_written: c.cdrs.load(Ordering::Relaxed),
             log_entries_written: c.logs.load(Ordering::Relaxed),
             failures: c.failures.load(Ordering::Relaxed),
+            failing: c.failing.load(Ordering::Relaxed),
             last_commit: Duration::from_micros(c.last_commit_us.load(Ordering::Relaxed)),
             queued: submitted.saturating_sub(c.committed.load(Ordering::Relaxed)),
         }
+    }
+
+    /// The alarms submitted and not yet committed, newest version of each.
+    pub(crate) fn unsaved_alarms(&self) -> Vec<Alarm> {
+        self.counters
+            .unsaved_alarms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub(crate) fn purge(&self, timeout: Duration) -> Result<Purged, StoreError> {
@@ -424,19 +451,39 @@ impl WriterThread {
         loop {
             match self.try_commit(ops) {
                 Ok(()) => {
+                    self.counters.failing.store(false, Ordering::Relaxed);
                     self.counters
                         .committed
                         .fetch_add(ops.len() as u64, Ordering::Relaxed);
+                    self.forget_saved_alarms(ops);
                     ops.clear();
                     return;
                 }
                 Err(e) => {
                     self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    self.counters.failing.store(true, Ordering::Relaxed);
                     tracing::error!(error = %e, ops = ops.len(), retry_in = ?pause,
                         "store commit failed; retrying, nothing is dropped");
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(RETRY_MAX);
                 }
+            }
+        }
+    }
+
+    /// Drops the committed alarms from the unsaved ones, unless a newer version of one was
+    /// submitted meanwhile.
+    fn forget_saved_alarms(&self, ops: &[Queued]) {
+        let mut unsaved = self
+            .counters
+            .unsaved_alarms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for op in ops {
+            if let Queued::Alarm(alarm) = op
+                && unsaved.get(&alarm.id) == Some(alarm)
+            {
+                unsaved.remove(&alarm.id);
             }
         }
     }
@@ -805,6 +852,54 @@ mod tests {
             }
             self.inner.commit(batch)
         }
+    }
+
+    /// An alarm raised while commits fail (the alarm about them, say) is readable at once
+    /// and for as long as they fail, and leaves the unsaved set once committed.
+    #[test]
+    fn alarms_not_yet_committed_are_readable() {
+        use crate::alarm::{AlarmKind, Severity};
+        let dir = tempfile::tempdir().unwrap();
+        let kv = Arc::new(FailingFirst {
+            inner: engine::open(dir.path(), Engine::Redb).unwrap(),
+            failures_left: AtomicU64::new(3),
+        });
+        let cfg = StoreConfig {
+            flush_interval: Duration::from_millis(10),
+            ..StoreConfig::default()
+        };
+        let (writer, thread) = spawn(kv.clone(), cfg).unwrap();
+        let raised = Alarm {
+            id: AlarmId::new(UnixMs(1_000), "n", AlarmKind::StoreError, "/data"),
+            node: "n".into(),
+            kind: AlarmKind::StoreError,
+            target: "/data".into(),
+            severity: Severity::Critical,
+            message: "commits fail".into(),
+            raised_at: UnixMs(1_000),
+            cleared_at: None,
+        };
+        let cleared = Alarm {
+            cleared_at: Some(UnixMs(2_000)),
+            ..raised.clone()
+        };
+        writer.submit(WriteOp::PutAlarm(raised.clone())).unwrap();
+        assert_eq!(writer.unsaved_alarms(), vec![raised.clone()]);
+        writer.submit(WriteOp::PutAlarm(cleared.clone())).unwrap();
+        assert_eq!(writer.unsaved_alarms(), vec![cleared.clone()]);
+        writer.flush(Duration::from_secs(30)).unwrap();
+        let stats = writer.stats();
+        assert_eq!((stats.failures, stats.failing), (3, false));
+        assert_eq!(writer.unsaved_alarms(), vec![]);
+        let mut snap = kv.snapshot().unwrap();
+        let stored = snap
+            .get(Table::Alarms, &raised.id.0.to_be_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(codec::decode_alarm(raised.id, &stored).unwrap(), cleared);
+        drop(snap);
+        writer.stop(Duration::from_secs(5)).unwrap();
+        thread.join().unwrap();
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! - [`key`]: [`CallKey`], the identity a call is tracked under, and why.
 //! - [`sdp`]: audio or video, from SDP bodies.
+//! - [`logcap`]: the cap on each call's log, [`logcap::LogCap`].
 //! - [`tracker`]: [`Tracker`], the pure state machine: fed [`SipEvent`]s and the time, it
 //!   returns [`Output`]s; it does no I/O, so that every rule is tested with tables of
 //!   message sequences.
@@ -13,6 +14,7 @@
 //! does not depend on the parser: whoever feeds it fills it.
 
 pub mod key;
+pub mod logcap;
 pub mod sdp;
 pub mod task;
 pub mod tracker;

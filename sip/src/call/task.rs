@@ -24,10 +24,11 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
+use super::logcap::{Admit, Cap, LogCap};
 use super::sdp::sdp_video;
 use super::{CallSnapshot, LiveCall, Method, Output, SipEvent, SipKind, Tracker};
 use crate::flow;
-use crate::observe::{Direction, Origin, Relayed};
+use crate::observe::{Bound, Direction, Metrics, Origin, Relayed};
 use crate::scan;
 
 /// How long the task lets relayed messages queue up before taking them in one go; well
@@ -43,6 +44,11 @@ pub struct TrackingConfig {
     pub call_timeout: Duration,
     /// Cap on calls tracked at once (see [`Tracker::with_max_calls`]).
     pub max_calls: usize,
+    /// Cap on each call's log.
+    pub log_cap: LogCap,
+    /// The relay's counters: call tracking keeps their count of calls in progress (which
+    /// the relay holds new calls to) and counts the log entries it skips there.
+    pub relay: Arc<Metrics>,
     /// Depth of the live-event channel: an SSE client that falls this far behind skips
     /// events (and is told so by `broadcast`) instead of slowing call tracking down.
     pub event_capacity: usize,
@@ -55,9 +61,37 @@ impl TrackingConfig {
             node: node.into(),
             call_timeout,
             max_calls: super::DEFAULT_MAX_CALLS,
+            log_cap: super::logcap::DEFAULT_LOG_CAP,
+            relay: Arc::default(),
             event_capacity: 1024,
         }
     }
+
+    /// The settings `[sip]` gives call tracking (the proxy's timeout, caps and counters).
+    pub fn for_proxy(
+        node: impl Into<String>,
+        cfg: &crate::ProxyConfig,
+        relay: Arc<Metrics>,
+    ) -> Self {
+        TrackingConfig {
+            max_calls: tracking_cap(cfg.max_calls),
+            log_cap: LogCap {
+                max_entries: cfg.max_log_entries_per_call as u64,
+                max_bytes: cfg.max_log_bytes_per_call as u64,
+            },
+            relay,
+            ..TrackingConfig::new(node, cfg.call_timeout)
+        }
+    }
+}
+
+/// Call tracking's own cap for `sip.max_calls`: a quarter above, so that the INVITEs that
+/// pass the relay while tracking lags behind it are still tracked rather than evicting
+/// ringing calls.
+fn tracking_cap(max_calls: usize) -> usize {
+    max_calls
+        .saturating_add(max_calls / 4)
+        .max(max_calls.saturating_add(16))
 }
 
 /// SSE event names of SPEC §11.
@@ -154,6 +188,8 @@ pub struct TrackingCounters {
     pub unreadable: u64,
     /// Writes the store refused because it was closed.
     pub store_errors: u64,
+    /// Calls whose log reached its cap.
+    pub logs_truncated: u64,
 }
 
 /// Atomic twin of [`TrackingCounters`], written by the task.
@@ -167,6 +203,7 @@ struct Counters {
     resumed: AtomicU64,
     unreadable: AtomicU64,
     store_errors: AtomicU64,
+    logs_truncated: AtomicU64,
 }
 
 /// The handle the rest of sipedge keeps on call tracking.
@@ -202,6 +239,7 @@ impl CallTracking {
             resumed: get(&c.resumed),
             unreadable: get(&c.unreadable),
             store_errors: get(&c.store_errors),
+            logs_truncated: get(&c.logs_truncated),
         }
     }
 }
@@ -229,6 +267,8 @@ pub fn spawn(
         node: cfg.node,
         handle: handle.clone(),
         changed: HashMap::new(),
+        log_cap: cfg.log_cap,
+        relay: cfg.relay,
     };
     worker.resume(saved, unix_ms(SystemTime::now()));
     let task = tokio::spawn(worker.run(relayed, shutdown));
@@ -249,6 +289,10 @@ struct Worker {
     /// batch is done: a call that changes several times, or ends, within one batch is
     /// encoded and written once, or not at all.
     changed: HashMap<CdrId, CallSnapshot>,
+    /// Cap on each call's log.
+    log_cap: LogCap,
+    /// Where the calls in progress and the skipped log entries are counted.
+    relay: Arc<Metrics>,
 }
 
 impl Worker {
@@ -322,6 +366,7 @@ impl Worker {
             self.handle.live.upsert(call);
         }
         self.tick(now);
+        self.sync_stats();
     }
 
     fn on_relayed(&mut self, r: &Relayed) {
@@ -346,12 +391,43 @@ impl Worker {
         let at = ev.at;
         let outputs = self.tracker.on_event(&ev);
         self.apply(outputs, at);
-        if let Some(id) = self.tracker.call_of(&ev) {
-            for entry in log_entries(r, &msg, at) {
+        let log_cap = self.log_cap;
+        let Some((id, used)) = self.tracker.log_of(&ev) else {
+            self.sync_stats();
+            return;
+        };
+        let entries = log_entries(r, &msg, at);
+        let bytes: usize = entries.iter().map(entry_bytes).sum();
+        match log_cap.admit(used, entries.len() as u64, bytes as u64) {
+            Admit::Log => {
+                for entry in entries {
+                    self.submit(WriteOp::AppendLog(id, entry));
+                }
+            }
+            Admit::Truncate(cut) => {
+                self.handle
+                    .counters
+                    .logs_truncated
+                    .fetch_add(1, Ordering::Relaxed);
+                self.skipped(cut.cap, entries.len());
+                let entry = LogEntry {
+                    at,
+                    kind: LogKind::Event { text: cut.text() },
+                };
                 self.submit(WriteOp::AppendLog(id, entry));
             }
+            Admit::Skip(cap) => self.skipped(cap, entries.len()),
         }
         self.sync_stats();
+    }
+
+    /// Counts log entries not written, under the cap that stopped them.
+    fn skipped(&self, cap: Cap, n: usize) {
+        let bound = match cap {
+            Cap::Entries => Bound::LogEntriesPerCall,
+            Cap::Bytes => Bound::LogBytesPerCall,
+        };
+        self.relay.refused(bound, n as u64);
     }
 
     fn tick(&mut self, now: UnixMs) {
@@ -423,6 +499,7 @@ impl Worker {
     }
 
     fn sync_stats(&self) {
+        self.relay.calls.set_active(self.tracker.len());
         let stats = self.tracker.stats();
         let c = &self.handle.counters;
         c.ignored.store(stats.ignored, Ordering::Relaxed);
@@ -442,6 +519,14 @@ fn transport_of(t: flow::Transport) -> Transport {
     match t {
         flow::Transport::Udp => Transport::Udp,
         flow::Transport::Tcp => Transport::Tcp,
+    }
+}
+
+/// The text size of a log entry, which the log cap counts.
+fn entry_bytes(entry: &LogEntry) -> usize {
+    match &entry.kind {
+        LogKind::Sip { text, .. } => text.len(),
+        LogKind::Event { text } => text.len(),
     }
 }
 

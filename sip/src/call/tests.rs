@@ -1044,7 +1044,7 @@ fn live_events_come_once_each_and_retransmissions_emit_nothing() {
         let out = t.on_event(&ev);
         assert_eq!(kinds(&out), want, "step {i}");
         assert_eq!(
-            t.call_of(&ev),
+            t.log_of(&ev).map(|(id, _)| id),
             Some(id),
             "step {i}: the message belongs to the call's log"
         );
@@ -1066,10 +1066,11 @@ fn live_events_come_once_each_and_retransmissions_emit_nothing() {
         call_id: "other".into(),
         ..invite(70.0)
     };
-    assert_eq!(t.call_of(&stranger), None);
+    assert_eq!(t.log_of(&stranger).map(|(id, _)| id), None);
     t.tick(ms(65.0 + 32.0));
     assert_eq!(
-        t.call_of(&resp(98.0, 200, &req(65.0, Method::Bye, Side::Caller))),
+        t.log_of(&resp(98.0, 200, &req(65.0, Method::Bye, Side::Caller)))
+            .map(|(id, _)| id),
         None,
         "an ended call is forgotten after 64×T1"
     );

@@ -14,6 +14,7 @@ use sipedge_store::cdr::{
 
 pub use sipedge_store::live::{LiveCall, LiveState};
 
+use super::logcap::LogUse;
 use super::{CallKey, Method, SipEvent, SipKind};
 
 /// RFC 3261 Timer C: a call still ringing with no final response this long after its last
@@ -201,6 +202,10 @@ pub struct CallSnapshot {
     seen_requests: VecDeque<SeenRequest>,
     /// Recent responses, to recognise retransmissions.
     seen_responses: VecDeque<SeenResponse>,
+    /// What the call's log holds so far, against `sip.max_log_*_per_call` (absent in calls
+    /// saved before the cap existed: they start from nothing).
+    #[serde(default)]
+    log: LogUse,
     /// Position in the tracker's indexes; reassigned on resume.
     #[serde(skip)]
     seq: u64,
@@ -732,8 +737,10 @@ fn user_part(uri: &str) -> Option<&str> {
 /// An ended call, remembered for [`LINGER_MS`].
 #[derive(Debug, Clone, Copy)]
 struct Recent {
-    /// Its CDR id, for [`Tracker::call_of`].
+    /// Its CDR id, for [`Tracker::log_of`].
     id: CdrId,
+    /// What its log holds: the messages after its end (the 200 to the BYE) are capped too.
+    log: LogUse,
     /// CSeq of its last INVITE: only a higher one starts a new call under the same key.
     invite_cseq: u32,
     /// When it is forgotten.
@@ -819,24 +826,29 @@ impl Tracker {
         self.calls.values().map(|c| c.live(&self.node))
     }
 
-    /// The call a message belongs to, in progress or ended less than 64×T1 ago: where its
-    /// log entry goes. Call it after [`Tracker::on_event`], so that a first INVITE has its call.
-    pub fn call_of(&self, ev: &SipEvent) -> Option<CdrId> {
+    /// The call a message belongs to, in progress or ended less than 64×T1 ago (where its
+    /// log entry goes), with what the call's log holds so far, for the caller to check
+    /// against the log cap and update. Call it after [`Tracker::on_event`], so that a first
+    /// INVITE has its call.
+    pub fn log_of(&mut self, ev: &SipEvent) -> Option<(CdrId, &mut LogUse)> {
         let from_tag = ev.from_tag.clone().unwrap_or_default();
         let tags = std::iter::once(from_tag).chain(ev.to_tag.clone());
+        let mut found = None;
         for tag in tags {
             let key = CallKey {
                 call_id: ev.call_id.clone(),
                 from_tag: tag,
             };
-            if let Some(call) = self.calls.get(&key) {
-                return Some(call.id);
-            }
-            if let Some(recent) = self.recent.get(&key) {
-                return Some(recent.id);
+            if self.calls.contains_key(&key) || self.recent.contains_key(&key) {
+                found = Some(key);
+                break;
             }
         }
-        None
+        let key = found?;
+        if let Some(call) = self.calls.get_mut(&key) {
+            return Some((call.id, &mut call.log));
+        }
+        self.recent.get_mut(&key).map(|r| (r.id, &mut r.log))
     }
 
     /// Takes one relayed message into account.
@@ -1000,6 +1012,7 @@ impl Tracker {
             early: Vec::new(),
             seen_requests,
             seen_responses: VecDeque::new(),
+            log: LogUse::default(),
             seq: self.bump_seq(),
             key,
         };
@@ -1050,6 +1063,7 @@ impl Tracker {
         let until = UnixMs(now.0.saturating_add(LINGER_MS));
         let recent = Recent {
             id: call.id,
+            log: call.log,
             invite_cseq: call.invite_cseq,
             until,
         };

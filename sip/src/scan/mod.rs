@@ -74,6 +74,8 @@ pub enum ScanError {
     ContentLengthExceedsBody { declared: u32, available: u32 },
     #[error("Content-Length is required on stream transports")]
     MissingContentLength,
+    #[error("top Via branch is the bare magic cookie z9hG4bK, without a transaction id")]
+    EmptyBranch,
 }
 
 /// One indexed header line.
@@ -119,6 +121,9 @@ enum StartLine {
 }
 
 const NONE: u16 = u16::MAX;
+
+/// The RFC 3261 §8.1.1.7 prefix of a branch that is a transaction id.
+const MAGIC_COOKIE: &[u8] = b"z9hG4bK";
 
 /// An indexed SIP message borrowing its bytes. Accessors return slices of the input.
 #[derive(Debug, Clone)]
@@ -494,7 +499,20 @@ impl<'a> Message<'a> {
             .and_then(|e| CommaSplit::new(self.buf, e.value).next())
         {
             match value::via_spans(self.buf, top.span) {
-                Ok(spans) => self.top_via = Some(spans),
+                Ok(spans) => {
+                    // RFC 4475 badbranch: the cookie promises an RFC 3261 transaction id and
+                    // gives none. Deriving sipedge's branch from it would give every such
+                    // request of a sender the same branch, merging unrelated transactions
+                    // upstream; the RFC allows a stateless 400.
+                    if spans
+                        .branch
+                        .and_then(|b| b.value)
+                        .is_some_and(|v| v.get(self.buf) == MAGIC_COOKIE)
+                    {
+                        note(ScanError::EmptyBranch);
+                    }
+                    self.top_via = Some(spans);
+                }
                 Err(e) => note(e),
             }
         }

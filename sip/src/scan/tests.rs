@@ -132,6 +132,21 @@ L: 0
             "BYE sip:bob@example.com id=cid from=alice;x to=bob;y cseq=2 BYE via=Tcp h.example.com \
              branch=z9hG4bKa vias=2 contact=sip:a@h type=text/plain cl=0",
         ),
+        // Only the top Via's branch keys sipedge's own: a bare magic cookie further down, or
+        // one with a transaction id after it, is no defect.
+        (
+            "ACK sip:bob@example.com SIP/2.0
+Via: SIP/2.0/UDP h;branch=z9hG4bKz9hG4bK, SIP/2.0/UDP g;branch=z9hG4bK
+From: <sip:alice@example.com>;tag=x
+To: <sip:bob@example.com>;tag=y
+Call-ID: cid
+CSeq: 2 ACK
+l: 0
+
+",
+            "ACK sip:bob@example.com id=cid from=alice;x to=bob;y cseq=2 ACK via=Udp h \
+             branch=z9hG4bKz9hG4bK vias=2 cl=0",
+        ),
         // Folded lines, LWS around the colon, comma-joined Vias over folds.
         (
             "OPTIONS sip:x@example.com SIP/2.0
@@ -349,6 +364,10 @@ fn invalid_messages() {
         (
             invite_with("Via: SIP/2.0/UDP", "Via: SIP/2.0 UDP"),
             ScanError::BadValue(H::Via),
+        ),
+        (
+            invite_with("branch=z9hG4bK776;rport", "branch=z9hG4bK;rport"),
+            ScanError::EmptyBranch,
         ),
         (
             invite_with(

@@ -3,7 +3,9 @@
 //! opening after a kill -9 does not walk the whole file.
 
 use std::ops::{Bound, ControlFlow};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{PoisonError, RwLock};
 
 use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, TableDefinition};
 
@@ -28,12 +30,35 @@ fn fail<E: Into<redb::Error>>(action: &'static str) -> impl FnOnce(E) -> StoreEr
 }
 
 pub(super) struct RedbKv {
-    /// The open file; redb serialises writers itself and lets readers run alongside.
-    db: Database,
+    /// The data directory, to open the file again.
+    dir: PathBuf,
+    /// The open file; redb serialises writers itself and lets readers run alongside. `None`
+    /// between closing a file that saw an I/O error and opening it again.
+    db: RwLock<Option<Database>>,
+    /// A commit failed with an I/O error (a full disk): redb then refuses every later write
+    /// on that handle, so the next commit closes the file and opens it again (which repairs
+    /// it) instead of failing forever once the disk has room again.
+    broken: AtomicBool,
+}
+
+fn closed() -> StoreError {
+    StoreError::Engine {
+        engine: "redb",
+        action: "open the database file again after an I/O error",
+        source: Box::new(redb::Error::PreviousIo),
+    }
 }
 
 impl RedbKv {
     pub(super) fn open(dir: &Path) -> Result<Self, StoreError> {
+        Ok(RedbKv {
+            dir: dir.to_path_buf(),
+            db: RwLock::new(Some(Self::open_file(dir)?)),
+            broken: AtomicBool::new(false),
+        })
+    }
+
+    fn open_file(dir: &Path) -> Result<Database, StoreError> {
         let db = Database::builder()
             .create(dir.join(FILE))
             .map_err(|e| match e {
@@ -49,21 +74,30 @@ impl RedbKv {
             txn.open_table(def(table)).map_err(fail("create a table"))?;
         }
         txn.commit().map_err(fail("commit"))?;
-        Ok(RedbKv { db })
-    }
-}
-
-impl Kv for RedbKv {
-    fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, StoreError> {
-        let txn = self.db.begin_read().map_err(fail("begin a read"))?;
-        Ok(Box::new(RedbSnapshot {
-            txn,
-            tables: Table::ALL.map(|_| None),
-        }))
+        Ok(db)
     }
 
-    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(fail("begin a write"))?;
+    /// Closes a file that saw an I/O error and opens it again; until that succeeds (the
+    /// disk may still be full), reads and writes fail and are retried by their callers.
+    fn reopen(&self) -> Result<(), StoreError> {
+        // Closing drops the handle readers use, and opening repairs the file, which needs
+        // room: without it the old handle at least keeps serving reads.
+        if !has_room(&self.dir) {
+            return Err(closed());
+        }
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if self.broken.load(Ordering::Acquire) {
+            // The old handle must be gone first: it holds the file's lock.
+            drop(slot.take());
+            *slot = Some(Self::open_file(&self.dir)?);
+            self.broken.store(false, Ordering::Release);
+            tracing::warn!(dir = %self.dir.display(), "reopened the redb store after an I/O error");
+        }
+        Ok(())
+    }
+
+    fn try_commit(db: &Database, batch: &Batch) -> Result<(), StoreError> {
+        let mut txn = db.begin_write().map_err(fail("begin a write"))?;
         txn.set_quick_repair(true);
         {
             let mut open: [Option<redb::Table<'_, &[u8], &[u8]>>; Table::COUNT] =
@@ -90,6 +124,70 @@ impl Kv for RedbKv {
             }
         }
         txn.commit().map_err(fail("commit"))
+    }
+}
+
+/// What [`has_room`] writes: enough for redb's repair and a few batches.
+const ROOM_PROBE_BYTES: usize = 1 << 20;
+
+/// Whether the file system under `dir` takes [`ROOM_PROBE_BYTES`] more now: a write is the
+/// only test that holds for every file system (quotas, reserved blocks, tmpfs).
+fn has_room(dir: &Path) -> bool {
+    use std::io::Write;
+    let probe = dir.join(".space-probe");
+    let written = std::fs::File::create(&probe).and_then(|mut file| {
+        file.write_all(&vec![0u8; ROOM_PROBE_BYTES])?;
+        file.sync_data()
+    });
+    let _ = std::fs::remove_file(&probe);
+    written.is_ok()
+}
+
+/// Whether redb failed on the file itself, after which that handle writes no more.
+fn is_io(e: &StoreError) -> bool {
+    match e {
+        StoreError::Engine { source, .. } => matches!(
+            source.downcast_ref::<redb::Error>(),
+            Some(redb::Error::Io(_) | redb::Error::PreviousIo)
+        ),
+        _ => false,
+    }
+}
+
+impl Kv for RedbKv {
+    fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, StoreError> {
+        if self
+            .db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+        {
+            self.reopen()?;
+        }
+        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let txn = guard
+            .as_ref()
+            .ok_or_else(closed)?
+            .begin_read()
+            .map_err(fail("begin a read"))?;
+        Ok(Box::new(RedbSnapshot {
+            txn,
+            tables: Table::ALL.map(|_| None),
+        }))
+    }
+
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        if self.broken.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let result = Self::try_commit(guard.as_ref().ok_or_else(closed)?, batch);
+        if let Err(e) = &result
+            && is_io(e)
+        {
+            self.broken.store(true, Ordering::Release);
+        }
+        result
     }
 }
 

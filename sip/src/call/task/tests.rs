@@ -69,6 +69,7 @@ impl Clock {
             src,
             dst,
             bytes,
+            charge: Default::default(),
         }
     }
 }
@@ -90,9 +91,13 @@ struct Running {
 }
 
 fn start(store: &Store) -> Running {
+    start_with(store, config())
+}
+
+fn start_with(store: &Store, cfg: TrackingConfig) -> Running {
     let (tx, rx) = mpsc::channel(64);
     let (stop, stopped) = oneshot::channel::<()>();
-    let (handle, task) = spawn(config(), store, rx, async move {
+    let (handle, task) = spawn(cfg, store, rx, async move {
         let _ = stopped.await;
     })
     .expect("the task starts");
@@ -274,6 +279,83 @@ async fn a_call_becomes_a_cdr_with_its_log_and_live_events() {
     assert!(handle.live().is_empty());
     let counters = handle.counters();
     assert_eq!((counters.messages, counters.unparsed), (6, 0));
+}
+
+/// A call that keeps talking in its dialog: its log stops at the cap with one event saying
+/// so, the rest is counted as skipped, and its CDR is the same as without the cap. The calls
+/// in progress are counted for the relay meanwhile.
+#[tokio::test]
+async fn a_log_stops_at_its_cap_and_the_call_goes_on() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let store = open(&dir);
+    let clock = Clock(SystemTime::now());
+    let mut cfg = config();
+    cfg.log_cap = LogCap {
+        max_entries: 6,
+        max_bytes: 1 << 20,
+    };
+    let relay = Arc::clone(&cfg.relay);
+    let running = start_with(&store, cfg);
+    running.feed(answered(&clock)).await;
+    let counted = async {
+        while relay.calls.active() != 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), counted)
+        .await
+        .expect("the call in progress is counted for the relay");
+    let mut info = Vec::new();
+    for n in 2..7 {
+        let cseq = format!("{n} INFO");
+        let at = 10.0 + f64::from(n);
+        info.push(clock.relayed(
+            at,
+            Direction::ToUpstream,
+            Origin::Forwarded,
+            sip("INFO sip:95566@bank SIP/2.0", FROM, TO_TAGGED, &cseq, ""),
+        ));
+        info.push(clock.relayed(
+            at + 0.1,
+            Direction::ToTerminal,
+            Origin::Forwarded,
+            sip("SIP/2.0 200 OK", FROM, TO_TAGGED, &cseq, ""),
+        ));
+    }
+    running.feed(info).await;
+    running.feed(callee_bye(&clock)).await;
+    let handle = running.stop(&store).await;
+
+    let want = expected_cdr(&clock, |_| {});
+    assert_eq!(store.get_cdr(want.id).expect("a read"), Some(want.clone()));
+    let log = sip_lines(&store.cdr_log(want.id).expect("a read"));
+    assert_eq!(
+        log[..6],
+        [
+            "Received INVITE sip:95566@bank SIP/2.0",
+            "Received SIP/2.0 180 Ringing",
+            "Received SIP/2.0 200 OK",
+            "Received ACK sip:95566@bank SIP/2.0",
+            "Received INFO sip:95566@bank SIP/2.0",
+            "Received SIP/2.0 200 OK",
+        ]
+    );
+    assert_eq!(log.len(), 7, "{log:#?}");
+    assert!(
+        log[6].starts_with("event log truncated after 6 entries (")
+            && log[6].contains("sip.max_log_entries_per_call"),
+        "{}",
+        log[6]
+    );
+    assert_eq!(handle.counters().logs_truncated, 1);
+    assert!(
+        relay
+            .refusals()
+            .contains(&("sip.max_log_entries_per_call", 16 - 6)),
+        "{:?}",
+        relay.refusals()
+    );
+    assert_eq!(relay.calls.active(), 0);
 }
 
 #[tokio::test]
