@@ -73,7 +73,9 @@ fn measure(sampler: &Sampler, rules: &Rules, rounds: usize) -> (f64, f64) {
         };
         let found: usize = match &observation {
             Observation::Tick { processes, .. } => processes.iter().map(Vec::len).sum(),
-            Observation::Probe { .. } | Observation::Reload { .. } => 0,
+            Observation::Probe { .. }
+            | Observation::Reload { .. }
+            | Observation::SinkLag { .. } => 0,
         };
         assert_eq!(found, WATCHED, "every sleeper matched once");
         let (next, changes) = evaluate(rules, &state, &observation, UnixMs(round as i64 * 5000));

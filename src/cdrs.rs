@@ -58,7 +58,7 @@ pub fn run(args: &CdrsArgs) -> Result<(), String> {
     // No cursor is ever given here, so no cursor key is needed.
     let query = params::parse(&wanted, Extra::Paging, zone, Utc::now(), &[])
         .map_err(|e| format!("--{e}"))?;
-    let store = Store::open(data_dir, config.store.engine, config.store.settings())
+    let store = Store::open(data_dir, config.store.engine, config.store_settings())
         .map_err(|e| e.to_string())?;
     let (page, _) = store
         .cdrs_page(&query.filter, None, query.limit)

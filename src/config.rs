@@ -31,6 +31,12 @@ pub struct Config {
     /// Watched processes, the upstream probe, disk and store checks, alarms.
     #[serde(default)]
     pub monitor: crate::monitor::config::MonitorConfig,
+    /// Where CDRs are shipped besides the store (`[sink.postgres]`, issue 12).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::sink::config::SinkSection::is_empty"
+    )]
+    pub sink: crate::sink::config::SinkSection,
 }
 
 /// The `[store]` table: the engine, and the store crate's own settings (written out here
@@ -256,6 +262,9 @@ impl Config {
             problems.push(err.to_string());
         }
         problems.extend(self.monitor.problems());
+        if let Some(pg) = &self.sink.postgres {
+            problems.extend(pg.problems());
+        }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
                 "log.level: {:?} is not a level or filter: {err}",
@@ -263,6 +272,14 @@ impl Config {
             ));
         }
         problems
+    }
+
+    /// The store's settings: with a sink configured, the store keeps its outbox.
+    pub fn store_settings(&self) -> StoreConfig {
+        StoreConfig {
+            outbox: self.sink.postgres.is_some(),
+            ..self.store.settings()
+        }
     }
 
     /// The effective configuration, defaults filled in, as TOML.
@@ -460,6 +477,14 @@ account = "sipserver"
             &format!("{MINIMAL}\n[store]\nengine = \"lmdb\"\n"),
             Err("lmdb"),
         );
+        let sink = |text: &str| format!("{MINIMAL}\n[sink.postgres]\n{text}\n");
+        check(&sink("url = \"postgres://sipedge@db/cdr\""), Ok(()));
+        check(
+            &sink("url = \"postgres://sipedge@db/cdr\"\nbatch_size = 0"),
+            Err("sink.postgres.batch_size"),
+        );
+        check(&sink(""), Err("sink.postgres.url"));
+        check(&format!("{MINIMAL}\n[sink.mysql]\n"), Err("mysql"));
     }
 
     #[test]

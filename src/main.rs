@@ -13,6 +13,7 @@ mod notify;
 mod reload;
 mod serve;
 mod shutdown;
+mod sink;
 mod token;
 
 use std::path::PathBuf;
@@ -61,10 +62,20 @@ enum Command {
     /// List the stored CDRs offline, newest first (refused while a running sipedge holds the
     /// store).
     Cdrs(cdrs::CdrsArgs),
+    /// The bank's database sink (`[sink.postgres]`).
+    #[command(subcommand)]
+    Sink(SinkCommand),
     /// Print a valid account-request body for an appid.
     Token(token::TokenArgs),
     /// Read a password on stdin and print its argon2id hash for an `[[api.users]]` entry.
     HashPassword,
+}
+
+#[derive(Debug, Subcommand)]
+enum SinkCommand {
+    /// Show the running server's sink: outbox depth and lag, last error and success,
+    /// backfill progress (exit 1 when no server has updated it lately).
+    Status(sink::status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +97,19 @@ fn main() -> ExitCode {
         Command::HashPassword => hash_password(),
         Command::Cdrs(args) => match cdrs::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("sipedge: {err}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Sink(SinkCommand::Status(args)) => match sink::status::run(&args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                eprintln!(
+                    "sipedge: the sink status is stale: sipedge serve is not running the sink"
+                );
+                ExitCode::FAILURE
+            }
             Err(err) => {
                 eprintln!("sipedge: {err}");
                 ExitCode::from(EXIT_CONFIG)

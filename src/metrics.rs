@@ -22,13 +22,14 @@ use sipedge_store::{AlarmKind, Store};
 /// Active alarms read per scrape at most; more than this is a storm the number shows anyway.
 const MAX_ACTIVE_ALARMS: usize = 10_000;
 
-/// Builds the registry the API serves; `sip` is the relay's counters and `tracking` call
-/// tracking, when they run.
+/// Builds the registry the API serves; `sip` is the relay's counters, `tracking` call
+/// tracking and `sink` the database sink, when they run.
 pub fn registry(
     account: &AccountMetrics,
     store: &Store,
     sip: Option<Arc<SipMetrics>>,
     tracking: Option<CallTracking>,
+    sink: Option<Arc<crate::sink::Shared>>,
 ) -> Registry {
     let mut registry = Registry::with_prefix("sipedge");
     account.register(&mut registry);
@@ -41,7 +42,80 @@ pub fn registry(
     if let Some(tracking) = tracking {
         registry.register_collector(Box::new(CallsCollector { tracking }));
     }
+    if let Some(sink) = sink {
+        registry.register_collector(Box::new(SinkCollector { sink }));
+    }
     registry
+}
+
+/// The database sink: the outbox it has not shipped, what it shipped, how it failed.
+#[derive(Debug)]
+struct SinkCollector {
+    /// Updated by the sink's loops (the outbox counted once a second).
+    sink: Arc<crate::sink::Shared>,
+}
+
+impl Collector for SinkCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let state = self.sink.snapshot();
+        let depth = ConstGauge::new(state.depth as i64);
+        depth.encode(encoder.encode_descriptor(
+            "sink_outbox_depth",
+            "CDRs waiting in the outbox for the database",
+            None,
+            depth.metric_type(),
+        )?)?;
+        let lag = ConstGauge::new(state.lag(crate::sink::now_ms()).as_secs_f64());
+        lag.encode(encoder.encode_descriptor(
+            "sink_lag_seconds",
+            "Age of the oldest CDR waiting for the database (0 when none waits)",
+            None,
+            lag.metric_type(),
+        )?)?;
+        for (name, help, value) in [
+            (
+                "sink_shipped",
+                "CDRs from the outbox committed to the database",
+                state.shipped,
+            ),
+            (
+                "sink_backfilled",
+                "Stored CDRs committed to the database by the backfill",
+                state.backfilled,
+            ),
+            (
+                "sink_parked",
+                "CDRs the database refused, kept in the store and not shipped",
+                state.parked,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let mut errors = encoder.encode_descriptor(
+            "sink_errors",
+            "Failed attempts to ship CDRs (retried) and refused rows, by kind",
+            None,
+            MetricType::Counter,
+        )?;
+        for kind in crate::sink::ErrorKind::ALL {
+            let count = state.errors.get(&kind).copied().unwrap_or(0);
+            ConstCounter::new(count).encode(errors.encode_family(&[("kind", kind.as_str())])?)?;
+        }
+        let last = ConstGauge::new(state.last_success_at.map_or(0.0, |t| t.0 as f64 / 1000.0));
+        last.encode(encoder.encode_descriptor(
+            "sink_last_success_timestamp_seconds",
+            "When the database last committed a batch (Unix time; 0 before the first)",
+            None,
+            last.metric_type(),
+        )?)?;
+        Ok(())
+    }
 }
 
 /// Adds what the HTTP listeners' limits did: connections open and held back, head
@@ -301,7 +375,11 @@ mod tests {
         sip.request(sipedge_sip::Direction::ToUpstream, b"INVITE");
         sip.response(sipedge_sip::Direction::ToTerminal, b"INVITE", 180);
         sip.parse_errors.fetch_add(2, Ordering::Relaxed);
-        let registry = registry(&account, &store, Some(sip), None);
+        let sink = Arc::new(crate::sink::Shared::new(
+            "db".into(),
+            Duration::from_secs(60),
+        ));
+        let registry = registry(&account, &store, Some(sip), None, Some(sink));
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
         for line in [
@@ -311,6 +389,12 @@ mod tests {
             "sipedge_alarms_active{kind=\"upstream_down\"} 0",
             "# TYPE sipedge_store_write_seconds gauge",
             "sipedge_sip_parse_errors_total 2",
+            "sipedge_sink_outbox_depth 0",
+            "sipedge_sink_lag_seconds 0.0",
+            "sipedge_sink_shipped_total 0",
+            "sipedge_sink_errors_total{kind=\"auth\"} 0",
+            "sipedge_sink_errors_total{kind=\"rejected\"} 0",
+            "# TYPE sipedge_sink_last_success_timestamp_seconds gauge",
             "sipedge_sip_refused_total{bound=\"sip.max_calls\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");

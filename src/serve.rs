@@ -46,6 +46,8 @@ enum StartError {
     Sip(#[from] sipedge_sip::Error),
     #[error(transparent)]
     Monitor(#[from] crate::monitor::MonitorError),
+    #[error("{0}")]
+    Sink(String),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot watch signals: {0}")]
@@ -114,7 +116,7 @@ async fn run(
     let store = Store::open(
         &config.node.data_dir,
         config.store.engine,
-        config.store.settings(),
+        config.store_settings(),
     )
     .map_err(|source| StartError::Store {
         path: data_dir.clone(),
@@ -135,6 +137,13 @@ async fn run(
     let shutdown = CancellationToken::new();
     crate::shutdown::watch(shutdown.clone(), config.node.stop_timeout)
         .map_err(StartError::Signals)?;
+    let sink = match &config.sink.postgres {
+        Some(pg) => Some(
+            crate::sink::start(pg, &store, &config.node.data_dir, shutdown.clone())
+                .map_err(StartError::Sink)?,
+        ),
+        None => None,
+    };
     // Tracking ends when the proxy has stopped and dropped its end of the hand-off, so that
     // every message relayed before the stop still reaches a CDR.
     let tracking = match &sip {
@@ -172,6 +181,7 @@ async fn run(
             store: store.clone(),
             events: events.clone(),
             health: health.clone(),
+            sink: sink.as_ref().map(|s| s.shared.clone()),
         },
         shutdown.clone(),
     )
@@ -181,6 +191,7 @@ async fn run(
         &store,
         sip.as_ref().map(sipedge_sip::Proxy::metrics),
         tracking.as_ref().map(|(handle, _)| handle.clone()),
+        sink.as_ref().map(|s| s.shared.clone()),
     );
     if let Some(webhook) = &monitor.webhook {
         webhook.register(&mut registry);
@@ -292,7 +303,13 @@ async fn run(
         ));
     }
     let tracking_task = tracking.map(|(_, task)| task);
-    for task in tasks.into_iter().chain(sip_task).chain(tracking_task) {
+    let sink_tasks = sink.into_iter().flat_map(|s| s.tasks);
+    for task in tasks
+        .into_iter()
+        .chain(sip_task)
+        .chain(tracking_task)
+        .chain(sink_tasks)
+    {
         if let Err(err) = task.await {
             tracing::error!(error = %err, "a task failed");
         }

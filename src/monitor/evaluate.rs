@@ -2,6 +2,7 @@
 //! the new state and the alarms raised or cleared.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use sipedge_store::{Alarm, AlarmId, AlarmKind, Severity, UnixMs};
 
@@ -85,6 +86,14 @@ pub enum Observation {
     /// A reload's outcome: the configuration file, and why it did not load (`None` when it
     /// did).
     Reload { path: String, error: Option<String> },
+    /// How old the oldest CDR waiting for the sink `sink` (shipping to `target`) is, and
+    /// its `lag_alarm`.
+    SinkLag {
+        sink: String,
+        target: String,
+        lag: Duration,
+        limit: Duration,
+    },
 }
 
 /// A watched process's condition, as `/api/processes` shows it.
@@ -212,6 +221,27 @@ pub fn evaluate(
                 )
             },
         ),
+        Observation::SinkLag {
+            sink,
+            target,
+            lag,
+            limit,
+        } => {
+            // Raised over the limit, cleared under half of it: a lag that hovers at the
+            // limit while a backlog drains does not flap.
+            let on = if out.is_active(AlarmKind::SinkLag, sink) {
+                *lag >= *limit / 2
+            } else {
+                *lag > *limit
+            };
+            out.set(AlarmKind::SinkLag, sink, on, Severity::Major, || {
+                format!(
+                    "CDRs have waited {} for the database {target}, over sink.{sink}.lag_alarm = {}; see `sipedge sink status`",
+                    humantime::format_duration(Duration::from_secs(lag.as_secs())),
+                    humantime::format_duration(*limit)
+                )
+            });
+        }
         Observation::Tick {
             processes,
             disk,
@@ -591,6 +621,50 @@ mod tests {
             path: "/etc/sipedge/sipedge.toml".into(),
             error: error.map(str::to_owned),
         }
+    }
+
+    fn sink_lag(lag_s: u64) -> Observation {
+        Observation::SinkLag {
+            sink: "postgres".into(),
+            target: "db:5432/cdr".into(),
+            lag: Duration::from_secs(lag_s),
+            limit: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn sink_lag_is_raised_over_the_limit_and_cleared_under_half_of_it() {
+        check(
+            &[
+                (0, sink_lag(0), &[]),
+                (1, sink_lag(60), &[]),
+                (2, sink_lag(61), &["+sink_lag:postgres"]),
+                (3, sink_lag(90), &[]),
+                (4, sink_lag(45), &[]),
+                (5, sink_lag(30), &[]),
+                (6, sink_lag(29), &["-sink_lag:postgres"]),
+                (7, sink_lag(59), &[]),
+                (8, sink_lag(3600), &["+sink_lag:postgres"]),
+                (9, sink_lag(0), &["-sink_lag:postgres"]),
+            ],
+            0,
+        );
+        let (state, changes) = evaluate(&rules(), &State::default(), &sink_lag(125), UnixMs(0));
+        let Some(Change::Raised(alarm)) = changes.first() else {
+            panic!("{changes:?}");
+        };
+        assert_eq!(alarm.severity, Severity::Major);
+        assert!(
+            alarm
+                .message
+                .contains("waited 2m 5s for the database db:5432/cdr"),
+            "{}",
+            alarm.message
+        );
+        assert!(
+            state.down_reasons().is_empty(),
+            "a lagging sink leaves the node healthy"
+        );
     }
 
     fn sip_ok() -> Vec<ProcSample> {

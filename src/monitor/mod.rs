@@ -67,6 +67,8 @@ pub struct Outputs {
     pub events: EventHub,
     /// Set from the active alarms after every evaluation.
     pub health: Health,
+    /// The database sink, whose lag raises `sink_lag`, when one is configured.
+    pub sink: Option<Arc<crate::sink::Shared>>,
 }
 
 /// The running monitor's handles, for the API, metrics and reloads.
@@ -434,6 +436,16 @@ async fn run(
                         core.publish_table();
                     }
                     Err(e) => tracing::error!(error = %e, "monitor sampling failed"),
+                }
+                if let Some(sink) = &core.outputs.sink {
+                    let state = sink.snapshot();
+                    let observation = Observation::SinkLag {
+                        sink: crate::sink::NAME.to_owned(),
+                        target: state.target.clone(),
+                        lag: state.lag(now()),
+                        limit: state.lag_alarm,
+                    };
+                    core.apply(&observation);
                 }
             }
             Some(answered) = inputs.probes.recv() => core.apply(&Observation::Probe { answered }),
