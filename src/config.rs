@@ -31,6 +31,9 @@ pub struct Config {
     /// Watched processes, the upstream probe, disk and store checks, alarms.
     #[serde(default)]
     pub monitor: crate::monitor::config::MonitorConfig,
+    /// The HEP v3 listener (issue 14); off without the table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hep: Option<crate::passive::hep_config::HepConfig>,
 }
 
 /// The `[store]` table: the engine, and the store crate's own settings (written out here
@@ -256,6 +259,7 @@ impl Config {
             problems.push(err.to_string());
         }
         problems.extend(self.monitor.problems());
+        problems.extend(crate::passive::hep_config::problems(self));
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
                 "log.level: {:?} is not a level or filter: {err}",

@@ -127,6 +127,19 @@ async fn run(
         })?;
     let (relayed_tx, relayed_rx) =
         tokio::sync::mpsc::channel(config.sip.as_ref().map_or(1, |s| s.handoff_queue));
+    let hep = match (&config.hep, &config.sip) {
+        (Some(hep), Some(sip)) => Some((
+            crate::passive::hep::HepListener::bind(hep, sip)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: "HEP listener",
+                    addr: hep.listen,
+                    source,
+                })?,
+            relayed_tx.clone(),
+        )),
+        _ => None,
+    };
     let sip = match &config.sip {
         Some(sip) => Some(sipedge_sip::Proxy::bind(sip, &config.node.data_dir, relayed_tx).await?),
         None => None,
@@ -184,6 +197,9 @@ async fn run(
     );
     if let Some(webhook) = &monitor.webhook {
         webhook.register(&mut registry);
+    }
+    if let Some((listener, _)) = &hep {
+        listener.metrics().register(&mut registry);
     }
     let account_stats = Arc::new(ListenerStats::default());
     let api_stats = Arc::new(ListenerStats::default());
@@ -291,8 +307,14 @@ async fn run(
             config.node.timezone.0,
         ));
     }
+    let hep_task = hep.map(|(listener, tx)| tokio::spawn(listener.run(tx, shutdown.clone())));
     let tracking_task = tracking.map(|(_, task)| task);
-    for task in tasks.into_iter().chain(sip_task).chain(tracking_task) {
+    for task in tasks
+        .into_iter()
+        .chain(sip_task)
+        .chain(hep_task)
+        .chain(tracking_task)
+    {
         if let Err(err) = task.await {
             tracing::error!(error = %err, "a task failed");
         }
