@@ -250,60 +250,10 @@ fn transport(proto: u8, src: IpAddr, dst: IpAddr, seg: &[u8]) -> Result<Packet<'
     })
 }
 
-/// Frames for the tests: the inverse of [`decode`].
+/// Frames for the tests: the inverse of [`decode`], shared with the integration tests.
 #[cfg(test)]
-pub mod build {
-    use std::net::{IpAddr, SocketAddr};
-
-    /// An Ethernet frame carrying `src` → `dst` over IPv4 or IPv6 with a UDP (`tcp: None`)
-    /// or TCP (`tcp: Some((seq, flags))`) header. Checksums are left 0: nothing here reads them.
-    pub fn ethernet(
-        src: SocketAddr,
-        dst: SocketAddr,
-        tcp: Option<(u32, u8)>,
-        data: &[u8],
-    ) -> Vec<u8> {
-        let mut l4 = Vec::with_capacity(20 + data.len());
-        l4.extend_from_slice(&src.port().to_be_bytes());
-        l4.extend_from_slice(&dst.port().to_be_bytes());
-        let proto = match tcp {
-            None => {
-                l4.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
-                l4.extend_from_slice(&[0, 0]);
-                17
-            }
-            Some((seq, flags)) => {
-                l4.extend_from_slice(&seq.to_be_bytes());
-                l4.extend_from_slice(&[0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-                6
-            }
-        };
-        l4.extend_from_slice(data);
-        let mut frame = vec![0u8; 12];
-        match (src.ip(), dst.ip()) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                frame.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
-                frame.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-                frame.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
-                frame.extend_from_slice(&s.octets());
-                frame.extend_from_slice(&d.octets());
-            }
-            (s, d) => {
-                let v6 = |a: IpAddr| match a {
-                    IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-                    IpAddr::V6(a) => a.octets(),
-                };
-                frame.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
-                frame.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-                frame.extend_from_slice(&[proto, 64]);
-                frame.extend_from_slice(&v6(s));
-                frame.extend_from_slice(&v6(d));
-            }
-        }
-        frame.extend_from_slice(&l4);
-        frame
-    }
-}
+#[path = "../../benches/support/pcap.rs"]
+mod build;
 
 #[cfg(test)]
 mod tests {
@@ -353,7 +303,8 @@ mod tests {
                 payload: Payload::Udp(data),
             })
         };
-        let cases: Vec<(&str, Link, &[u8], Result<Packet<'_>, Skip>)> = vec![
+        type Case<'a> = (&'a str, Link, &'a [u8], Result<Packet<'a>, Skip>);
+        let cases: Vec<Case<'_>> = vec![
             ("udp", Link::Ethernet, &udp, ok_udp(a, b, b"hello")),
             ("vlan", Link::Ethernet, &vlan, ok_udp(a, b, b"hello")),
             ("padding", Link::Ethernet, &padded, ok_udp(a, b, b"hello")),
