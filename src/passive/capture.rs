@@ -382,3 +382,102 @@ impl Reader {
         self.streams.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Collect(Vec<String>);
+
+    impl Handler for Collect {
+        fn wanted(&mut self, _: SocketAddr, _: SocketAddr) -> bool {
+            true
+        }
+        fn message(&mut self, wire: Wire<'_>) {
+            self.0
+                .push(String::from_utf8_lossy(wire.bytes).into_owned());
+        }
+    }
+
+    const M1: &str = "OPTIONS sip:a SIP/2.0\r\nContent-Length: 2\r\n\r\nhi";
+    const M2: &str = "OPTIONS sip:b SIP/2.0\r\nContent-Length: 0\r\n\r\n";
+
+    /// A segment: sequence number (relative to the SYN's 0, data from 1), FIN, data.
+    type Seg = (u32, bool, &'static str);
+
+    #[test]
+    fn streams_are_put_back_together() {
+        let m1_len = M1.len() as u32;
+        let both: &'static str = Box::leak(format!("{M1}{M2}").into_boxed_str());
+        let cases: Vec<(&str, Vec<Seg>, Vec<&str>, Vec<(&str, u64)>)> = vec![
+            ("whole", vec![(1, false, M1)], vec![M1], vec![]),
+            (
+                "split in three",
+                vec![
+                    (1, false, &M1[..5]),
+                    (6, false, &M1[5..20]),
+                    (21, false, &M1[20..]),
+                ],
+                vec![M1],
+                vec![],
+            ),
+            ("two in one", vec![(1, false, both)], vec![M1, M2], vec![]),
+            (
+                "retransmission overlapping what is held",
+                vec![(1, false, &M1[..10]), (6, false, &M1[5..])],
+                vec![M1],
+                vec![],
+            ),
+            (
+                "whole retransmission",
+                vec![(1, false, M1), (1, false, M1), (1 + m1_len, false, M2)],
+                vec![M1, M2],
+                vec![],
+            ),
+            (
+                "keep-alive between messages",
+                vec![
+                    (1, false, M1),
+                    (1 + m1_len, false, "\r\n\r\n"),
+                    (5 + m1_len, false, M2),
+                ],
+                vec![M1, M2],
+                vec![],
+            ),
+            (
+                "a hole: the stream starts over",
+                vec![(1, false, &M1[..10]), (1 + m1_len, false, M2)],
+                vec![M2],
+                vec![("tcp_gap", 1)],
+            ),
+            (
+                "closed mid-message",
+                vec![(1, true, &M1[..10])],
+                vec![],
+                vec![("tcp_incomplete_at_close", 1)],
+            ),
+            (
+                "no Content-Length on a stream",
+                vec![(1, false, "OPTIONS sip:a SIP/2.0\r\n\r\n")],
+                vec![],
+                vec![("tcp_unframed", 1)],
+            ),
+        ];
+        let a: SocketAddr = "192.0.2.1:5060".parse().expect("a");
+        let b: SocketAddr = "192.0.2.2:14500".parse().expect("b");
+        for (name, segments, want, skipped) in cases {
+            let mut reader = Reader::new(4096);
+            let mut got = Collect::default();
+            let isn = 4_294_967_000u32;
+            reader.segment(UNIX_EPOCH, a, b, isn, true, false, b"", &mut got);
+            for (seq, fin, data) in segments {
+                let seq = isn.wrapping_add(seq);
+                reader.segment(UNIX_EPOCH, a, b, seq, false, fin, data.as_bytes(), &mut got);
+            }
+            assert_eq!(got.0, want, "{name}");
+            let want_skipped: BTreeMap<&str, u64> = skipped.into_iter().collect();
+            assert_eq!(reader.counts.skipped, want_skipped, "{name}");
+        }
+    }
+}
