@@ -405,12 +405,19 @@ mod tests {
 
     /// A segment: sequence number (relative to the SYN's 0, data from 1), FIN, data.
     type Seg = (u32, bool, &'static str);
+    /// Name, segments, messages framed, skips counted.
+    type Case = (
+        &'static str,
+        Vec<Seg>,
+        Vec<&'static str>,
+        Vec<(&'static str, u64)>,
+    );
 
     #[test]
     fn streams_are_put_back_together() {
         let m1_len = M1.len() as u32;
         let both: &'static str = Box::leak(format!("{M1}{M2}").into_boxed_str());
-        let cases: Vec<(&str, Vec<Seg>, Vec<&str>, Vec<(&str, u64)>)> = vec![
+        let cases: Vec<Case> = vec![
             ("whole", vec![(1, false, M1)], vec![M1], vec![]),
             (
                 "split in three",
