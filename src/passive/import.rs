@@ -175,7 +175,8 @@ fn run(args: &ImportArgs) -> Result<(), (u8, String)> {
         *skipped.entry(k).or_default() += v;
     }
     let mut summary = format!(
-        "source: pcap {}\npackets: {}\nsip messages: {} (Sipserver hop, not counted again: {})\n\
+        "source: pcap {}\npackets: {}\nsip messages: {}\n\
+         packets on the Sipserver hop (its messages are counted on the terminal hop): {}\n\
          calls: {}\ncdrs: {}\ncalls still in progress at the end of the capture (no CDR): {}\n\
          untracked messages: {}\nrefused calls: {}\n",
         files.join(", "),
