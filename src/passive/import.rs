@@ -178,7 +178,7 @@ fn run(args: &ImportArgs) -> Result<(), (u8, String)> {
         "source: pcap {}\npackets: {}\nsip messages: {}\n\
          packets on the Sipserver hop (its messages are counted on the terminal hop): {}\n\
          calls: {}\ncdrs: {}\ncalls still in progress at the end of the capture (no CDR): {}\n\
-         untracked messages: {}\nrefused calls: {}\n",
+         untracked messages: {}\nrefused calls: {}\nringing calls closed to make room: {}\n",
         files.join(", "),
         reader.counts.packets,
         feed.sip_messages,
@@ -188,6 +188,7 @@ fn run(args: &ImportArgs) -> Result<(), (u8, String)> {
         in_progress,
         stats.ignored,
         stats.refused,
+        stats.evicted,
     );
     for (reason, n) in &skipped {
         summary.push_str(&format!("skipped {reason}: {n}\n"));
