@@ -1,8 +1,11 @@
 //! The HEP v3 listener (issue 14): a capture agent's copies of a call's messages, sent to a
 //! running sipedge over UDP and over TCP, give the call's CDR with the agent's capture
-//! times; the Sipserver hop's copies and hostile packets are refused and counted.
+//! times; the Sipserver hop's copies and hostile packets are refused and counted. A tshark
+//! capture of SIPp calls through one sipedge, replayed over HEP into another on the same
+//! ports, gives the first one's CDRs.
 
 mod support;
+mod tshark;
 
 #[path = "../benches/support/pcap.rs"]
 mod pcap;
@@ -16,6 +19,9 @@ use support::Sipedge;
 use support::cdrs::{self, ms};
 use support::config::{Config, Sip};
 use support::http::http;
+use support::msglog;
+use support::sipp::{Pair, Transport};
+use tshark::Tshark;
 
 /// A HEP3 packet as agents (heplify, Kamailio siptrace) write it.
 fn hep3(src: SocketAddr, dst: SocketAddr, tcp: bool, at_us: i64, payload: &[u8]) -> Vec<u8> {
@@ -208,4 +214,145 @@ fn hep_without_sip_is_refused_naming_the_key() {
         stderr.contains("hep.listen: needs a [sip] table"),
         "{stderr}"
     );
+}
+
+/// How far the replayed CDRs' times may be from the proxy's own: see TOLERANCE_MS in
+/// tests/import_pcap.rs, for the same reasons (HEP carries the capture's times).
+const TOLERANCE_MS: i64 = 50;
+
+/// The UDP packets of a capture, read back by tshark: (µs since the epoch, src, dst, payload).
+fn udp_packets(file: &std::path::Path) -> Vec<(i64, SocketAddr, SocketAddr, Vec<u8>)> {
+    let out = std::process::Command::new("tshark")
+        .arg("-r")
+        .arg(file)
+        .args(["-Y", "udp", "-T", "fields", "-E", "separator=|"])
+        .args([
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "ip.src",
+            "-e",
+            "udp.srcport",
+        ])
+        .args(["-e", "ip.dst", "-e", "udp.dstport", "-e", "udp.payload"])
+        .output()
+        .expect("tshark -r");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split('|').collect();
+            assert_eq!(f.len(), 6, "{line}");
+            let (secs, frac) = f[0].split_once('.').expect("seconds.fraction");
+            let micros: i64 = format!("{frac:0<6}")[..6].parse().expect("µs");
+            let at = secs.parse::<i64>().expect("seconds") * 1_000_000 + micros;
+            let addr = |ip: &str, port: &str| {
+                SocketAddr::new(ip.parse().expect("ip"), port.parse().expect("port"))
+            };
+            let payload = hex::decode(f[5].replace(':', "")).expect("hex payload");
+            (at, addr(f[1], f[2]), addr(f[3], f[4]), payload)
+        })
+        .collect()
+}
+
+#[test]
+fn a_capture_replayed_over_hep_gives_the_cdrs_the_proxy_wrote() {
+    let sip = Sip::range(1);
+    let first = Sipedge::start(&Config::new("test").sip(sip));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tshark = Tshark::start(dir.path(), &sip);
+    let mut call_ids = Vec::new();
+    for (case, pause) in [("call", 200), ("busy", 0), ("cancel", 0)] {
+        let outcome = Pair::new(case, Transport::Udp, 2)
+            .pause_ms(pause)
+            .run(sip.addr(), sip.upstream_addr());
+        outcome.assert_passed();
+        let mut ids: Vec<String> = msglog::parse(&outcome.uac.messages)
+            .into_iter()
+            .filter(|m| m.sent && m.method() == Some("INVITE"))
+            .map(|m| m.call_id)
+            .collect();
+        ids.dedup();
+        call_ids.extend(ids);
+    }
+    let live = cdrs::by_call_id(&cdrs::wait_for(
+        first.addr("api"),
+        &call_ids,
+        Duration::from_secs(10),
+    ));
+    let file = tshark.stop();
+    drop(first);
+
+    let hep_addr = SocketAddr::new(support::ports::PROXY_IP, support::ports::free_port());
+    let second = Sipedge::start(&Config::new("test").sip(sip).set(
+        "hep",
+        "listen",
+        &format!("\"{hep_addr}\""),
+    ));
+    let sender = UdpSocket::bind((support::ports::TERMINAL_IP, 0)).expect("bind");
+    let mut sent = 0;
+    for (at, src, dst, payload) in udp_packets(&file) {
+        if payload == b"capture probe" {
+            continue;
+        }
+        sender
+            .send_to(&hep3(src, dst, false, at, &payload), hep_addr)
+            .expect("send");
+        sent += 1;
+    }
+    let replayed = cdrs::by_call_id(&cdrs::wait_for(
+        second.addr("api"),
+        &call_ids,
+        Duration::from_secs(10),
+    ));
+    for call_id in &call_ids {
+        let want = &live[call_id][0];
+        let got = match replayed.get(call_id).map(Vec::as_slice) {
+            Some([one]) => one,
+            other => panic!("call {call_id}: replayed {other:#?}\n{}", second.report()),
+        };
+        for field in [
+            "caller",
+            "called",
+            "caller_uri",
+            "called_uri",
+            "call_type",
+            "status",
+            "disposition",
+            "sip_code",
+            "ended_by",
+            "transport",
+            "terminal",
+        ] {
+            assert_eq!(
+                want[field], got[field],
+                "call {call_id}: {field}\nlive {want:#}\nreplayed {got:#}"
+            );
+        }
+        for field in ["start_time", "ring_time", "answer_time", "end_time"] {
+            match (ms(want, field), ms(got, field)) {
+                (Some(a), Some(b)) => assert!(
+                    (a - b).abs() <= TOLERANCE_MS,
+                    "call {call_id}: {field} live {a}, replayed {b}"
+                ),
+                (a, b) => assert_eq!(a, b, "call {call_id}: {field}"),
+            }
+        }
+    }
+    // Every packet is on one hop or the other: half of them are the Sipserver's copies.
+    let accepted = metric(&second, "sipedge_hep_packets_accepted_total");
+    let hop = metric(
+        &second,
+        "sipedge_hep_packets_refused_total{reason=\"sipserver_hop\"}",
+    );
+    assert_eq!(
+        accepted + hop,
+        sent,
+        "accepted {accepted}, Sipserver hop {hop}"
+    );
+    assert_eq!(accepted, hop, "each message crosses both hops");
 }
