@@ -365,6 +365,13 @@ fn tcp_messages_split_across_segments_or_sharing_one_are_reassembled() {
     assert_eq!(summary(&out, "skipped not_sip"), 1, "{}", stderr(&out));
     assert_eq!(summary(&out, "skipped not_sipedge"), 1, "{}", stderr(&out));
     assert_eq!(summary(&out, HOP), 1, "{}", stderr(&out));
+
+    let csv = import(&[&file, "--config", &s.config, "--print", "csv"]);
+    assert!(csv.status.success(), "{}", stderr(&csv));
+    let text = String::from_utf8_lossy(&csv.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "a header and one row: {text}");
+    assert!(lines[1].contains("tcp-call-1"), "{text}");
 }
 
 /// A UDP call of `answered_call` written at one message per 100 ms.

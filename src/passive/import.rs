@@ -22,7 +22,7 @@ use sipedge_sip::call::sdp::sdp_video;
 use sipedge_sip::call::{Method, Output, SipEvent, SipKind, Tracker};
 use sipedge_sip::{Direction, scan};
 use sipedge_store::log::Direction as LogDirection;
-use sipedge_store::{Cdr, CdrId, LogEntry, LogKind, Store, Transport, UnixMs, WriteOp};
+use sipedge_store::{CdrId, LogEntry, LogKind, Store, Transport, UnixMs, WriteOp};
 
 use super::capture::{CaptureError, Handler, Reader, Wire};
 use super::{Leg, Sides};
@@ -61,8 +61,16 @@ pub struct ImportArgs {
 
 /// Where the CDRs and call logs go.
 enum Sink {
-    Store { store: Store, queued: u64 },
-    Print(Vec<Cdr>),
+    Store {
+        store: Store,
+        queued: u64,
+    },
+    /// Each CDR is written when its call ends, so that memory does not grow with the capture.
+    Print {
+        out: std::io::BufWriter<std::io::Stdout>,
+        csv: bool,
+        zone: chrono_tz::Tz,
+    },
 }
 
 /// The import's state: the tracker and the counts of the summary.
@@ -77,7 +85,7 @@ struct Feed {
     cdrs: u64,
     upstream_leg: u64,
     skipped: BTreeMap<&'static str, u64>,
-    store_error: Option<String>,
+    output_error: Option<String>,
 }
 
 /// Runs the command; the error is one line for the operator, with the exit code.
@@ -102,7 +110,19 @@ fn run(args: &ImportArgs) -> Result<(), (u8, String)> {
     ))?;
     let sides = Sides::new(sip).map_err(|e| (EXIT_CONFIG, e))?;
     let sink = match args.print {
-        Some(_) => Sink::Print(Vec::new()),
+        Some(format) => {
+            let mut out = std::io::BufWriter::new(std::io::stdout());
+            let csv = format == PrintFormat::Csv;
+            if csv {
+                out.write_all(render::CSV_HEADER.as_bytes())
+                    .map_err(|e| (EXIT_CONFIG, format!("cannot write the CDRs: {e}")))?;
+            }
+            Sink::Print {
+                out,
+                csv,
+                zone: config.node.timezone.0,
+            }
+        }
         None => Sink::Store {
             store: Store::open(
                 &config.node.data_dir,
@@ -123,7 +143,7 @@ fn run(args: &ImportArgs) -> Result<(), (u8, String)> {
         cdrs: 0,
         upstream_leg: 0,
         skipped: BTreeMap::new(),
-        store_error: None,
+        output_error: None,
     };
     let total: u64 = args
         .files
@@ -162,11 +182,15 @@ fn run(args: &ImportArgs) -> Result<(), (u8, String)> {
     let stats = feed.tracker.stats();
     let files: Vec<String> = args.files.iter().map(|f| f.display().to_string()).collect();
     match feed.sink {
-        Sink::Print(cdrs) => print(&cdrs, args.print, config.node.timezone.0)
-            .map_err(|e| (EXIT_CONFIG, format!("cannot write the CDRs: {e}")))?,
+        Sink::Print { mut out, .. } => {
+            if let Err(e) = out.flush() {
+                feed.output_error
+                    .get_or_insert(format!("cannot write the CDRs: {e}"));
+            }
+        }
         Sink::Store { store, .. } => {
             if let Err(e) = store.flush(Duration::from_secs(300)) {
-                feed.store_error.get_or_insert(e.to_string());
+                feed.output_error.get_or_insert(e.to_string());
             }
         }
     }
@@ -194,26 +218,10 @@ fn run(args: &ImportArgs) -> Result<(), (u8, String)> {
         summary.push_str(&format!("skipped {reason}: {n}\n"));
     }
     eprint!("{summary}");
-    match feed.store_error {
-        Some(e) => Err((EXIT_CONFIG, format!("the store refused the import: {e}"))),
+    match feed.output_error {
+        Some(e) => Err((EXIT_CONFIG, format!("the import's output failed: {e}"))),
         None => Ok(()),
     }
-}
-
-fn print(cdrs: &[Cdr], format: Option<PrintFormat>, zone: chrono_tz::Tz) -> std::io::Result<()> {
-    let mut out = String::new();
-    if format == Some(PrintFormat::Csv) {
-        out.push_str(render::CSV_HEADER);
-        for cdr in cdrs {
-            render::csv_row(&mut out, cdr, zone);
-        }
-    } else {
-        for cdr in cdrs {
-            out.push_str(&serde_json::to_string(&CdrView::new(cdr, zone))?);
-            out.push('\n');
-        }
-    }
-    std::io::stdout().lock().write_all(out.as_bytes())
 }
 
 impl Feed {
@@ -228,7 +236,25 @@ impl Feed {
                 Output::Ended(cdr) => {
                     self.cdrs += 1;
                     match &mut self.sink {
-                        Sink::Print(cdrs) => cdrs.push(cdr),
+                        Sink::Print { out, csv, zone } => {
+                            let mut line = String::new();
+                            let rendered = if *csv {
+                                render::csv_row(&mut line, &cdr, *zone);
+                                Ok(())
+                            } else {
+                                serde_json::to_string(&CdrView::new(&cdr, *zone)).map(|json| {
+                                    line = json;
+                                    line.push('\n');
+                                })
+                            };
+                            let written = rendered
+                                .map_err(std::io::Error::from)
+                                .and_then(|()| out.write_all(line.as_bytes()));
+                            if let Err(e) = written {
+                                self.output_error
+                                    .get_or_insert(format!("cannot write the CDRs: {e}"));
+                            }
+                        }
                         Sink::Store { .. } => self.submit(WriteOp::PutCdr(Box::new(cdr))),
                     }
                 }
@@ -263,7 +289,7 @@ impl Feed {
             }
         }
         if let Err(e) = result {
-            self.store_error.get_or_insert(e.to_string());
+            self.output_error.get_or_insert(e.to_string());
         }
     }
 }
