@@ -37,6 +37,9 @@ pub struct Config {
         skip_serializing_if = "crate::sink::config::SinkSection::is_empty"
     )]
     pub sink: crate::sink::config::SinkSection,
+    /// The HEP v3 listener (issue 14); off without the table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hep: Option<crate::passive::hep_config::HepConfig>,
 }
 
 /// The `[store]` table: the engine, and the store crate's own settings (written out here
@@ -265,6 +268,7 @@ impl Config {
         if let Some(pg) = &self.sink.postgres {
             problems.extend(pg.problems());
         }
+        problems.extend(crate::passive::hep_config::problems(self));
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
                 "log.level: {:?} is not a level or filter: {err}",

@@ -10,6 +10,7 @@ mod logwriter;
 mod metrics;
 mod monitor;
 mod notify;
+mod passive;
 mod reload;
 mod serve;
 mod shutdown;
@@ -69,6 +70,9 @@ enum Command {
     Token(token::TokenArgs),
     /// Read a password on stdin and print its argon2id hash for an `[[api.users]]` entry.
     HashPassword,
+    /// Build CDRs from pcap/pcapng captures with the proxy's call tracking, into the store
+    /// (or printed); a summary of what was read and skipped goes to stderr.
+    ImportPcap(passive::import::ImportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
             }
         },
         Command::HashPassword => hash_password(),
+        Command::ImportPcap(args) => passive::import::main(&args),
         Command::Cdrs(args) => match cdrs::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {

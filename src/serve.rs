@@ -129,6 +129,19 @@ async fn run(
         })?;
     let (relayed_tx, relayed_rx) =
         tokio::sync::mpsc::channel(config.sip.as_ref().map_or(1, |s| s.handoff_queue));
+    let hep = match (&config.hep, &config.sip) {
+        (Some(hep), Some(sip)) => Some((
+            crate::passive::hep::HepListener::bind(hep, sip)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: "HEP listener",
+                    addr: hep.listen,
+                    source,
+                })?,
+            relayed_tx.clone(),
+        )),
+        _ => None,
+    };
     let sip = match &config.sip {
         Some(sip) => Some(sipedge_sip::Proxy::bind(sip, &config.node.data_dir, relayed_tx).await?),
         None => None,
@@ -195,6 +208,9 @@ async fn run(
     );
     if let Some(webhook) = &monitor.webhook {
         webhook.register(&mut registry);
+    }
+    if let Some((listener, _)) = &hep {
+        listener.metrics().register(&mut registry);
     }
     let account_stats = Arc::new(ListenerStats::default());
     let api_stats = Arc::new(ListenerStats::default());
@@ -302,11 +318,13 @@ async fn run(
             config.node.timezone.0,
         ));
     }
+    let hep_task = hep.map(|(listener, tx)| tokio::spawn(listener.run(tx, shutdown.clone())));
     let tracking_task = tracking.map(|(_, task)| task);
     let sink_tasks = sink.into_iter().flat_map(|s| s.tasks);
     for task in tasks
         .into_iter()
         .chain(sip_task)
+        .chain(hep_task)
         .chain(tracking_task)
         .chain(sink_tasks)
     {

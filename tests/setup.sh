@@ -17,6 +17,12 @@ fc-list 2>/dev/null | grep -qi 'CJK' || need_apt+=(fonts-noto-cjk)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 # systemd-analyze, for `systemd-analyze verify systemd/sipedge.service` (tests/ops.rs).
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# tshark captures the loopback while SIPp calls go through sipedge (tests/import_pcap.rs);
+# answered first so that the package does not ask whether non-root users may capture.
+if ! command -v tshark >/dev/null 2>&1; then
+  need_apt+=(tshark)
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

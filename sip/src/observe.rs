@@ -79,6 +79,30 @@ pub struct Relayed {
     pub(crate) charge: Charge,
 }
 
+impl Relayed {
+    /// A message seen elsewhere than on the relay (mirrored by HEP), holding none of the
+    /// hand-off's byte budget.
+    pub fn new(
+        at: SystemTime,
+        direction: Direction,
+        origin: Origin,
+        transport: Transport,
+        (src, dst): (SocketAddr, SocketAddr),
+        bytes: Bytes,
+    ) -> Relayed {
+        Relayed {
+            at,
+            direction,
+            origin,
+            transport,
+            src,
+            dst,
+            bytes,
+            charge: Charge::default(),
+        }
+    }
+}
+
 /// The bytes one queued message holds of [`Handoff`]'s budget; given back on drop. A clone
 /// of a message is not in the queue and holds nothing.
 #[derive(Debug, Default)]
