@@ -705,6 +705,12 @@ mod tests {
                 "{header:?} {method} {path}"
             );
         }
+        // HMAC-SHA256 as Python's hmac module computes it, so that another implementation
+        // can sign for a node.
+        assert_eq!(
+            sign(SECRET, "sz-01", 1_800_000_000, "GET", "/api/cdrs?limit=5"),
+            "sz-01:1800000000:9f0ccfa219577d2b007bb0d4306ce78e7e34b627418378fee2c668bdc5f0a0aa"
+        );
         let edge = sign(SECRET, "sz-01", now - MAX_SKEW_S, "GET", pq);
         assert!(
             verify(SECRET, &edge, "GET", pq, now).is_ok(),

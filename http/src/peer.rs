@@ -196,6 +196,9 @@ pub(crate) async fn stats_json(
 
 /// The header that names, on the chart, the nodes whose calls it lacks.
 pub(crate) fn unavailable_header(reach: &Reach) -> Option<HeaderValue> {
+    if reach.unavailable.is_empty() {
+        return None;
+    }
     HeaderValue::from_str(&reach.unavailable.join(", ")).ok()
 }
 
