@@ -608,3 +608,131 @@ fn bad_cluster_parameters_are_400_naming_the_parameter() {
         serde_json::json!({"node": "sh-01", "peers": ["sz-01"]})
     );
 }
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn repo() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// node, Chromium and playwright-core, as tests/ui.rs needs them; the message says how to
+/// get what is missing.
+fn check_browser_tools() {
+    let mut missing = Vec::new();
+    if !std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        missing.push("node (apt-get install nodejs npm)");
+    }
+    if !std::path::Path::new(CHROMIUM).exists() {
+        missing.push("/usr/bin/chromium (apt-get install chromium)");
+    }
+    if !repo()
+        .join("tests/e2e/node_modules/playwright-core/package.json")
+        .exists()
+    {
+        missing.push("playwright-core in tests/e2e (cd tests/e2e && npm ci)");
+    }
+    assert!(
+        missing.is_empty(),
+        "the browser test cannot run; missing: {}. tests/setup.sh installs all of them.",
+        missing.join(", ")
+    );
+}
+
+/// Alarms of `node`, raised `ago` minutes apart (the newest `ago[0]` minutes ago).
+fn alarms(node: &str, ago: &[i64]) -> Vec<sipedge_store::Alarm> {
+    use sipedge_store::{Alarm, AlarmId, AlarmKind, Severity};
+    ago.iter()
+        .enumerate()
+        .map(|(i, minutes)| {
+            let raised =
+                UnixMs((Utc::now() - chrono::Duration::minutes(*minutes)).timestamp_millis());
+            let target = format!("{node}-process-{i}");
+            Alarm {
+                id: AlarmId::new(raised, node, AlarmKind::ProcessMissing, &target),
+                node: node.into(),
+                kind: AlarmKind::ProcessMissing,
+                target: target.clone(),
+                severity: Severity::Major,
+                message: format!("{target} is not running"),
+                raised_at: raised,
+                cleared_at: (i % 2 == 1).then_some(UnixMs(raised.0 + 60_000)),
+            }
+        })
+        .collect()
+}
+
+/// Calls from today's midnight in Shanghai until now, so that the page's default query
+/// (today) shows them.
+fn today_seed(node_name: &str, n: u64, seed_no: u64, ago: &[i64]) -> Seed {
+    let zone = chrono_tz::Asia::Shanghai;
+    let now = Utc::now();
+    let midnight = now
+        .with_timezone(&zone)
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .and_then(|t| t.and_local_timezone(zone).single())
+        .unwrap()
+        .with_timezone(&Utc);
+    let span = (now - midnight).num_milliseconds().max(60_000);
+    Seed {
+        cdrs: seed::cdrs(
+            node_name,
+            UnixMs(midnight.timestamp_millis()),
+            span,
+            n,
+            seed_no,
+        ),
+        alarms: alarms(node_name, ago),
+        ..Seed::default()
+    }
+}
+
+#[test]
+fn the_cluster_view_in_a_browser() {
+    check_browser_tools();
+    let (sh_port, sz_port, down_port) = (free_port(), free_port(), free_port());
+    let _sz = Sipedge::start_seeded(
+        &node("sz-01", sz_port, &[]),
+        &today_seed("sz-01", 40, 21, &[3, 50, 200]),
+    );
+    let sh = Sipedge::start_seeded(
+        &node(
+            "sh-01",
+            sh_port,
+            &[("sz-01", sz_port), ("sz-02", down_port)],
+        ),
+        &today_seed("sh-01", 60, 22, &[10, 100]),
+    );
+    let shots = repo().join("target/ui-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = std::process::Command::new("node")
+        .args([
+            "--test",
+            "--test-concurrency=1",
+            "tests/e2e/cluster.test.mjs",
+        ])
+        .current_dir(repo())
+        .env("SIPEDGE_URL", format!("http://{}", sh.addr("api")))
+        .env("SIPEDGE_CHROMIUM", CHROMIUM)
+        .env("SIPEDGE_SCREENSHOTS", &shots)
+        .output()
+        .expect("run node");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(out.status.success(), "browser tests failed:\n{text}");
+    // A run that found no test would also exit 0.
+    let passed: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# pass "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(passed >= 4, "only {passed} browser tests passed:\n{text}");
+}
