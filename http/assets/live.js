@@ -156,7 +156,6 @@ function remove(id) {
 
 function build(id) {
   const cells = {
-    node: el('td', { class: 'node-col mono' }),
     start: el('td', { class: 'mono' }),
     caller: el('td', { class: 'mono strong' }),
     called: el('td', { class: 'mono strong' }),
@@ -165,6 +164,7 @@ function build(id) {
     elapsed: el('td', { class: 'num mono' }),
     talk: el('td', { class: 'num mono' }),
     terminal: el('td', { class: 'mono muted' }),
+    node: el('td', { class: 'node-col mono' }),
     action: el('td', { class: 'actions' }),
   };
   const row = el('tr', { dataset: { id } }, Object.values(cells));
