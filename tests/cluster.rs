@@ -595,6 +595,29 @@ fn bad_cluster_parameters_are_400_naming_the_parameter() {
         assert_eq!(csv.status, 200, "{path}");
         assert_eq!(csv.body.lines().count(), 6, "{path}: header and 5 rows");
     }
+    // A merged CDR keeps the §5 names in §5's order, as a local one does.
+    for path in [
+        format!("/api/cdrs?scope=cluster&limit=1&{w}"),
+        format!("/api/cdrs?node=sz-01&limit=1&{w}"),
+        format!("/api/cdrs/{id}?node=sh-01"),
+    ] {
+        let raw = support::http::http(a, "GET", &path, "").body;
+        let at = |name: &str| {
+            raw.find(&format!("\"{name}\":"))
+                .unwrap_or_else(|| panic!("{name} in {raw}"))
+        };
+        let order = [
+            "id",
+            "node",
+            "call_id",
+            "caller",
+            "start_time",
+            "end_time",
+            "terminal",
+        ];
+        let positions: Vec<usize> = order.iter().map(|n| at(n)).collect();
+        assert!(positions.is_sorted(), "{path}: {raw}");
+    }
     // A good merged cursor resumes.
     let next = get_ok(
         a,

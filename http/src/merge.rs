@@ -11,6 +11,7 @@
 use chrono::DateTime;
 use chrono_tz::Tz;
 use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::Sha256;
 use sipedge_store::query::{CdrFilter, Counters, NumberMatch, StatsBucket, TypeCounters};
@@ -19,14 +20,6 @@ use sipedge_store::{CallStatus, CallType, CdrId, StatsResult, UnixMs};
 use crate::params::BadParam;
 use crate::render;
 
-/// Time fields of a CDR as the API shows it.
-pub const CDR_TIMES: &[&str] = &[
-    "video_started_at",
-    "start_time",
-    "ring_time",
-    "answer_time",
-    "end_time",
-];
 /// Time fields of a call in progress.
 pub const LIVE_TIMES: &[&str] = &["start_time", "ring_time", "answer_time", "video_started_at"];
 /// Time fields of an alarm.
@@ -34,27 +27,76 @@ pub const ALARM_TIMES: &[&str] = &["raised_at", "cleared_at"];
 /// Time fields of a watched process.
 pub const PROCESS_TIMES: &[&str] = &["last_change"];
 
+/// A CDR as another node's API shows it ([`crate::render::CdrView`]), typed so that the
+/// merged page keeps the §5 names in §5's order, as a local page does. Enumerations stay
+/// text: they are shown, not interpreted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CdrRow {
+    pub id: String,
+    pub node: String,
+    pub call_id: String,
+    pub caller: String,
+    pub called: String,
+    pub caller_uri: String,
+    pub called_uri: String,
+    pub call_type: String,
+    pub video_started_at: Option<String>,
+    pub status: String,
+    pub disposition: String,
+    pub sip_code: Option<u16>,
+    pub ended_by: String,
+    pub start_time: String,
+    pub ring_time: Option<String>,
+    pub answer_time: Option<String>,
+    pub end_time: String,
+    pub duration_s: f64,
+    pub talk_s: f64,
+    pub transport: String,
+    pub terminal: String,
+}
+
+fn rezone_text(text: &mut String, zone: Tz) {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        *text = render::rfc3339(UnixMs(t.timestamp_millis()), zone);
+    }
+}
+
+impl CdrRow {
+    /// Its times shown in `zone`.
+    pub fn rezone(&mut self, zone: Tz) {
+        for text in [&mut self.start_time, &mut self.end_time] {
+            rezone_text(text, zone);
+        }
+        for text in [
+            &mut self.video_started_at,
+            &mut self.ring_time,
+            &mut self.answer_time,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            rezone_text(text, zone);
+        }
+    }
+}
+
 /// One node's page of CDRs: its items newest first, and whether it has more after them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NodePage {
-    pub items: Vec<Value>,
+    pub items: Vec<CdrRow>,
     pub more: bool,
-}
-
-fn id_of(item: &Value) -> Option<CdrId> {
-    item.get("id")?.as_str()?.parse().ok()
 }
 
 /// The merged page of `limit` CDRs, newest first, and the id to resume after when any node
 /// has more. Each node was asked for `limit` rows below the same id, so the `limit`-th
 /// newest of all of them is never older than a row a node left out, and resuming below it
 /// loses nothing. Rows without a readable id (a peer of another version) are left out.
-pub fn merge_pages(pages: Vec<NodePage>, limit: usize) -> (Vec<Value>, Option<CdrId>) {
+pub fn merge_pages(pages: Vec<NodePage>, limit: usize) -> (Vec<CdrRow>, Option<CdrId>) {
     let any_more = pages.iter().any(|p| p.more);
-    let mut rows: Vec<(CdrId, Value)> = pages
+    let mut rows: Vec<(CdrId, CdrRow)> = pages
         .into_iter()
         .flat_map(|p| p.items)
-        .filter_map(|item| id_of(&item).map(|id| (id, item)))
+        .filter_map(|item| item.id.parse().ok().map(|id| (id, item)))
         .collect();
     rows.sort_by_key(|row| std::cmp::Reverse(row.0));
     rows.dedup_by(|a, b| a.0 == b.0);
@@ -72,14 +114,8 @@ pub fn merge_pages(pages: Vec<NodePage>, limit: usize) -> (Vec<Value>, Option<Cd
 /// shows every row in this node's zone whatever the peer's.
 pub fn rezone(item: &mut Value, fields: &[&str], zone: Tz) {
     for field in fields {
-        let Some(slot) = item.get_mut(*field) else {
-            continue;
-        };
-        if let Some(t) = slot
-            .as_str()
-            .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
-        {
-            *slot = Value::String(render::rfc3339(UnixMs(t.timestamp_millis()), zone));
+        if let Some(Value::String(text)) = item.get_mut(*field) {
+            rezone_text(text, zone);
         }
     }
 }
@@ -311,12 +347,70 @@ mod tests {
 
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 
-    fn row(id: u128) -> Value {
-        json!({ "id": CdrId(id).to_string() })
+    fn sample() -> CdrRow {
+        serde_json::from_value(json!({
+            "id": CdrId(0).to_string(), "node": "sz-01", "call_id": "c1", "caller": "1380",
+            "called": "95566", "caller_uri": "sip:1380@a", "called_uri": "sip:95566@b",
+            "call_type": "video", "video_started_at": null, "status": "connected",
+            "disposition": "answered", "sip_code": 200, "ended_by": "caller",
+            "start_time": "2026-11-18T06:06:40.123-05:00", "ring_time": null,
+            "answer_time": "2026-11-18T11:06:41Z", "end_time": "2026-11-18T19:07:40.123+08:00",
+            "duration_s": 60.0, "talk_s": 59.0, "transport": "udp", "terminal": "192.0.2.9:5060",
+        }))
+        .unwrap()
     }
 
-    fn ids(items: &[Value]) -> Vec<u128> {
-        items.iter().map(|i| id_of(i).unwrap().0).collect()
+    fn row(id: u128) -> CdrRow {
+        CdrRow {
+            id: CdrId(id).to_string(),
+            ..sample()
+        }
+    }
+
+    fn ids(items: &[CdrRow]) -> Vec<u128> {
+        items
+            .iter()
+            .map(|i| i.id.parse::<CdrId>().unwrap().0)
+            .collect()
+    }
+
+    #[test]
+    fn a_row_is_written_back_as_the_node_wrote_it() {
+        let start = UnixMs(1_795_000_000_123);
+        let cdr = sipedge_store::Cdr {
+            id: CdrId::new(start, "sz-01", "c1"),
+            node: "sz-01".into(),
+            call_id: "c1".into(),
+            caller: "1380".into(),
+            called: "95566".into(),
+            caller_uri: "sip:1380@bank.example".into(),
+            called_uri: "sip:95566@bank.example".into(),
+            call_type: CallType::Video,
+            video_started_at: Some(UnixMs(start.0 + 3_000)),
+            status: CallStatus::Connected,
+            disposition: sipedge_store::Disposition::Answered,
+            sip_code: Some(200),
+            ended_by: sipedge_store::EndedBy::Caller,
+            start_time: start,
+            ring_time: None,
+            answer_time: Some(UnixMs(start.0 + 2_500)),
+            end_time: UnixMs(start.0 + 62_501),
+            transport: sipedge_store::Transport::Tcp,
+            terminal: "203.0.113.9:40000".into(),
+        };
+        let text = serde_json::to_string(&render::CdrView::new(&cdr, chrono_tz::UTC)).unwrap();
+        let row: CdrRow = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            serde_json::to_string(&row).unwrap(),
+            text,
+            "same names, same order"
+        );
+        let mut zoned = row.clone();
+        zoned.rezone(chrono_tz::Asia::Shanghai);
+        assert_eq!(
+            serde_json::to_string(&zoned).unwrap(),
+            serde_json::to_string(&render::CdrView::new(&cdr, chrono_tz::Asia::Shanghai)).unwrap()
+        );
     }
 
     fn page(ids: &[u128], more: bool) -> NodePage {
@@ -371,9 +465,13 @@ mod tests {
             assert_eq!(ids(&items), want, "{what}");
             assert_eq!(got_next.map(|c| c.0), next, "{what}");
         }
+        let bad = CdrRow {
+            id: "nope".into(),
+            ..sample()
+        };
         let (items, _) = merge_pages(
             vec![NodePage {
-                items: vec![json!({"id": "nope"}), row(4)],
+                items: vec![bad, row(4)],
                 more: false,
             }],
             5,
@@ -425,12 +523,25 @@ mod tests {
 
     #[test]
     fn times_are_shown_in_this_nodes_zone() {
+        let mut row = sample();
+        row.rezone(chrono_tz::Asia::Shanghai);
+        assert_eq!(row.start_time, "2026-11-18T19:06:40.123+08:00");
+        assert_eq!(
+            row.answer_time.as_deref(),
+            Some("2026-11-18T19:06:41.000+08:00")
+        );
+        assert_eq!(row.end_time, "2026-11-18T19:07:40.123+08:00");
+        assert_eq!(row.ring_time, None);
         let mut item = json!({
             "start_time": "2026-11-18T06:06:40.123-05:00",
             "ring_time": null,
             "end_time": "not a time",
         });
-        rezone(&mut item, CDR_TIMES, chrono_tz::Asia::Shanghai);
+        rezone(
+            &mut item,
+            &["start_time", "ring_time", "end_time"],
+            chrono_tz::Asia::Shanghai,
+        );
         assert_eq!(
             item,
             json!({

@@ -15,7 +15,7 @@ use sipedge_store::StatsResult;
 use crate::api::{self, ApiError, ApiState};
 use crate::cluster::Answer;
 use crate::json_error;
-use crate::merge::{self, NodePage};
+use crate::merge::{self, CdrRow, NodePage};
 use crate::params::{self, BucketSize, Extra};
 use crate::render::{self, CdrView};
 
@@ -109,15 +109,23 @@ pub(crate) async fn cdrs(
             items: page
                 .iter()
                 .filter_map(|c| serde_json::to_value(CdrView::new(c, zone)).ok())
+                .filter_map(|v| serde_json::from_value(v).ok())
                 .collect(),
             more: next.is_some(),
         });
     }
     let mut reach = Reach::starting(state, local);
-    reach.sort(answers, |body| {
+    reach.sort(answers, |mut body| {
         let more = body.get("next_cursor").is_some_and(Value::is_string);
-        match items(body, merge::CDR_TIMES, zone) {
-            Some(rows) => {
+        let rows = body
+            .get_mut("items")
+            .map(Value::take)
+            .and_then(|items| serde_json::from_value::<Vec<CdrRow>>(items).ok());
+        match rows {
+            Some(mut rows) => {
+                for row in &mut rows {
+                    row.rezone(zone);
+                }
                 pages.push(NodePage { items: rows, more });
                 true
             }
@@ -127,7 +135,23 @@ pub(crate) async fn cdrs(
     let (rows, next) = merge::merge_pages(pages, query.limit);
     let next_cursor =
         next.map(|id| merge::make_cursor(id, &names, &query.filter, &state.cursor_key));
-    Ok(Json(reach.into_json(json!({ "items": rows, "next_cursor": next_cursor }))).into_response())
+    // A struct, not a `Value`: a map would sort each row's names.
+    Ok(Json(MergedPage {
+        items: rows,
+        next_cursor,
+        nodes: reach.nodes,
+        unavailable: reach.unavailable,
+    })
+    .into_response())
+}
+
+/// A merged `/api/cdrs` page: the local page's shape plus who answered.
+#[derive(Debug, serde::Serialize)]
+struct MergedPage {
+    items: Vec<CdrRow>,
+    next_cursor: Option<String>,
+    nodes: Vec<String>,
+    unavailable: Vec<String>,
 }
 
 /// The statistics of several nodes, summed bucket by bucket; every peer is asked for the
@@ -299,7 +323,11 @@ pub(crate) async fn from_peer(state: &Arc<ApiState>, peer: usize, path: &str) ->
                     merge::rezone(entry, &["at"], state.timezone);
                 }
             }
-            merge::rezone(&mut body, merge::CDR_TIMES, state.timezone);
+            // A CDR keeps its names' order (SPEC §5), as this node's own would.
+            if let Ok(mut row) = serde_json::from_value::<CdrRow>(body.clone()) {
+                row.rezone(state.timezone);
+                return Json(row).into_response();
+            }
             Json(body).into_response()
         }
         Err(failure) => match failure.status {
