@@ -314,11 +314,21 @@ pub enum Selection {
     Nodes { local: bool, peers: Vec<usize> },
 }
 
-/// What a peer answered, or why it is unavailable.
+/// What a peer answered (the body of its 200), or why it is unavailable.
 #[derive(Debug)]
 pub struct Answer {
     pub peer: String,
-    pub body: Result<Value, Failure>,
+    pub body: Result<bytes::Bytes, Failure>,
+}
+
+impl Answer {
+    /// The body read as `T`: read straight into the type the merge needs, since a peer's
+    /// page of a thousand CDRs is most of a cluster query's work.
+    pub fn read<T: serde::de::DeserializeOwned>(&self) -> Result<T, Failure> {
+        let body = self.body.as_ref().map_err(Clone::clone)?;
+        serde_json::from_slice(body)
+            .map_err(|e| Failure::new(format!("the answer cannot be read: {e}")))
+    }
 }
 
 /// Why a peer's answer cannot be used.
@@ -493,7 +503,7 @@ impl Cluster {
                 match tokio::time::timeout(peer.timeout, request).await {
                     Err(_) => Err(Failure::new(format!("no answer within {:?}", peer.timeout))),
                     Ok(Err(e)) => Err(Failure::new(e)),
-                    Ok(Ok((status, body))) => decode(status, &body),
+                    Ok(Ok((status, body))) => decode(status, body),
                 }
             }
         };
@@ -507,19 +517,18 @@ impl Cluster {
     }
 }
 
-fn decode(status: client::StatusCode, body: &[u8]) -> Result<Value, Failure> {
-    let value: Result<Value, _> = serde_json::from_slice(body);
-    if status != client::StatusCode::OK {
-        let said = value
-            .ok()
-            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or_default();
-        return Err(Failure {
-            status: Some(status),
-            reason: format!("answered {status} {said}").trim_end().to_owned(),
-        });
+fn decode(status: client::StatusCode, body: bytes::Bytes) -> Result<bytes::Bytes, Failure> {
+    if status == client::StatusCode::OK {
+        return Ok(body);
     }
-    value.map_err(|e| Failure::new(format!("the answer is not JSON: {e}")))
+    let said = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_default();
+    Err(Failure {
+        status: Some(status),
+        reason: format!("answered {status} {said}").trim_end().to_owned(),
+    })
 }
 
 /// The id a peer request resumes after (`after`, sent by the node that merges): taken out of

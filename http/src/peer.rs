@@ -38,10 +38,10 @@ impl Reach {
         }
     }
 
-    /// The value of each answer that could be used, the peer counted as answered or not.
-    fn sort(&mut self, answers: Vec<Answer>, mut usable: impl FnMut(Value) -> bool) {
+    /// Each answer that could be used, the peer counted as answered or not.
+    fn sort(&mut self, answers: Vec<Answer>, mut usable: impl FnMut(&Answer) -> bool) {
         for answer in answers {
-            if answer.body.ok().is_some_and(&mut usable) {
+            if usable(&answer) {
                 self.nodes.push(answer.peer);
             } else {
                 self.unavailable.push(answer.peer);
@@ -115,21 +115,20 @@ pub(crate) async fn cdrs(
         });
     }
     let mut reach = Reach::starting(state, local);
-    reach.sort(answers, |mut body| {
-        let more = body.get("next_cursor").is_some_and(Value::is_string);
-        let rows = body
-            .get_mut("items")
-            .map(Value::take)
-            .and_then(|items| serde_json::from_value::<Vec<CdrRow>>(items).ok());
-        match rows {
-            Some(mut rows) => {
-                for row in &mut rows {
-                    row.rezone(zone);
-                }
-                pages.push(NodePage { items: rows, more });
-                true
+    reach.sort(answers, |answer| match answer.read::<PeerPage>() {
+        Ok(mut page) => {
+            for row in &mut page.items {
+                row.rezone(zone);
             }
-            None => false,
+            pages.push(NodePage {
+                items: page.items,
+                more: page.next_cursor.is_some(),
+            });
+            true
+        }
+        Err(e) => {
+            tracing::warn!(peer = %answer.peer, error = %e, "a peer's page cannot be used; listed as unavailable");
+            false
         }
     });
     let (rows, next) = merge::merge_pages(pages, query.limit);
@@ -143,6 +142,13 @@ pub(crate) async fn cdrs(
         unavailable: reach.unavailable,
     })
     .into_response())
+}
+
+/// A peer's own `/api/cdrs` page, as far as the merge reads it.
+#[derive(Debug, serde::Deserialize)]
+struct PeerPage {
+    items: Vec<CdrRow>,
+    next_cursor: Option<String>,
 }
 
 /// A merged `/api/cdrs` page: the local page's shape plus who answered.
@@ -185,8 +191,9 @@ pub(crate) async fn stats(
         merge::add_stats(&mut sum, &result);
     }
     let mut reach = Reach::starting(state, local);
-    reach.sort(answers, |body| {
-        match merge::stats_from_json(&body, &edges) {
+    reach.sort(answers, |answer| {
+        let read = answer.read::<Value>().map_err(|e| e.reason);
+        match read.and_then(|body| merge::stats_from_json(&body, &edges)) {
             Ok(result) => {
                 merge::add_stats(&mut sum, &result);
                 true
@@ -251,7 +258,7 @@ async fn rows(
     }
     for answer in answers {
         match answer
-            .body
+            .read::<Value>()
             .ok()
             .and_then(|b| items(b, times, state.timezone))
         {
@@ -316,7 +323,7 @@ pub(crate) async fn from_peer(state: &Arc<ApiState>, peer: usize, path: &str) ->
     let Some(answer) = state.cluster.ask(&[peer], path).await.pop() else {
         return json_error(StatusCode::BAD_GATEWAY, "no such peer");
     };
-    match answer.body {
+    match answer.read::<Value>() {
         Ok(mut body) => {
             if let Some(entries) = body.get_mut("entries").and_then(Value::as_array_mut) {
                 for entry in entries {
