@@ -10,6 +10,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sipedge_http::account::AccountConfig;
 use sipedge_http::api::ApiConfig;
+use sipedge_http::cluster::ClusterConfig;
 use sipedge_store::{Engine, StoreConfig};
 
 /// The whole configuration file. Unknown keys anywhere are an error naming the key.
@@ -40,6 +41,9 @@ pub struct Config {
     /// The HEP v3 listener (issue 14); off without the table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hep: Option<crate::passive::hep_config::HepConfig>,
+    /// The other nodes of the two-centre view and the secret the nodes share.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
 }
 
 /// The `[store]` table: the engine, and the store crate's own settings (written out here
@@ -269,6 +273,7 @@ impl Config {
             problems.extend(pg.problems());
         }
         problems.extend(crate::passive::hep_config::problems(self));
+        problems.extend(self.cluster.problems(&self.node.name));
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(format!(
                 "log.level: {:?} is not a level or filter: {err}",
@@ -489,6 +494,56 @@ account = "sipserver"
         );
         check(&sink(""), Err("sink.postgres.url"));
         check(&format!("{MINIMAL}\n[sink.mysql]\n"), Err("mysql"));
+    }
+
+    #[test]
+    fn cluster_table() {
+        let cluster = |text: &str| format!("{MINIMAL}\n[cluster]\n{text}\n");
+        let secret = "secret = \"0123456789abcdef0123\"";
+        check(&cluster(""), Ok(()));
+        check(
+            &cluster(&format!(
+                "{secret}\ntimeout = \"1s\"\npeers = [{{ name = \"sz-01\", url = \"http://10.1.0.5:8068\" }}]"
+            )),
+            Ok(()),
+        );
+        check(
+            &format!(
+                "{MINIMAL}\n[cluster]\n{secret}\n[[cluster.peers]]\nname = \"sz-01\"\nurl = \"http://10.1.0.5:8068\"\ntimeout = \"3s\"\n"
+            ),
+            Ok(()),
+        );
+        check(&cluster("colour = 1"), Err("colour"));
+        check(
+            &cluster(&format!(
+                "{secret}\npeers = [{{ name = \"a\", url = \"http://a:1\", weight = 1 }}]"
+            )),
+            Err("weight"),
+        );
+        check(&cluster("timeout = \"soon\""), Err("timeout"));
+        check(
+            &cluster("peers = [{ name = \"sz-01\", url = \"http://10.1.0.5:8068\" }]"),
+            Err("cluster.secret_file"),
+        );
+        check(
+            &cluster(&format!(
+                "{secret}\npeers = [{{ name = \"sh-01\", url = \"http://a:1\" }}]"
+            )),
+            Err("cluster.peers[0].name"),
+        );
+        check(
+            &cluster(&format!(
+                "{secret}\npeers = [{{ name = \"sz-01\", url = \"10.1.0.5:8068\" }}]"
+            )),
+            Err("cluster.peers[0].url"),
+        );
+        check(
+            &cluster("secret_file = \"/nonexistent/cluster.secret\""),
+            Err("cluster.secret_file: cannot read"),
+        );
+        // The secret itself is never shown by check-config.
+        let shown = Config::parse(&cluster(secret)).unwrap().to_toml();
+        assert!(!shown.contains("0123456789abcdef0123"), "{shown}");
     }
 
     #[test]

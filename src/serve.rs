@@ -9,6 +9,7 @@ use std::sync::Arc;
 use sipedge_http::access::Access;
 use sipedge_http::account::{self, AccountMetrics, AccountState};
 use sipedge_http::api::{self, ApiState};
+use sipedge_http::cluster::Cluster;
 use sipedge_http::events::EventHub;
 use sipedge_http::health::Health;
 use sipedge_http::server::{self, ListenerStats, ServerLimits};
@@ -42,6 +43,8 @@ enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Cluster(String),
     #[error(transparent)]
     Sip(#[from] sipedge_sip::Error),
     #[error(transparent)]
@@ -127,6 +130,7 @@ async fn run(
             path: data_dir,
             source,
         })?;
+    let cluster = Cluster::new(&config.node.name, &config.cluster).map_err(StartError::Cluster)?;
     let (relayed_tx, relayed_rx) =
         tokio::sync::mpsc::channel(config.sip.as_ref().map_or(1, |s| s.handoff_queue));
     let hep = match (&config.hep, &config.sip) {
@@ -253,6 +257,7 @@ async fn run(
         events: events.clone(),
         metrics: Arc::new(registry),
         processes: monitor.processes,
+        cluster: Arc::new(cluster),
     }));
 
     for (name, listener) in [("account", &account_listener), ("api", &api_listener)] {

@@ -2,6 +2,7 @@
 // router between the views, and the start of every view.
 
 import { clearError, getJSON, showError } from './api.js';
+import * as cluster from './cluster.js';
 import { byId } from './dom.js';
 import * as events from './events.js';
 import { applyStatic, initLang, lang, onLangChange, setLang, t } from './i18n.js';
@@ -47,6 +48,7 @@ function route() {
   }
   if (current && current !== page && views[current].hide) views[current].hide();
   current = page;
+  cluster.setView(page === 'log' ? 'query' : page);
   views[page].show(rest, params);
   setTitle();
   const title = byId(`page-${page}`).querySelector('h1');
@@ -89,7 +91,7 @@ function showLangButton() {
   button.setAttribute('aria-label', t('lang.switch'));
 }
 
-function start() {
+async function start() {
   initLang();
   applyStatic(document);
   showLangButton();
@@ -99,6 +101,7 @@ function start() {
     showLangButton();
     showStream(events.connectionStatus());
     checkHealth();
+    cluster.relabel();
     if (current && views[current].relabel) views[current].relabel();
     for (const [name, view] of Object.entries(views)) if (name !== current && view.relabel) view.relabel();
     setTitle();
@@ -106,6 +109,8 @@ function start() {
   new MutationObserver(setTitle).observe(byId('live-count'), { childList: true, characterData: true, subtree: true, attributes: true });
   events.on('status', showStream);
   showStream(events.connectionStatus());
+  // The views' first requests carry the remembered node selection.
+  await cluster.init();
   for (const view of Object.values(views)) view.init();
   events.start();
   window.addEventListener('hashchange', route);

@@ -2,8 +2,11 @@
 // call.started, changes on call.ringing / call.answered, and leaves on call.ended (after a
 // short fade, so the eye can follow it). After every (re)connect the list is reloaded from
 // `/api/calls/live`; events that arrive meanwhile are applied after the reload, in order.
+// The events are this node's own: with another node selection (cluster.js) the list is read
+// again every couple of seconds instead, each call labelled with its node.
 
-import { getJSON, clearError, showError } from './api.js';
+import { getJSON, clearError, queryString, showError } from './api.js';
+import * as cluster from './cluster.js';
 import { byId, el, replace } from './dom.js';
 import * as events from './events.js';
 import { clock, dateTime, duration, epochMs, serverNow, count } from './format.js';
@@ -13,6 +16,8 @@ import { t } from './i18n.js';
 const FADE_MS = 1500;
 /** Ids of ended calls remembered, so that a late event cannot bring one back. */
 const ENDED_KEPT = 2000;
+/** How often the list of other nodes' calls is read again. */
+const CLUSTER_EVERY_MS = 2000;
 
 /** Calls on screen by id: { call, row, cells, ending }. */
 const calls = new Map();
@@ -36,8 +41,16 @@ export function init() {
     for (const entry of calls.values()) applyFilter(entry);
     summarize();
   });
+  cluster.onChange(() => {
+    for (const id of [...calls.keys()]) remove(id);
+    ended.clear();
+    reload();
+  });
   reload();
   setInterval(tick, 1000);
+  setInterval(() => {
+    if (!cluster.isLocal() && !document.hidden) reload();
+  }, CLUSTER_EVERY_MS);
 }
 
 export function show() {
@@ -67,7 +80,8 @@ async function reload() {
   }
   held = [];
   try {
-    const body = await getJSON('/api/calls/live');
+    const body = await getJSON(`/api/calls/live${queryString(cluster.scopeParams())}`);
+    cluster.report('live', body);
     const items = Array.isArray(body.items) ? body.items : [];
     const present = new Set(items.map((c) => String(c.id)));
     for (const [id, entry] of calls) if (!present.has(id) && !entry.ending) remove(id);
@@ -88,7 +102,7 @@ async function reload() {
 }
 
 function apply(name, call) {
-  if (!call || call.id === undefined) return;
+  if (!call || call.id === undefined || !cluster.isLocal()) return;
   if (held) {
     held.push([name, call]);
     return;
@@ -150,6 +164,7 @@ function build(id) {
     elapsed: el('td', { class: 'num mono' }),
     talk: el('td', { class: 'num mono' }),
     terminal: el('td', { class: 'mono muted' }),
+    node: el('td', { class: 'node-col mono' }),
     action: el('td', { class: 'actions' }),
   };
   const row = el('tr', { dataset: { id } }, Object.values(cells));
@@ -177,6 +192,7 @@ export function typeBadge(type) {
 
 function fill(entry) {
   const { call, cells } = entry;
+  cells.node.textContent = call.node || '';
   replace(cells.start, el('time', { datetime: String(call.start_time), title: dateTime(call.start_time) }, clock(call.start_time)));
   cells.caller.textContent = call.caller || '—';
   cells.caller.title = call.caller_uri || '';
@@ -186,7 +202,7 @@ function fill(entry) {
   replace(cells.state, el('span', { class: `badge state-${call.state}` }, t(`state.${call.state}`)));
   cells.terminal.textContent = call.terminal || '';
   if (!cells.action.firstChild) {
-    cells.action.append(el('a', { class: 'button small secondary', href: `#/log/${encodeURIComponent(entry.row.dataset.id)}` }));
+    cells.action.append(el('a', { class: 'button small secondary', href: `#/log/${encodeURIComponent(entry.row.dataset.id)}${cluster.recordSuffix(call.node)}` }));
   }
   cells.action.firstChild.textContent = t('action.view_log');
   cells.action.firstChild.setAttribute('aria-label', `${t('action.view_log')} ${call.caller || ''} → ${call.called || ''}`);

@@ -4,6 +4,7 @@
 // opens in full, exactly as it went over the wire.
 
 import { ApiError, clearError, getJSON, showError } from './api.js';
+import * as cluster from './cluster.js';
 import { byId, el, replace } from './dom.js';
 import { clockMs, dateTime, duration, epochMs } from './format.js';
 import { t } from './i18n.js';
@@ -48,13 +49,14 @@ export function relabel() {
   if (current) render(current.id, current.cdr, current.entries);
 }
 
-export function show(id) {
+/** `params` may name the node that holds the call (`node=…`, from the cluster view). */
+export function show(id, params) {
   replace(byId('log-summary'), el('p', { class: 'muted' }, t('loading')));
   replace(byId('ladder'));
   current = null;
   clearTimeout(timer);
   generation += 1;
-  load(id, generation);
+  load(id, generation, cluster.recordSuffix(params?.get('node') || ''));
 }
 
 export function hide() {
@@ -64,14 +66,14 @@ export function hide() {
 
 /** Reads the call's record and log; while there is no record yet (the call is still in
  * progress) it reads them again every few seconds, so the ladder grows as the call goes on. */
-async function load(id, mine) {
+async function load(id, mine, node = '') {
   const path = encodeURIComponent(id);
   const [cdr, log] = await Promise.all([
-    getJSON(`/api/cdrs/${path}`).catch((err) => (err instanceof ApiError && err.status === 404 ? null : Promise.reject(err))).catch((err) => {
+    getJSON(`/api/cdrs/${path}${node}`).catch((err) => (err instanceof ApiError && err.status === 404 ? null : Promise.reject(err))).catch((err) => {
       showError('error.log', err);
       return null;
     }),
-    getJSON(`/api/cdrs/${path}/log`).catch((err) => {
+    getJSON(`/api/cdrs/${path}/log${node}`).catch((err) => {
       if (!(err instanceof ApiError && err.status === 404 && liveCall(id))) showError('error.log', err);
       return null;
     }),
@@ -80,7 +82,7 @@ async function load(id, mine) {
   if (log) clearError('error.log');
   current = { id, cdr, entries: log && Array.isArray(log.entries) ? log.entries : [] };
   render(id, cdr, current.entries);
-  if (!cdr && liveCall(id)) timer = setTimeout(() => load(id, mine), LIVE_EVERY_MS);
+  if (!cdr && liveCall(id)) timer = setTimeout(() => load(id, mine, node), LIVE_EVERY_MS);
 }
 
 function render(id, cdr, entries) {

@@ -2,8 +2,12 @@
 // active ones highlighted. Alarms follow `alarm.raised` / `alarm.cleared` as they happen; the
 // count of active ones shows on the tab from any view. Processes are re-read every few
 // seconds while the view is open; until the node answers `/api/processes`, the view says so.
+// With another node selection (cluster.js) both lists cover those nodes, each row with its
+// node; this node's alarm events then apply only when this node is part of the selection,
+// and the alarms are read again with the processes.
 
-import { ApiError, clearError, getJSON, showError } from './api.js';
+import { ApiError, clearError, getJSON, queryString, showError } from './api.js';
+import * as cluster from './cluster.js';
 import { byId, el, replace } from './dom.js';
 import * as events from './events.js';
 import { bytes, count, dateTime, epochMs } from './format.js';
@@ -29,6 +33,11 @@ export function init() {
   events.on('alarm.cleared', (alarm) => upsert(alarm, false));
   events.on('resync', loadAlarms);
   byId('alarm-active-only').addEventListener('change', renderAlarms);
+  cluster.onChange(() => {
+    processes = null;
+    loadAlarms();
+    loadProcesses();
+  });
   loadAlarms();
 }
 
@@ -45,6 +54,7 @@ export function hide() {
 }
 
 async function poll(mine) {
+  if (!cluster.isLocal()) await loadAlarms();
   await loadProcesses();
   if (mine === generation) {
     timer = setTimeout(() => poll(mine), processes === 'absent' ? ABSENT_EVERY_MS : PROCESSES_EVERY_MS);
@@ -59,7 +69,9 @@ export function relabel() {
 async function loadAlarms() {
   try {
     // The active ones whatever their age, and the recent history.
-    const [active, recent] = await Promise.all([getJSON('/api/alarms?active=true&limit=1000'), getJSON(`/api/alarms?limit=${ALARMS_SHOWN}`)]);
+    const scope = cluster.scopeQuery();
+    const [active, recent] = await Promise.all([getJSON(`/api/alarms?active=true&limit=1000${scope}`), getJSON(`/api/alarms?limit=${ALARMS_SHOWN}${scope}`)]);
+    cluster.report('monitor', recent);
     alarms.clear();
     for (const a of [...(recent.items || []), ...(active.items || [])]) alarms.set(String(a.id), a);
     clearError('error.alarms');
@@ -70,7 +82,7 @@ async function loadAlarms() {
 }
 
 function upsert(alarm, raised) {
-  if (!alarm || alarm.id === undefined) return;
+  if (!alarm || alarm.id === undefined || !cluster.includesSelf()) return;
   const id = String(alarm.id);
   alarms.set(id, alarm);
   if (raised) fresh.add(id);
@@ -79,7 +91,7 @@ function upsert(alarm, raised) {
 
 async function loadProcesses() {
   try {
-    const body = await getJSON('/api/processes');
+    const body = await getJSON(`/api/processes${queryString(cluster.scopeParams())}`);
     processes = Array.isArray(body) ? body : Array.isArray(body.items) ? body.items : [];
     clearError('error.processes');
   } catch (err) {
@@ -112,7 +124,7 @@ function renderProcesses() {
     replace(box, el('div', { class: 'empty' }, t('proc.none')));
     return;
   }
-  const head = ['proc.name', 'proc.state', 'proc.pids', 'proc.cpu', 'proc.memory', 'proc.since'];
+  const head = ['col.node', 'proc.name', 'proc.state', 'proc.pids', 'proc.cpu', 'proc.memory', 'proc.since'];
   replace(
     box,
     el(
@@ -122,7 +134,7 @@ function renderProcesses() {
         'table',
         { class: 'grid processes' },
         el('caption', { class: 'sr-only' }, t('proc.title')),
-        el('thead', {}, el('tr', {}, head.map((k) => el('th', { scope: 'col', class: ['proc.cpu', 'proc.memory'].includes(k) ? 'num' : '' }, t(k))))),
+        el('thead', {}, el('tr', {}, head.map((k) => el('th', { scope: 'col', class: k === 'col.node' ? 'node-col' : ['proc.cpu', 'proc.memory'].includes(k) ? 'num' : '' }, t(k))))),
         el(
           'tbody',
           {},
@@ -138,6 +150,7 @@ function renderProcesses() {
             return el(
               'tr',
               { class: stateClass(state) === 'bad' ? 'row-bad' : '' },
+              el('td', { class: 'node-col mono' }, p.node ?? ''),
               el('th', { scope: 'row', title: p.matcher ?? '' }, p.name ?? '—', p.critical ? el('span', { class: 'badge critical small' }, t('proc.critical')) : null),
               el('td', {}, el('span', { class: `badge proc-${stateClass(state)}` }, t(`proc.state.${String(state).toLowerCase()}`, { fallback: String(state) }))),
               el('td', { class: 'mono' }, Array.isArray(pids) ? pids.join(', ') || '—' : pids ?? '—'),
@@ -163,7 +176,8 @@ function renderAlarms() {
     const id = String(a.id);
     const row = el(
       'tr',
-      { class: `${active ? 'alarm-active' : 'alarm-cleared'} ${fresh.has(id) ? 'arrived' : ''}`, dataset: { id, active: String(active) } },
+      { class: `${active ? 'alarm-active' : 'alarm-cleared'} ${fresh.has(id) ? 'arrived' : ''}`, dataset: { id, active: String(active), node: a.node } },
+      el('td', { class: 'node-col mono' }, a.node),
       el('td', {}, el('span', { class: `badge sev-${a.severity}` }, t(`severity.${a.severity}`, { fallback: a.severity }))),
       el('td', {}, t(`kind.${a.kind}`, { fallback: a.kind })),
       el('td', { class: 'mono' }, a.target),

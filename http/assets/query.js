@@ -1,11 +1,14 @@
 // Query: the source document's form (start, end, call type, caller, called, connection
 // status) with its defaults, the matching records page by page, the totals per call type,
 // the bar chart, the statistics, and a CSV download of exactly the query on screen. The query
-// lives in the URL (`#/query?start=…`), so it can be bookmarked, shared and reloaded.
+// lives in the URL (`#/query?start=…`), so it can be bookmarked, shared and reloaded. With a
+// node selection other than this node (cluster.js), the same query covers those nodes; the
+// CSV export then stays off, since it covers this node only.
 
 import { clearError, getJSON, queryString, showError } from './api.js';
 import { byId, el, replace } from './dom.js';
 import * as chart from './chart.js';
+import * as cluster from './cluster.js';
 import { count, dateTime, duration, normalizeTime, percent, wall } from './format.js';
 import { t } from './i18n.js';
 import { typeBadge } from './live.js';
@@ -47,6 +50,12 @@ export function init() {
     byId(`q-${name}`).addEventListener('input', (event) => event.target.setCustomValidity(''));
   }
   chart.legend(byId('chart-legend'));
+  cluster.onChange(() => {
+    if (shown) {
+      shownKey = null;
+      run(shown);
+    }
+  });
   setInterval(() => {
     if (byId('q-auto').checked && shown && !byId('page-query').hidden && !document.hidden && page === 0) {
       shownKey = null;
@@ -152,10 +161,11 @@ async function run(params) {
   const results = byId('query-results');
   results.setAttribute('aria-busy', 'true');
   const qs = queryString(params);
+  const scoped = queryString({ ...params, ...cluster.scopeParams() });
   try {
     const [stats, first] = await Promise.all([
-      getJSON(`/api/stats${qs}`, { signal: controller.signal }),
-      getJSON(`/api/cdrs${qs}${qs ? '&' : '?'}limit=${PAGE_SIZE}`, { signal: controller.signal }),
+      getJSON(`/api/stats${scoped}`, { signal: controller.signal }),
+      getJSON(`/api/cdrs${scoped}${scoped ? '&' : '?'}limit=${PAGE_SIZE}`, { signal: controller.signal }),
     ]);
     shown = params;
     shownKey = qs;
@@ -164,6 +174,12 @@ async function run(params) {
     lastStats = stats;
     lastPage = first;
     byId('q-csv').href = `/api/cdrs.csv${qs}`;
+    byId('q-csv').hidden = !cluster.isLocal();
+    byId('q-csv-cluster').hidden = cluster.isLocal();
+    cluster.report('query', {
+      nodes: first.nodes,
+      unavailable: [...new Set([...(first.unavailable || []), ...(stats.unavailable || [])])],
+    });
     renderStats(stats);
     renderPage(first);
     clearError('error.query');
@@ -189,11 +205,12 @@ async function todayOfNode() {
 
 async function goTo(target) {
   if (!shown || target < 0 || target >= cursors.length) return;
-  const qs = queryString({ ...shown, limit: PAGE_SIZE, cursor: cursors[target] });
+  const qs = queryString({ ...shown, ...cluster.scopeParams(), limit: PAGE_SIZE, cursor: cursors[target] });
   try {
     const body = await getJSON(`/api/cdrs${qs}`);
     page = target;
     lastPage = body;
+    cluster.report('query', body);
     renderPage(body);
     byId('records').scrollIntoView({ block: 'start', behavior: 'smooth' });
     clearError('error.query');
@@ -253,7 +270,8 @@ function renderPage(body) {
   const rows = items.map((cdr) =>
     el(
       'tr',
-      { dataset: { id: cdr.id } },
+      { dataset: { id: cdr.id, node: cdr.node } },
+      el('td', { class: 'node-col mono' }, cdr.node),
       el('td', { class: 'mono' }, dateTime(cdr.start_time)),
       el('td', { class: 'mono muted' }, dateTime(cdr.end_time)),
       el('td', {}, typeBadge(cdr.call_type)),
@@ -262,7 +280,7 @@ function renderPage(body) {
       el('td', {}, el('span', { class: `badge status-${cdr.status}` }, t(`status.${cdr.status}`))),
       el('td', {}, t(`disposition.${cdr.disposition}`), cdr.sip_code ? el('span', { class: 'code' }, ` ${cdr.sip_code}`) : null),
       el('td', { class: 'num mono', title: `${cdr.talk_s} s` }, cdr.status === 'connected' ? duration(cdr.talk_s) : '—'),
-      el('td', { class: 'actions' }, el('a', { class: 'button small secondary', href: `#/log/${encodeURIComponent(cdr.id)}`, 'aria-label': `${t('action.view_log')} ${cdr.caller} → ${cdr.called}` }, t('action.view_log'))),
+      el('td', { class: 'actions' }, el('a', { class: 'button small secondary', href: `#/log/${encodeURIComponent(cdr.id)}${cluster.recordSuffix(cdr.node)}`, 'aria-label': `${t('action.view_log')} ${cdr.caller} → ${cdr.called}` }, t('action.view_log'))),
     ),
   );
   replace(byId('record-rows'), rows);

@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path as UrlPath, RawQuery, Request, State};
+use axum::extract::{Extension, Path as UrlPath, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -27,6 +27,7 @@ use sipedge_store::{CdrId, Store, StoreError};
 
 use crate::access::{self, Access, ApiUser};
 use crate::chart::{self, Bar, Chart, Lang};
+use crate::cluster::{self, Cluster, PeerCaller, Selection};
 use crate::events::EventHub;
 use crate::health::Health;
 use crate::json_error;
@@ -171,6 +172,9 @@ pub struct ApiState {
     pub metrics: Arc<Registry>,
     /// What `/api/processes` lists; the monitor in the root provides it.
     pub processes: Arc<dyn ProcessSource>,
+    /// `[cluster]`: the peers that `scope=cluster` and `node=NAME` ask, and the secret that
+    /// peer requests are signed with.
+    pub cluster: Arc<Cluster>,
 }
 
 /// The key that signs paging cursors, from the data dir, made on first use.
@@ -208,7 +212,7 @@ fn ui_router() -> Router {
 
 /// The router of the API listener.
 pub fn router(state: Arc<ApiState>) -> Router {
-    let access = state.access.clone();
+    let guard = (state.access.clone(), state.cluster.clone());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/cdrs", get(cdrs))
@@ -220,13 +224,14 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/calls/live", get(live_calls))
         .route("/api/events", get(events))
         .route("/api/alarms", get(alarms))
-        .route("/api/processes", get(crate::processes::processes))
+        .route("/api/processes", get(processes))
+        .route("/api/cluster", get(cluster_nodes))
         .route("/metrics", get(metrics))
         .with_state(state)
         .merge(ui_router())
         .fallback(not_found)
         .layer(middleware::from_fn(only_get))
-        .layer(middleware::from_fn_with_state(access, access::guard))
+        .layer(middleware::from_fn_with_state(guard, cluster::guard))
 }
 
 /// Every endpoint reads; anything but GET (and HEAD) is a 405 with `Allow`.
@@ -246,7 +251,7 @@ async fn only_get(request: Request, next: Next) -> Response {
 
 /// Why an API request failed.
 #[derive(Debug, thiserror::Error)]
-enum ApiError {
+pub(crate) enum ApiError {
     #[error(transparent)]
     Bad(#[from] BadParam),
     #[error("{0}")]
@@ -271,7 +276,7 @@ impl IntoResponse for ApiError {
 }
 
 /// Runs a store query on the blocking pool (the engines do file I/O).
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     query: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(query)
@@ -294,14 +299,15 @@ fn query_map(raw: Option<&str>) -> Result<HashMap<String, String>, BadParam> {
     Ok(map)
 }
 
-fn filters(state: &ApiState, raw: Option<&str>, extra: Extra) -> Result<params::Query, BadParam> {
-    params::parse(
-        &query_map(raw)?,
-        extra,
-        state.timezone,
-        Utc::now(),
-        &state.cursor_key,
-    )
+/// Whether the request came from a cluster peer (see [`cluster::guard`]).
+type FromPeer = Option<Extension<PeerCaller>>;
+
+pub(crate) fn parse_filters(
+    state: &ApiState,
+    params: &HashMap<String, String>,
+    extra: Extra,
+) -> Result<params::Query, BadParam> {
+    params::parse(params, extra, state.timezone, Utc::now(), &state.cursor_key)
 }
 
 async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
@@ -314,9 +320,16 @@ async fn not_found() -> Response {
 
 async fn cdrs(
     State(state): State<Arc<ApiState>>,
+    peer: FromPeer,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = filters(&state, raw.as_deref(), Extra::Paging)?;
+    let mut params = query_map(raw.as_deref())?;
+    if let Selection::Nodes { local, peers } = state.cluster.select(&mut params, peer.is_some())? {
+        return crate::peer::cdrs(&state, params, local, &peers).await;
+    }
+    let after = cluster::take_after(&mut params, peer.is_some())?;
+    let mut query = parse_filters(&state, &params, Extra::Paging)?;
+    query.after = after.or(query.after);
     let store = state.store.clone();
     let filter = query.filter.clone();
     let (page, next) = blocking(move || store.cdrs_page(&filter, query.after, query.limit)).await?;
@@ -347,9 +360,22 @@ fn csv_file_name(node: &str, start: &str, end: &str) -> String {
 
 async fn cdrs_csv(
     State(state): State<Arc<ApiState>>,
+    peer: FromPeer,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = filters(&state, raw.as_deref(), Extra::None)?;
+    let mut params = query_map(raw.as_deref())?;
+    if let Selection::Nodes { local, peers } = state.cluster.select(&mut params, peer.is_some())?
+        && !(local && peers.is_empty())
+    {
+        // An export of several nodes could not say which nodes it lacks once its rows have
+        // started; each node's own export is whole or fails.
+        return Err(BadParam(format!(
+            "scope: the CSV export covers this node ({}) only; download each node's export from that node",
+            state.node
+        ))
+        .into());
+    }
+    let query = parse_filters(&state, &params, Extra::None)?;
     let zone = state.timezone;
     let name = csv_file_name(
         &state.node,
@@ -403,11 +429,37 @@ fn cdr_id(text: &str) -> Result<CdrId, BadParam> {
     text.parse().map_err(|e| BadParam(format!("id: {e}")))
 }
 
+/// For a record's endpoints: `None` when this node holds it, or the peer named by `node`.
+fn record_node(
+    state: &ApiState,
+    peer: &FromPeer,
+    raw: Option<&str>,
+) -> Result<Option<usize>, BadParam> {
+    let mut params = query_map(raw)?;
+    match state.cluster.select(&mut params, peer.is_some())? {
+        Selection::Local => Ok(None),
+        Selection::Nodes { local: true, peers } if peers.is_empty() => Ok(None),
+        Selection::Nodes {
+            local: false,
+            peers,
+        } if peers.len() == 1 => Ok(peers.first().copied()),
+        Selection::Nodes { .. } => Err(BadParam(
+            "scope: a record is kept by one node; give node=NAME instead of scope=cluster"
+                .to_owned(),
+        )),
+    }
+}
+
 async fn cdr(
     State(state): State<Arc<ApiState>>,
+    peer: FromPeer,
     UrlPath(id): UrlPath<String>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let id = cdr_id(&id)?;
+    if let Some(at) = record_node(&state, &peer, raw.as_deref())? {
+        return Ok(crate::peer::from_peer(&state, at, &format!("/api/cdrs/{id}")).await);
+    }
     let store = state.store.clone();
     match blocking(move || store.get_cdr(id)).await? {
         Some(cdr) => Ok(Json(CdrView::new(&cdr, state.timezone)).into_response()),
@@ -417,9 +469,14 @@ async fn cdr(
 
 async fn cdr_log(
     State(state): State<Arc<ApiState>>,
+    peer: FromPeer,
     UrlPath(id): UrlPath<String>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let id = cdr_id(&id)?;
+    if let Some(at) = record_node(&state, &peer, raw.as_deref())? {
+        return Ok(crate::peer::from_peer(&state, at, &format!("/api/cdrs/{id}/log")).await);
+    }
     let store = state.store.clone();
     let (cdr, log) = blocking(move || Ok((store.get_cdr(id)?, store.cdr_log(id)?))).await?;
     if cdr.is_none() && log.is_empty() {
@@ -439,15 +496,15 @@ type Stats = (
     sipedge_store::StatsResult,
 );
 
-async fn stats_of(state: &ApiState, params: &HashMap<String, String>) -> Result<Stats, ApiError> {
-    let query = params::parse(
-        params,
-        Extra::None,
-        state.timezone,
-        Utc::now(),
-        &state.cursor_key,
-    )?;
-    let (size, edges) = params::bucket_edges(query.filter.start, query.filter.end, state.timezone);
+/// This node's statistics, in buckets of `zone` (this node's, or the zone of the peer that
+/// merges them with its own).
+async fn stats_of(
+    state: &ApiState,
+    params: &HashMap<String, String>,
+    zone: Tz,
+) -> Result<Stats, ApiError> {
+    let query = parse_filters(state, params, Extra::None)?;
+    let (size, edges) = params::bucket_edges(query.filter.start, query.filter.end, zone);
     let store = state.store.clone();
     let filter = query.filter.clone();
     let result = blocking(move || store.stats(&filter, &edges)).await?;
@@ -456,9 +513,15 @@ async fn stats_of(state: &ApiState, params: &HashMap<String, String>) -> Result<
 
 async fn stats(
     State(state): State<Arc<ApiState>>,
+    peer: FromPeer,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let (query, size, result) = stats_of(&state, &query_map(raw.as_deref())?).await?;
+    let mut params = query_map(raw.as_deref())?;
+    if let Selection::Nodes { local, peers } = state.cluster.select(&mut params, peer.is_some())? {
+        return crate::peer::stats_json(&state, &params, local, &peers).await;
+    }
+    let zone = cluster::take_zone(&mut params, peer.is_some())?.unwrap_or(state.timezone);
+    let (query, size, result) = stats_of(&state, &params, zone).await?;
     Ok(Json(render::stats(
         query.filter.start,
         query.filter.end,
@@ -471,9 +534,11 @@ async fn stats(
 
 async fn stats_svg(
     State(state): State<Arc<ApiState>>,
+    peer: FromPeer,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let mut params = query_map(raw.as_deref())?;
+    let selection = state.cluster.select(&mut params, peer.is_some())?;
     let lang = match params.remove("lang").as_deref().map(str::trim) {
         None | Some("") | Some("en") => Lang::En,
         Some("zh") => Lang::Zh,
@@ -481,7 +546,17 @@ async fn stats_svg(
             return Err(BadParam(format!("lang: {other:?} is not zh or en")).into());
         }
     };
-    let (query, size, result) = stats_of(&state, &params).await?;
+    let (query, size, result, reach) = match selection {
+        Selection::Local => {
+            let (query, size, result) = stats_of(&state, &params, state.timezone).await?;
+            (query, size, result, None)
+        }
+        Selection::Nodes { local, peers } => {
+            let (query, size, result, reach) =
+                crate::peer::stats(&state, &params, local, &peers).await?;
+            (query, size, result, Some(reach))
+        }
+    };
     let chart = Chart {
         start: query.filter.start,
         end: query.filter.end,
@@ -498,15 +573,71 @@ async fn stats_svg(
         zone: state.timezone,
         lang,
     };
-    Ok((
+    let mut response = (
         [(header::CONTENT_TYPE, "image/svg+xml; charset=utf-8")],
         chart::svg(&chart),
     )
-        .into_response())
+        .into_response();
+    // A picture has no field to say it: the nodes whose calls the chart lacks go in a header.
+    if let Some(value) = reach.as_ref().and_then(crate::peer::unavailable_header) {
+        response
+            .headers_mut()
+            .insert("x-sipedge-unavailable", value);
+    }
+    Ok(response)
 }
 
-async fn live_calls(State(state): State<Arc<ApiState>>) -> Response {
-    Json(json!({ "items": state.live.live_calls() })).into_response()
+async fn live_calls(
+    State(state): State<Arc<ApiState>>,
+    peer: FromPeer,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut params = query_map(raw.as_deref())?;
+    Ok(match state.cluster.select(&mut params, peer.is_some())? {
+        Selection::Local => Json(json!({ "items": state.live.live_calls() })).into_response(),
+        Selection::Nodes { local, peers } => crate::peer::live(&state, local, &peers).await,
+    })
+}
+
+async fn processes(
+    State(state): State<Arc<ApiState>>,
+    peer: FromPeer,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut params = query_map(raw.as_deref())?;
+    let selection = state.cluster.select(&mut params, peer.is_some())?;
+    let local = crate::processes::processes(State(state.clone())).await;
+    let Selection::Nodes { local: mine, peers } = selection else {
+        return Ok(local);
+    };
+    let items = if mine {
+        let body = axum::body::to_bytes(local.into_body(), usize::MAX)
+            .await
+            .map_err(|e| ApiError::Task(e.to_string()))?;
+        let value: Value =
+            serde_json::from_slice(&body).map_err(|e| ApiError::Task(e.to_string()))?;
+        Some(
+            value
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+        )
+    } else {
+        None
+    };
+    Ok(crate::peer::processes(&state, items, &peers).await)
+}
+
+/// `GET /api/cluster`: this node and its peers, for the front end's node selector.
+async fn cluster_nodes(State(state): State<Arc<ApiState>>) -> Response {
+    let peers: Vec<&str> = state
+        .cluster
+        .peers()
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    Json(json!({ "node": state.cluster.node(), "peers": peers })).into_response()
 }
 
 async fn events(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
@@ -542,20 +673,33 @@ async fn events(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Respo
 
 async fn alarms(
     State(state): State<Arc<ApiState>>,
+    peer: FromPeer,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = params::parse_alarms(&query_map(raw.as_deref())?, state.timezone)?;
+    let mut params = query_map(raw.as_deref())?;
+    if let Selection::Nodes { local, peers } = state.cluster.select(&mut params, peer.is_some())? {
+        return crate::peer::alarms(&state, &params, local, &peers).await;
+    }
+    let query = params::parse_alarms(&params, state.timezone)?;
+    let items = local_alarms(&state, &query).await?;
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
+/// This node's alarms matching `query`, newest first.
+pub(crate) async fn local_alarms(
+    state: &ApiState,
+    query: &params::AlarmQuery,
+) -> Result<Vec<Value>, ApiError> {
     let store = state.store.clone();
-    let found =
-        blocking(move || store.alarms(query.active_only, params::MAX_ALARMS_SCANNED)).await?;
-    let items: Vec<Value> = found
+    let active_only = query.active_only;
+    let found = blocking(move || store.alarms(active_only, params::MAX_ALARMS_SCANNED)).await?;
+    Ok(found
         .iter()
         .filter(|a| query.start.is_none_or(|s| a.raised_at >= s))
         .filter(|a| query.end.is_none_or(|e| a.raised_at < e))
         .take(query.limit)
         .map(|a| render::alarm(a, state.timezone))
-        .collect();
-    Ok(Json(json!({ "items": items })).into_response())
+        .collect())
 }
 
 async fn metrics(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {

@@ -11,7 +11,10 @@
 //! - [`events`]: the replaying event hub behind `/api/events`.
 //! - [`processes`]: `/api/processes`, from a snapshot the monitor provides.
 //! - [`health`]: whether this node can serve calls, shown on `/healthz`.
-//! - [`client`]: the one outgoing request, a JSON POST (the alarm webhook).
+//! - [`client`]: the outgoing requests: a JSON POST (the alarm webhook), a GET (a peer).
+//! - [`cluster`]: `[cluster]`, the peers and how nodes authenticate to each other;
+//!   [`merge`]: several nodes' answers made into one (pure); [`peer`]: the endpoints'
+//!   answers for several nodes (`scope=cluster`, `node=NAME`).
 //! - [`ui`]: the web front end, static files compiled in, served at `/`.
 #![forbid(unsafe_code)]
 
@@ -20,9 +23,12 @@ pub mod account;
 pub mod api;
 pub mod chart;
 pub mod client;
+pub mod cluster;
 pub mod events;
 pub mod health;
+pub mod merge;
 pub mod params;
+pub(crate) mod peer;
 pub mod processes;
 pub mod render;
 pub mod server;

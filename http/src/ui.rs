@@ -63,6 +63,7 @@ const ASSETS: &[Asset] = &[
     asset!("chart.js", JS),
     asset!("log.js", JS),
     asset!("monitor.js", JS),
+    asset!("cluster.js", JS),
 ];
 
 /// The quoted ETag of each asset, in [`ASSETS`] order, computed once.
