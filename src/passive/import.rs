@@ -18,11 +18,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use sipedge_http::render::{self, CdrView};
-use sipedge_sip::call::sdp::sdp_video;
-use sipedge_sip::call::{Method, Output, SipEvent, SipKind, Tracker};
+use sipedge_sip::call::task::sip_event;
+use sipedge_sip::call::{Output, Tracker};
 use sipedge_sip::{Direction, scan};
 use sipedge_store::log::Direction as LogDirection;
-use sipedge_store::{CdrId, LogEntry, LogKind, Store, Transport, UnixMs, WriteOp};
+use sipedge_store::{CdrId, LogEntry, LogKind, Store, UnixMs, WriteOp};
 
 use super::capture::{CaptureError, Handler, Reader, Wire};
 use super::{Leg, Sides};
@@ -324,7 +324,12 @@ impl Handler for Feed {
             self.skip("not_sip");
             return;
         };
-        let Some(ev) = event_of(&wire, direction, &msg) else {
+        let terminal = match direction {
+            Direction::ToUpstream => wire.src,
+            Direction::ToTerminal => wire.dst,
+        };
+        let from_terminal = direction == Direction::ToUpstream;
+        let Some(ev) = sip_event(&msg, wire.at, from_terminal, wire.transport, terminal) else {
             self.skip("sip_without_call_id_from_to_cseq");
             return;
         };
@@ -352,48 +357,4 @@ pub(crate) fn unix_ms(t: SystemTime) -> UnixMs {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     UnixMs(ms)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// The tracker's view of a captured message, filled as the live task fills it from a
-/// relayed one (`sip/src/call/task.rs`, whose `event_of` is private to that task); `None`
-/// when it lacks what every SIP message has.
-fn event_of(wire: &Wire<'_>, direction: Direction, msg: &scan::Message<'_>) -> Option<SipEvent> {
-    let call_id = msg.call_id()?;
-    let from = msg.from()?;
-    let to = msg.to()?;
-    let cseq = msg.cseq()?;
-    let kind = match msg.status() {
-        Some(status) => SipKind::Response { status },
-        None => SipKind::Request {
-            method: Method::from_bytes(msg.method_bytes()?),
-            request_uri: text(msg.request_uri()?),
-        },
-    };
-    let terminal = match direction {
-        Direction::ToUpstream => wire.src,
-        Direction::ToTerminal => wire.dst,
-    };
-    let content_type = msg.content_type().and_then(|c| std::str::from_utf8(c).ok());
-    Some(SipEvent {
-        at: unix_ms(wire.at),
-        from_terminal: direction == Direction::ToUpstream,
-        transport: match wire.transport {
-            sipedge_sip::flow::Transport::Udp => Transport::Udp,
-            sipedge_sip::flow::Transport::Tcp => Transport::Tcp,
-        },
-        terminal: terminal.to_string(),
-        kind,
-        call_id: text(call_id),
-        from_uri: text(from.uri),
-        from_tag: from.tag.map(text),
-        to_uri: text(to.uri),
-        to_tag: to.tag.map(text),
-        cseq: cseq.number,
-        cseq_method: Method::from_bytes(cseq.method_raw),
-        sdp_video: sdp_video(content_type, msg.body()),
-    })
 }

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -537,6 +538,24 @@ fn text(bytes: &[u8]) -> String {
 /// The tracker's view of a relayed message; `None` when it lacks what every SIP message has
 /// (Call-ID, From, To, CSeq).
 fn event_of(r: &Relayed, msg: &scan::Message<'_>) -> Option<SipEvent> {
+    let from_terminal = r.origin == Origin::Forwarded && r.direction == Direction::ToUpstream;
+    let terminal = match r.direction {
+        Direction::ToUpstream => r.src,
+        Direction::ToTerminal => r.dst,
+    };
+    sip_event(msg, r.at, from_terminal, r.transport, terminal)
+}
+
+/// The tracker's view of `msg`, seen at `at` between `terminal` and the Sipserver (relayed,
+/// or read from a capture); `None` when it lacks what every SIP message has (Call-ID, From,
+/// To, CSeq).
+pub fn sip_event(
+    msg: &scan::Message<'_>,
+    at: SystemTime,
+    from_terminal: bool,
+    transport: flow::Transport,
+    terminal: SocketAddr,
+) -> Option<SipEvent> {
     let call_id = msg.call_id()?;
     let from = msg.from()?;
     let to = msg.to()?;
@@ -548,16 +567,11 @@ fn event_of(r: &Relayed, msg: &scan::Message<'_>) -> Option<SipEvent> {
             request_uri: text(msg.request_uri()?),
         },
     };
-    let from_terminal = r.origin == Origin::Forwarded && r.direction == Direction::ToUpstream;
-    let terminal = match r.direction {
-        Direction::ToUpstream => r.src,
-        Direction::ToTerminal => r.dst,
-    };
     let content_type = msg.content_type().and_then(|c| std::str::from_utf8(c).ok());
     Some(SipEvent {
-        at: unix_ms(r.at),
+        at: unix_ms(at),
         from_terminal,
-        transport: transport_of(r.transport),
+        transport: transport_of(transport),
         terminal: terminal.to_string(),
         kind,
         call_id: text(call_id),
