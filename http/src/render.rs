@@ -134,21 +134,21 @@ fn name<T: Serialize>(value: T) -> String {
 
 // The CSV writer's own names, without a serde round trip per field; the test
 // `csv_names_agree_with_json` keeps them equal to the serde ones.
-fn call_type_str(t: CallType) -> &'static str {
+pub fn call_type_str(t: CallType) -> &'static str {
     match t {
         CallType::Audio => "audio",
         CallType::Video => "video",
     }
 }
 
-fn status_str(s: CallStatus) -> &'static str {
+pub fn status_str(s: CallStatus) -> &'static str {
     match s {
         CallStatus::Connected => "connected",
         CallStatus::NotConnected => "not_connected",
     }
 }
 
-fn disposition_str(d: Disposition) -> &'static str {
+pub fn disposition_str(d: Disposition) -> &'static str {
     match d {
         Disposition::Answered => "answered",
         Disposition::Busy => "busy",
@@ -160,7 +160,7 @@ fn disposition_str(d: Disposition) -> &'static str {
     }
 }
 
-fn ended_by_str(e: EndedBy) -> &'static str {
+pub fn ended_by_str(e: EndedBy) -> &'static str {
     match e {
         EndedBy::Caller => "caller",
         EndedBy::Callee => "callee",
@@ -168,7 +168,7 @@ fn ended_by_str(e: EndedBy) -> &'static str {
     }
 }
 
-fn transport_str(t: Transport) -> &'static str {
+pub fn transport_str(t: Transport) -> &'static str {
     match t {
         Transport::Udp => "udp",
         Transport::Tcp => "tcp",

@@ -1,6 +1,7 @@
 //! The PostgreSQL side: the pool (schema version checked on every new connection), the
 //! batched upsert of docs' `cdr` table contract, and the outbox and backfill loops.
 
+use sipedge_http::render;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,10 +10,7 @@ use deadpool_postgres::{
     Hook, HookError, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use serde::{Deserialize, Serialize};
-use sipedge_store::{
-    CallStatus, CallType, Cdr, CdrId, Disposition, EndedBy, OutboxEntry, Store, StoreError,
-    Transport, UnixMs, WriteOp,
-};
+use sipedge_store::{Cdr, CdrId, OutboxEntry, Store, StoreError, UnixMs, WriteOp};
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
@@ -76,47 +74,6 @@ fn upsert_statement() -> String {
     )
 }
 
-fn call_type(t: CallType) -> &'static str {
-    match t {
-        CallType::Audio => "audio",
-        CallType::Video => "video",
-    }
-}
-
-fn status(s: CallStatus) -> &'static str {
-    match s {
-        CallStatus::Connected => "connected",
-        CallStatus::NotConnected => "not_connected",
-    }
-}
-
-fn disposition(d: Disposition) -> &'static str {
-    match d {
-        Disposition::Answered => "answered",
-        Disposition::Busy => "busy",
-        Disposition::Declined => "declined",
-        Disposition::NoAnswer => "no_answer",
-        Disposition::Cancelled => "cancelled",
-        Disposition::Failed => "failed",
-        Disposition::Timeout => "timeout",
-    }
-}
-
-fn ended_by(e: EndedBy) -> &'static str {
-    match e {
-        EndedBy::Caller => "caller",
-        EndedBy::Callee => "callee",
-        EndedBy::Sipedge => "sipedge",
-    }
-}
-
-fn transport(t: Transport) -> &'static str {
-    match t {
-        Transport::Udp => "udp",
-        Transport::Tcp => "tcp",
-    }
-}
-
 /// A store time as the driver binds a timestamptz, to the millisecond.
 fn time(t: UnixMs) -> SystemTime {
     let magnitude = Duration::from_millis(t.0.unsigned_abs());
@@ -161,19 +118,19 @@ impl<'a> Columns<'a> {
             ]) {
                 col.push(value.as_str());
             }
-            c.call_type.push(call_type(cdr.call_type));
+            c.call_type.push(render::call_type_str(cdr.call_type));
             c.video_started_at.push(cdr.video_started_at.map(time));
-            c.status.push(status(cdr.status));
-            c.disposition.push(disposition(cdr.disposition));
+            c.status.push(render::status_str(cdr.status));
+            c.disposition.push(render::disposition_str(cdr.disposition));
             // A code past i16 cannot be SIP; the column's CHECK refuses it as it should.
             c.sip_code
                 .push(cdr.sip_code.map(|s| i16::try_from(s).unwrap_or(i16::MAX)));
-            c.ended_by.push(ended_by(cdr.ended_by));
+            c.ended_by.push(render::ended_by_str(cdr.ended_by));
             c.start_time.push(time(cdr.start_time));
             c.ring_time.push(cdr.ring_time.map(time));
             c.answer_time.push(cdr.answer_time.map(time));
             c.end_time.push(time(cdr.end_time));
-            c.transport.push(transport(cdr.transport));
+            c.transport.push(render::transport_str(cdr.transport));
             c.terminal.push(cdr.terminal.as_str());
         }
         c
@@ -656,6 +613,7 @@ fn save(ctx: &Ctx, progress: Progress) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sipedge_store::{CallStatus, CallType, Disposition, EndedBy, Transport};
 
     #[test]
     fn the_statement_names_every_column_once() {
