@@ -110,6 +110,43 @@ pub fn ethernet(src: SocketAddr, dst: SocketAddr, tcp: Option<(u32, u8)>, data: 
     frame
 }
 
+/// The Ethernet frames of a UDP datagram from `src` to `dst` cut into IP fragments of
+/// `chunk` payload bytes (a multiple of 8), in order: IPv4 with identification `id` (its
+/// low 16 bits), or IPv6 with a fragment header when either address is v6.
+pub fn udp_fragments(
+    src: SocketAddr,
+    dst: SocketAddr,
+    id: u32,
+    data: &[u8],
+    chunk: usize,
+) -> Vec<Vec<u8>> {
+    let whole = ethernet(src, dst, None, data);
+    let v6 = !(src.is_ipv4() && dst.is_ipv4());
+    let ip_header = if v6 { 40 } else { 20 };
+    let (head, payload) = whole.split_at(14 + ip_header);
+    let mut frames = Vec::new();
+    for (i, part) in payload.chunks(chunk.max(8)).enumerate() {
+        let offset = i * chunk.max(8);
+        let more = offset + part.len() < payload.len();
+        let mut frame = head.to_vec();
+        if v6 {
+            frame[14 + 4..14 + 6].copy_from_slice(&((8 + part.len()) as u16).to_be_bytes());
+            frame[14 + 6] = 44;
+            frame.extend_from_slice(&[17, 0]);
+            frame.extend_from_slice(&((offset as u16) | u16::from(more)).to_be_bytes());
+            frame.extend_from_slice(&id.to_be_bytes());
+        } else {
+            frame[14 + 2..14 + 4].copy_from_slice(&((20 + part.len()) as u16).to_be_bytes());
+            frame[14 + 4..14 + 6].copy_from_slice(&(id as u16).to_be_bytes());
+            let flags = ((offset / 8) as u16) | if more { 0x2000 } else { 0 };
+            frame[14 + 6..14 + 8].copy_from_slice(&flags.to_be_bytes());
+        }
+        frame.extend_from_slice(part);
+        frames.push(frame);
+    }
+    frames
+}
+
 /// Who sends a message of a made-up call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum From {

@@ -2,7 +2,9 @@
 //! ([`super::packet`]), UDP payloads are messages as they are, and TCP streams are put back
 //! together in sequence order and cut into messages by the relay's own framing
 //! ([`sipedge_sip::frame::Framer`]), so a message split across segments, or several in one,
-//! come out as the proxy would have read them.
+//! come out as the proxy would have read them. IP fragments are put back together first
+//! ([`super::defrag`]). Segments a mirror port reordered are held until the bytes before them
+//! arrive, as the receiving kernel holds them, and retransmitted bytes are read once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -16,7 +18,8 @@ use pcap_parser::{PcapBlockOwned, PcapError, create_reader};
 use sipedge_sip::flow::Transport;
 use sipedge_sip::frame::{Frame, Framer};
 
-use super::packet::{self, Link, Payload};
+use super::defrag::Defrag;
+use super::packet::{self, Decoded, Link, Packet, Payload};
 
 /// Read buffer; grown up to [`MAX_BUFFER`] for a capture with jumbo frames.
 const BUFFER: usize = 1 << 20;
@@ -25,6 +28,18 @@ const MAX_BUFFER: usize = 64 << 20;
 /// TCP streams followed at once; a capture with more open connections than this has the
 /// newest ones skipped and counted (each costs its buffered bytes).
 const MAX_STREAMS: usize = 65_536;
+
+/// Bytes held ahead of a hole in one direction: a receive window of Linux's default size,
+/// which is as far ahead as a sender may be.
+const MAX_AHEAD_BYTES: usize = 256 << 10;
+/// Segments held ahead of a hole in one direction (each is a scan when the hole fills).
+const MAX_AHEAD_SEGMENTS: usize = 256;
+/// Bytes held ahead of holes over all streams.
+const MAX_AHEAD_TOTAL: usize = 64 << 20;
+/// Capture time a hole is waited for: a retransmission after a lost segment comes within a
+/// few retransmission timeouts (200 ms at least, doubling); a segment the capture itself
+/// lost never does.
+const HOLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One SIP message (or what may be one) as it crossed the wire.
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +101,24 @@ struct Stream {
     /// Bytes not yet framed.
     buf: Vec<u8>,
     framer: Framer,
+    /// Segments past a hole, in arrival order.
+    ahead: Vec<Ahead>,
+    ahead_bytes: usize,
+}
+
+/// A segment that arrived before the bytes preceding it.
+#[derive(Debug)]
+struct Ahead {
+    at: SystemTime,
+    seq: u32,
+    end: bool,
+    data: Vec<u8>,
+}
+
+/// Where a segment starting at `seq` lies from `next`: negative when it starts with bytes
+/// already read. Sequence numbers wrap (RFC 9293 §3.4), so the distance is taken modulo 2^32.
+fn distance(seq: u32, next: u32) -> i32 {
+    seq.wrapping_sub(next) as i32
 }
 
 /// The reader's state across files: streams cut by a file rotation continue in the next.
@@ -93,6 +126,9 @@ struct Stream {
 pub struct Reader {
     max_message_bytes: usize,
     streams: HashMap<(SocketAddr, SocketAddr), Stream>,
+    /// Bytes held ahead of holes over all streams.
+    ahead_total: usize,
+    defrag: Defrag,
     pub counts: ReadCounts,
 }
 
@@ -110,6 +146,8 @@ impl Reader {
         Reader {
             max_message_bytes,
             streams: HashMap::new(),
+            ahead_total: 0,
+            defrag: Defrag::new(),
             counts: ReadCounts::default(),
         }
     }
@@ -258,12 +296,32 @@ impl Reader {
             return;
         }
         let pkt = match packet::decode(link, data) {
-            Ok(p) => p,
+            Ok(Decoded::Packet(p)) => p,
+            Ok(Decoded::Fragment(f)) => {
+                let counts = &mut self.counts;
+                let Some(payload) = self
+                    .defrag
+                    .insert(at, &f, &mut |skip| counts.skip(skip.name()))
+                else {
+                    return;
+                };
+                match packet::reassembled(f.proto, f.src, f.dst, &payload) {
+                    Ok(p) => return self.packet(at, p, handler),
+                    Err(skip) => {
+                        self.counts.skip(skip.name());
+                        return;
+                    }
+                }
+            }
             Err(skip) => {
                 self.counts.skip(skip.name());
                 return;
             }
         };
+        self.packet(at, pkt, handler);
+    }
+
+    fn packet(&mut self, at: SystemTime, pkt: Packet<'_>, handler: &mut dyn Handler) {
         if !handler.wanted(pkt.src, pkt.dst) {
             return;
         }
@@ -308,47 +366,133 @@ impl Reader {
                 self.counts.skip("tcp_streams_full");
                 return;
             }
-            self.streams.insert(
-                key,
-                Stream {
-                    next: first,
-                    buf: Vec::new(),
-                    framer: Framer::new(self.max_message_bytes),
-                },
-            );
+            let stream = Stream {
+                next: first,
+                buf: Vec::new(),
+                framer: Framer::new(self.max_message_bytes),
+                ahead: Vec::new(),
+                ahead_bytes: 0,
+            };
+            if let Some(old) = self.streams.insert(key, stream) {
+                self.ahead_total -= old.ahead_bytes;
+            }
         }
         let Some(stream) = self.streams.get_mut(&key) else {
             return;
         };
-        let gap = first.wrapping_sub(stream.next) as i32;
-        let new = if gap == 0 {
-            data
-        } else if gap < 0 {
-            // A retransmission, whole or overlapping what is already held.
-            let seen = gap.unsigned_abs() as usize;
-            data.get(seen..).unwrap_or_default()
-        } else {
-            // Bytes are missing (lost by the capture): what was held cannot be framed past
-            // the hole, so the stream starts over at this segment.
-            self.counts.skip("tcp_gap");
-            stream.buf.clear();
-            stream.framer = Framer::new(self.max_message_bytes);
-            data
+        let mut out = Out {
+            counts: &mut self.counts,
+            handler,
+            src,
+            dst,
+            max_message_bytes: self.max_message_bytes,
         };
-        stream.next = stream
-            .next
-            .wrapping_add(gap.max(0) as u32)
-            .wrapping_add(new.len() as u32);
+        let held_before = stream.ahead_bytes;
+        let gap = distance(first, stream.next);
+        let mut open = true;
+        if gap <= 0 {
+            open = out.deliver(stream, at, first, data, end);
+            if open {
+                open = out.splice(stream, Some(at));
+            }
+        } else if data.is_empty() && !end {
+            // A bare ACK ahead of a hole says nothing the held data does not.
+        } else {
+            let covered = stream.ahead.iter().any(|h| {
+                let from = distance(first, h.seq);
+                from >= 0 && from as usize + data.len() <= h.data.len() && (h.end || !end)
+            });
+            let far = gap as usize + data.len() > MAX_AHEAD_BYTES;
+            if !covered {
+                stream.ahead.push(Ahead {
+                    at,
+                    seq: first,
+                    end,
+                    data: data.to_vec(),
+                });
+                stream.ahead_bytes += data.len();
+            }
+            let full = stream.ahead_bytes > MAX_AHEAD_BYTES
+                || stream.ahead.len() > MAX_AHEAD_SEGMENTS
+                || self.ahead_total + stream.ahead_bytes - held_before > MAX_AHEAD_TOTAL;
+            if far || full {
+                open = out.give_up(stream);
+            }
+        }
+        if open && !stream.ahead.is_empty() {
+            let oldest = stream.ahead.iter().map(|h| h.at).min().unwrap_or(at);
+            if at
+                .duration_since(oldest)
+                .is_ok_and(|age| age > HOLE_TIMEOUT)
+            {
+                open = out.give_up(stream);
+            }
+        }
+        self.ahead_total = self.ahead_total + stream.ahead_bytes - held_before;
+        if !open {
+            self.ahead_total -= stream.ahead_bytes;
+            self.streams.remove(&key);
+        }
+    }
+
+    /// Once the last file is read: holes still waited for are given up (their data framed
+    /// and dated by its own segments), and streams that ended with a message still
+    /// incomplete are counted.
+    pub fn finish(&mut self, handler: &mut dyn Handler) {
+        let counts = &mut self.counts;
+        self.defrag.finish(&mut |skip| counts.skip(skip.name()));
+        for ((src, dst), mut stream) in std::mem::take(&mut self.streams) {
+            let mut out = Out {
+                counts: &mut self.counts,
+                handler,
+                src,
+                dst,
+                max_message_bytes: self.max_message_bytes,
+            };
+            if !stream.ahead.is_empty() && !out.give_up(&mut stream) {
+                continue;
+            }
+            if !stream.buf.is_empty() {
+                self.counts.skip("tcp_incomplete_at_end");
+            }
+        }
+        self.ahead_total = 0;
+    }
+}
+
+/// What framing a stream's bytes needs besides the stream.
+struct Out<'r, 'h> {
+    counts: &'r mut ReadCounts,
+    handler: &'h mut dyn Handler,
+    src: SocketAddr,
+    dst: SocketAddr,
+    max_message_bytes: usize,
+}
+
+impl Out<'_, '_> {
+    /// Reads a segment starting at or before `stream.next`, trimming the bytes already read;
+    /// false when it ends the stream.
+    fn deliver(
+        &mut self,
+        stream: &mut Stream,
+        at: SystemTime,
+        seq: u32,
+        data: &[u8],
+        end: bool,
+    ) -> bool {
+        let seen = distance(seq, stream.next).unsigned_abs() as usize;
+        let new = data.get(seen..).unwrap_or_default();
+        stream.next = stream.next.wrapping_add(new.len() as u32);
         stream.buf.extend_from_slice(new);
         let mut start = 0;
         loop {
             match stream.framer.frame(&stream.buf[start..]) {
                 Frame::Message { len } => {
-                    handler.message(Wire {
+                    self.handler.message(Wire {
                         at,
                         transport: Transport::Tcp,
-                        src,
-                        dst,
+                        src: self.src,
+                        dst: self.dst,
                         bytes: &stream.buf[start..start + len],
                     });
                     start += len;
@@ -368,18 +512,54 @@ impl Reader {
             if !stream.buf.is_empty() {
                 self.counts.skip("tcp_incomplete_at_close");
             }
-            self.streams.remove(&key);
+            return false;
         }
+        true
     }
 
-    /// Streams that ended with a message still incomplete are counted once the last file is
-    /// read.
-    pub fn finish(&mut self) {
-        let open = self.streams.values().filter(|s| !s.buf.is_empty()).count();
-        for _ in 0..open {
-            self.counts.skip("tcp_incomplete_at_end");
+    /// Reads the held segments the stream has reached, dated `at` (when they became
+    /// readable) or, given `None`, each by its own capture time; false when one ends the
+    /// stream.
+    fn splice(&mut self, stream: &mut Stream, at: Option<SystemTime>) -> bool {
+        while let Some(i) = stream
+            .ahead
+            .iter()
+            .position(|h| distance(h.seq, stream.next) <= 0)
+        {
+            let held = stream.ahead.swap_remove(i);
+            stream.ahead_bytes -= held.data.len();
+            if !self.deliver(
+                stream,
+                at.unwrap_or(held.at),
+                held.seq,
+                &held.data,
+                held.end,
+            ) {
+                return false;
+            }
         }
-        self.streams.clear();
+        true
+    }
+
+    /// Gives up the holes before the held segments: what was waiting before each cannot be
+    /// framed past it, so the stream starts over at the next held byte (counted `tcp_gap`),
+    /// each segment dated by its own capture time. False when one ends the stream.
+    fn give_up(&mut self, stream: &mut Stream) -> bool {
+        while let Some(nearest) = stream
+            .ahead
+            .iter()
+            .min_by_key(|h| distance(h.seq, stream.next))
+            .map(|h| h.seq)
+        {
+            self.counts.skip("tcp_gap");
+            stream.buf.clear();
+            stream.framer = Framer::new(self.max_message_bytes);
+            stream.next = nearest;
+            if !self.splice(stream, None) {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -387,86 +567,144 @@ impl Reader {
 mod tests {
     use super::*;
 
+    /// Messages framed, each with its capture time in seconds.
     #[derive(Default)]
-    struct Collect(Vec<String>);
+    struct Collect(Vec<(u64, String)>);
 
     impl Handler for Collect {
         fn wanted(&mut self, _: SocketAddr, _: SocketAddr) -> bool {
             true
         }
         fn message(&mut self, wire: Wire<'_>) {
+            let secs = wire
+                .at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
             self.0
-                .push(String::from_utf8_lossy(wire.bytes).into_owned());
+                .push((secs, String::from_utf8_lossy(wire.bytes).into_owned()));
         }
     }
 
     const M1: &str = "OPTIONS sip:a SIP/2.0\r\nContent-Length: 2\r\n\r\nhi";
     const M2: &str = "OPTIONS sip:b SIP/2.0\r\nContent-Length: 0\r\n\r\n";
 
-    /// A segment: sequence number (relative to the SYN's 0, data from 1), FIN, data.
-    type Seg = (u32, bool, &'static str);
-    /// Name, segments, messages framed, skips counted.
+    /// A segment: capture time in seconds, sequence number (relative to the SYN's 0, data
+    /// from 1), FIN, data.
+    type Seg = (u64, u32, bool, &'static str);
+    /// Name, segments, messages framed (with their times) once the capture ends, skips.
     type Case = (
         &'static str,
         Vec<Seg>,
-        Vec<&'static str>,
+        Vec<(u64, &'static str)>,
         Vec<(&'static str, u64)>,
     );
 
     #[test]
     fn streams_are_put_back_together() {
-        let m1_len = M1.len() as u32;
+        let m1 = M1.len() as u32;
+        let m2 = M2.len() as u32;
         let both: &'static str = Box::leak(format!("{M1}{M2}").into_boxed_str());
         let cases: Vec<Case> = vec![
-            ("whole", vec![(1, false, M1)], vec![M1], vec![]),
+            ("whole", vec![(0, 1, false, M1)], vec![(0, M1)], vec![]),
             (
                 "split in three",
                 vec![
-                    (1, false, &M1[..5]),
-                    (6, false, &M1[5..20]),
-                    (21, false, &M1[20..]),
+                    (0, 1, false, &M1[..5]),
+                    (1, 6, false, &M1[5..20]),
+                    (2, 21, false, &M1[20..]),
                 ],
-                vec![M1],
+                vec![(2, M1)],
                 vec![],
             ),
-            ("two in one", vec![(1, false, both)], vec![M1, M2], vec![]),
+            (
+                "two in one",
+                vec![(0, 1, false, both)],
+                vec![(0, M1), (0, M2)],
+                vec![],
+            ),
             (
                 "retransmission overlapping what is held",
-                vec![(1, false, &M1[..10]), (6, false, &M1[5..])],
-                vec![M1],
+                vec![(0, 1, false, &M1[..10]), (1, 6, false, &M1[5..])],
+                vec![(1, M1)],
                 vec![],
             ),
             (
                 "whole retransmission",
-                vec![(1, false, M1), (1, false, M1), (1 + m1_len, false, M2)],
-                vec![M1, M2],
+                vec![(0, 1, false, M1), (1, 1, false, M1), (2, 1 + m1, false, M2)],
+                vec![(0, M1), (2, M2)],
                 vec![],
             ),
             (
                 "keep-alive between messages",
                 vec![
-                    (1, false, M1),
-                    (1 + m1_len, false, "\r\n\r\n"),
-                    (5 + m1_len, false, M2),
+                    (0, 1, false, M1),
+                    (1, 1 + m1, false, "\r\n\r\n"),
+                    (2, 5 + m1, false, M2),
                 ],
-                vec![M1, M2],
+                vec![(0, M1), (2, M2)],
                 vec![],
             ),
             (
-                "a hole: the stream starts over",
-                vec![(1, false, &M1[..10]), (1 + m1_len, false, M2)],
-                vec![M2],
+                "reversed pair across the 2^32 wrap: read when the first arrives",
+                vec![(0, 11, false, &M1[10..]), (1, 1, false, &M1[..10])],
+                vec![(1, M1)],
+                vec![],
+            ),
+            (
+                "reordered, a segment ahead retransmitted and one overlapping both sides",
+                vec![
+                    (0, 1 + m1, false, M2),
+                    (1, 21, false, &M1[20..]),
+                    (2, 1 + m1, false, M2),
+                    (3, 11, false, &M1[10..30]),
+                    (4, 1, false, &M1[..15]),
+                ],
+                vec![(4, M1), (4, M2)],
+                vec![],
+            ),
+            (
+                "FIN ahead of the last data",
+                vec![(0, 11, true, &M1[10..]), (1, 1, false, &M1[..10])],
+                vec![(1, M1)],
+                vec![],
+            ),
+            (
+                "a hole that never fills is given up at the end, dated by its segments",
+                vec![(0, 1, false, &M1[..10]), (1, 1 + m1, false, M2)],
+                vec![(1, M2)],
+                vec![("tcp_gap", 1)],
+            ),
+            (
+                "a hole is given up after 5 s of capture time",
+                vec![
+                    (0, 1, false, &M1[..10]),
+                    (1, 1 + m1, false, M2),
+                    (7, 1 + m1 + m2, false, M2),
+                ],
+                vec![(1, M2), (7, M2)],
+                vec![("tcp_gap", 1)],
+            ),
+            (
+                "a segment further ahead than a window is a hole at once",
+                vec![(0, 1, false, &M1[..10]), (1, 1 + 300_000, false, M2)],
+                vec![(1, M2)],
                 vec![("tcp_gap", 1)],
             ),
             (
                 "closed mid-message",
-                vec![(1, true, &M1[..10])],
+                vec![(0, 1, true, &M1[..10])],
                 vec![],
                 vec![("tcp_incomplete_at_close", 1)],
             ),
             (
+                "open mid-message at the end",
+                vec![(0, 1, false, &M1[..10])],
+                vec![],
+                vec![("tcp_incomplete_at_end", 1)],
+            ),
+            (
                 "no Content-Length on a stream",
-                vec![(1, false, "OPTIONS sip:a SIP/2.0\r\n\r\n")],
+                vec![(0, 1, false, "OPTIONS sip:a SIP/2.0\r\n\r\n")],
                 vec![],
                 vec![("tcp_unframed", 1)],
             ),
@@ -476,15 +714,52 @@ mod tests {
         for (name, segments, want, skipped) in cases {
             let mut reader = Reader::new(4096);
             let mut got = Collect::default();
-            let isn = 4_294_967_000u32;
+            // The first message crosses the wrap of the 32-bit sequence number.
+            let isn = u32::MAX - 20;
             reader.segment(UNIX_EPOCH, a, b, isn, true, false, b"", &mut got);
-            for (seq, fin, data) in segments {
+            for (secs, seq, fin, data) in segments {
+                let at = UNIX_EPOCH + Duration::from_secs(secs);
                 let seq = isn.wrapping_add(seq);
-                reader.segment(UNIX_EPOCH, a, b, seq, false, fin, data.as_bytes(), &mut got);
+                reader.segment(at, a, b, seq, false, fin, data.as_bytes(), &mut got);
             }
+            reader.finish(&mut got);
+            let want: Vec<(u64, String)> = want.into_iter().map(|(t, m)| (t, m.into())).collect();
             assert_eq!(got.0, want, "{name}");
             let want_skipped: BTreeMap<&str, u64> = skipped.into_iter().collect();
             assert_eq!(reader.counts.skipped, want_skipped, "{name}");
+            assert_eq!(reader.ahead_total, 0, "{name}");
         }
+    }
+
+    #[test]
+    fn segments_held_ahead_stay_within_the_bounds() {
+        let mut reader = Reader::new(4096);
+        let mut got = Collect::default();
+        let chunk = vec![b'x'; 1000];
+        for port in 0..300u16 {
+            let a = SocketAddr::from(([192, 0, 2, 1], port));
+            let b: SocketAddr = "192.0.2.2:5060".parse().expect("b");
+            reader.segment(UNIX_EPOCH, a, b, 0, true, false, b"", &mut got);
+            // Every other kilobyte: each segment is ahead of a hole.
+            for i in 0..400u32 {
+                reader.segment(
+                    UNIX_EPOCH,
+                    a,
+                    b,
+                    2 + i * 2000,
+                    false,
+                    false,
+                    &chunk,
+                    &mut got,
+                );
+                let held: usize = reader.streams.values().map(|s| s.ahead_bytes).sum();
+                assert_eq!(held, reader.ahead_total);
+                assert!(reader.ahead_total <= MAX_AHEAD_TOTAL);
+                assert!(reader.streams.values().all(|s| {
+                    s.ahead_bytes <= MAX_AHEAD_BYTES && s.ahead.len() <= MAX_AHEAD_SEGMENTS
+                }));
+            }
+        }
+        assert!(reader.counts.skipped.get("tcp_gap").is_some_and(|&n| n > 0));
     }
 }

@@ -177,7 +177,7 @@ fn run(args: &ImportArgs) -> Result<(), (u8, String)> {
         }
     }
     bar.finish_and_clear();
-    reader.finish();
+    reader.finish(&mut feed);
     let in_progress = feed.tracker.len();
     let stats = feed.tracker.stats();
     let files: Vec<String> = args.files.iter().map(|f| f.display().to_string()).collect();

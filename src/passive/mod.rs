@@ -4,12 +4,14 @@
 //! however it was observed.
 //!
 //! - [`packet`]: a captured frame down to its UDP or TCP payload (pure).
+//! - [`defrag`]: IPv4 and IPv6 fragment reassembly (pure).
 //! - [`capture`]: pcap/pcapng files, TCP reassembly with the relay's framing.
 //! - [`Sides`]: which hop a message was on, from the `[sip]` table.
 //! - [`import`]: the command, driving the [`sipedge_sip::call::Tracker`] with capture times.
 //! - [`hep`]: HEP3 decoding and the listener feeding the running proxy's call tracking.
 
 pub mod capture;
+pub mod defrag;
 pub mod hep;
 pub mod hep_config;
 pub mod import;

@@ -1,6 +1,6 @@
 //! One captured frame down to its UDP datagram or TCP segment: link layer (Ethernet with
-//! VLAN tags, Linux cooked SLL and SLL2, raw IP, BSD loopback), IPv4 or IPv6, UDP or TCP.
-//! Pure, no allocation: every answer borrows the frame.
+//! VLAN tags, Linux cooked SLL and SLL2, raw IP, BSD loopback), IPv4 or IPv6, UDP or TCP,
+//! or an IP fragment for [`super::defrag`]. Pure, no allocation: every answer borrows the frame.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -57,6 +57,29 @@ pub struct Packet<'a> {
     pub payload: Payload<'a>,
 }
 
+/// One IPv4 or IPv6 fragment of a UDP or TCP datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment<'a> {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// IPv4's protocol, or the Next Header of IPv6's fragment header.
+    pub proto: u8,
+    /// IPv4's 16-bit identification or IPv6's 32-bit one.
+    pub id: u32,
+    /// Where `data` goes in the datagram's payload, in bytes.
+    pub offset: usize,
+    /// More fragments follow this one.
+    pub more: bool,
+    pub data: &'a [u8],
+}
+
+/// What a frame holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    Packet(Packet<'a>),
+    Fragment(Fragment<'a>),
+}
+
 /// Why a frame yields no datagram or segment; the import's summary counts each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Skip {
@@ -64,9 +87,17 @@ pub enum Skip {
     NotIp,
     /// ICMP, SCTP…
     NotUdpTcp,
-    /// An IP fragment: SIP over UDP is kept under the MTU (RFC 3261 §18.1.1), so fragments
-    /// are not reassembled.
-    Fragment,
+    /// IP fragments are reassembled ([`super::defrag`]); these are the ones that made no
+    /// datagram. Its datagram was still incomplete after 30 s of capture time, at the end of
+    /// the capture, or when dropped to make room for newer ones; counted once a datagram.
+    FragmentIncomplete,
+    /// Its datagram had fragments overlapping with other bytes, or two different ends, and was
+    /// discarded whole (RFC 5722); counted once a datagram.
+    FragmentOverlap,
+    /// A fragment repeating bytes already held, dropped alone.
+    FragmentDuplicate,
+    /// Its datagram would pass 65 535 bytes, or come in more than 128 separate pieces.
+    FragmentTooLarge,
     /// The frame ends before its headers or its declared length do.
     Truncated,
     /// A header contradicts itself (bad version, header length below the minimum).
@@ -78,7 +109,10 @@ impl Skip {
         match self {
             Skip::NotIp => "not_ip",
             Skip::NotUdpTcp => "not_udp_tcp",
-            Skip::Fragment => "ip_fragment",
+            Skip::FragmentIncomplete => "ip_fragment_incomplete",
+            Skip::FragmentOverlap => "ip_fragment_overlap",
+            Skip::FragmentDuplicate => "ip_fragment_duplicate",
+            Skip::FragmentTooLarge => "ip_fragment_too_large",
             Skip::Truncated => "truncated",
             Skip::Malformed => "malformed",
         }
@@ -101,7 +135,7 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
 }
 
 /// Decodes one frame of a capture with link type `link`.
-pub fn decode(link: Link, frame: &[u8]) -> Result<Packet<'_>, Skip> {
+pub fn decode(link: Link, frame: &[u8]) -> Result<Decoded<'_>, Skip> {
     let (ethertype, ip) = match link {
         Link::Ethernet => {
             let mut at = 12;
@@ -156,7 +190,7 @@ pub fn decode(link: Link, frame: &[u8]) -> Result<Packet<'_>, Skip> {
     }
 }
 
-fn ipv4(p: &[u8]) -> Result<Packet<'_>, Skip> {
+fn ipv4(p: &[u8]) -> Result<Decoded<'_>, Skip> {
     let first = *p.first().ok_or(Skip::Truncated)?;
     if first >> 4 != 4 {
         return Err(Skip::Malformed);
@@ -172,9 +206,6 @@ fn ipv4(p: &[u8]) -> Result<Packet<'_>, Skip> {
     // Ethernet pads short frames: the IP length, not the frame's, says where the packet ends.
     let packet = p.get(..total).ok_or(Skip::Truncated)?;
     let flags_offset = be16(packet, 6).ok_or(Skip::Truncated)?;
-    if flags_offset & 0x3fff != 0 {
-        return Err(Skip::Fragment);
-    }
     let proto = packet[9];
     let src = IpAddr::V4(Ipv4Addr::new(
         packet[12], packet[13], packet[14], packet[15],
@@ -182,10 +213,25 @@ fn ipv4(p: &[u8]) -> Result<Packet<'_>, Skip> {
     let dst = IpAddr::V4(Ipv4Addr::new(
         packet[16], packet[17], packet[18], packet[19],
     ));
-    transport(proto, src, dst, &packet[header_len..])
+    let data = &packet[header_len..];
+    if flags_offset & 0x3fff != 0 {
+        if proto != PROTO_UDP && proto != PROTO_TCP {
+            return Err(Skip::NotUdpTcp);
+        }
+        return Ok(Decoded::Fragment(Fragment {
+            src,
+            dst,
+            proto,
+            id: u32::from(be16(packet, 4).ok_or(Skip::Truncated)?),
+            offset: usize::from(flags_offset & 0x1fff) * 8,
+            more: flags_offset & 0x2000 != 0,
+            data,
+        }));
+    }
+    transport(proto, src, dst, data).map(Decoded::Packet)
 }
 
-fn ipv6(p: &[u8]) -> Result<Packet<'_>, Skip> {
+fn ipv6(p: &[u8]) -> Result<Decoded<'_>, Skip> {
     let header: &[u8; 40] = p
         .get(..40)
         .and_then(|h| h.try_into().ok())
@@ -194,14 +240,44 @@ fn ipv6(p: &[u8]) -> Result<Packet<'_>, Skip> {
         return Err(Skip::Malformed);
     }
     let payload_len = usize::from(u16::from_be_bytes([header[4], header[5]]));
-    let mut next = header[6];
-    let mut rest = p.get(40..40 + payload_len).ok_or(Skip::Truncated)?;
+    let rest = p.get(40..40 + payload_len).ok_or(Skip::Truncated)?;
     let addr = |at: usize| {
         let mut a = [0u8; 16];
         a.copy_from_slice(&header[at..at + 16]);
         IpAddr::V6(Ipv6Addr::from(a))
     };
-    // Extension headers: hop-by-hop, routing, destination options; a fragment header ends it.
+    let (src, dst) = (addr(8), addr(24));
+    match extensions(header[6], rest)? {
+        Upper::Transport(proto, seg) => transport(proto, src, dst, seg).map(Decoded::Packet),
+        Upper::Fragment { header, data } => {
+            let proto = header[0];
+            // Destination options may sit between the fragment header and UDP or TCP.
+            if ![PROTO_UDP, PROTO_TCP, 60].contains(&proto) {
+                return Err(Skip::NotUdpTcp);
+            }
+            let offset_more = u16::from_be_bytes([header[2], header[3]]);
+            Ok(Decoded::Fragment(Fragment {
+                src,
+                dst,
+                proto,
+                id: u32::from_be_bytes([header[4], header[5], header[6], header[7]]),
+                offset: usize::from(offset_more >> 3) * 8,
+                more: offset_more & 1 != 0,
+                data,
+            }))
+        }
+    }
+}
+
+/// Where IPv6's extension headers lead.
+enum Upper<'a> {
+    Transport(u8, &'a [u8]),
+    Fragment { header: [u8; 8], data: &'a [u8] },
+}
+
+/// Walks hop-by-hop, routing and destination options headers, up to a fragment header or
+/// the upper layer.
+fn extensions(mut next: u8, mut rest: &[u8]) -> Result<Upper<'_>, Skip> {
     for _ in 0..8 {
         match next {
             0 | 43 | 60 => {
@@ -209,11 +285,39 @@ fn ipv6(p: &[u8]) -> Result<Packet<'_>, Skip> {
                 next = rest[0];
                 rest = rest.get(len..).ok_or(Skip::Truncated)?;
             }
-            44 => return Err(Skip::Fragment),
+            44 => {
+                let header: [u8; 8] = rest
+                    .get(..8)
+                    .and_then(|h| h.try_into().ok())
+                    .ok_or(Skip::Truncated)?;
+                return Ok(Upper::Fragment {
+                    header,
+                    data: &rest[8..],
+                });
+            }
             _ => break,
         }
     }
-    transport(next, addr(8), addr(24), rest)
+    Ok(Upper::Transport(next, rest))
+}
+
+/// The packet a reassembled datagram's payload makes, as [`decode`] reads an unfragmented one.
+pub fn reassembled(
+    proto: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    payload: &[u8],
+) -> Result<Packet<'_>, Skip> {
+    let (proto, seg) = if src.is_ipv6() {
+        match extensions(proto, payload)? {
+            Upper::Transport(proto, seg) => (proto, seg),
+            // A fragment inside a fragment is not something a sender makes.
+            Upper::Fragment { .. } => return Err(Skip::Malformed),
+        }
+    } else {
+        (proto, payload)
+    };
+    transport(proto, src, dst, seg)
 }
 
 fn transport(proto: u8, src: IpAddr, dst: IpAddr, seg: &[u8]) -> Result<Packet<'_>, Skip> {
@@ -296,14 +400,15 @@ mod tests {
         long_udp[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&600u16.to_be_bytes());
         let cut = &udp[..udp.len() - 1];
 
+        let frag6 = build::udp_fragments(a6, b6, 0x0102_0304, b"sixteen bytes!!!", 8);
         let ok_udp = |src, dst, data: &'static [u8]| {
-            Ok(Packet {
+            Ok(Decoded::Packet(Packet {
                 src,
                 dst,
                 payload: Payload::Udp(data),
-            })
+            }))
         };
-        type Case<'a> = (&'a str, Link, &'a [u8], Result<Packet<'a>, Skip>);
+        type Case<'a> = (&'a str, Link, &'a [u8], Result<Decoded<'a>, Skip>);
         let cases: Vec<Case<'_>> = vec![
             ("udp", Link::Ethernet, &udp, ok_udp(a, b, b"hello")),
             ("vlan", Link::Ethernet, &vlan, ok_udp(a, b, b"hello")),
@@ -317,7 +422,7 @@ mod tests {
                 "tcp",
                 Link::Ethernet,
                 &tcp,
-                Ok(Packet {
+                Ok(Decoded::Packet(Packet {
                     src: a,
                     dst: b,
                     payload: Payload::Tcp {
@@ -326,9 +431,36 @@ mod tests {
                         end: false,
                         data: b"seg",
                     },
-                }),
+                })),
             ),
-            ("fragment", Link::Ethernet, &fragment, Err(Skip::Fragment)),
+            (
+                "fragment",
+                Link::Ethernet,
+                &fragment,
+                Ok(Decoded::Fragment(Fragment {
+                    src: a.ip(),
+                    dst: b.ip(),
+                    proto: 17,
+                    id: 0,
+                    offset: 0,
+                    more: true,
+                    data: &udp[14 + 20..],
+                })),
+            ),
+            (
+                "ipv6 fragment",
+                Link::Ethernet,
+                &frag6[1],
+                Ok(Decoded::Fragment(Fragment {
+                    src: a6.ip(),
+                    dst: b6.ip(),
+                    proto: 17,
+                    id: 0x0102_0304,
+                    offset: 8,
+                    more: true,
+                    data: b"sixteen ",
+                })),
+            ),
             ("arp", Link::Ethernet, &arp, Err(Skip::NotIp)),
             ("icmp", Link::Ethernet, &icmp, Err(Skip::NotUdpTcp)),
             (
@@ -355,6 +487,27 @@ mod tests {
         for (name, link, frame, want) in cases {
             assert_eq!(decode(link, frame), want, "{name}");
         }
+    }
+
+    #[test]
+    fn a_reassembled_payload_decodes_as_an_unfragmented_one() {
+        let a6 = addr("[2001:db8::1]:5060");
+        let b6 = addr("[2001:db8::2]:14500");
+        let whole = build::ethernet(a6, b6, None, b"payload");
+        let want = match decode(Link::Ethernet, &whole) {
+            Ok(Decoded::Packet(p)) => p,
+            other => panic!("{other:?}"),
+        };
+        let payload = &whole[14 + 40..];
+        assert_eq!(reassembled(17, a6.ip(), b6.ip(), payload), Ok(want));
+        let mut dest_opts = vec![17, 0, 1, 4, 0, 0, 0, 0];
+        dest_opts.extend_from_slice(payload);
+        assert_eq!(reassembled(60, a6.ip(), b6.ip(), &dest_opts), Ok(want));
+        let nested = [17, 0, 0, 0, 0, 0, 0, 1];
+        assert_eq!(
+            reassembled(44, a6.ip(), b6.ip(), &nested),
+            Err(Skip::Malformed)
+        );
     }
 
     #[test]
