@@ -74,7 +74,7 @@ impl Defrag {
         self.expire(at, skip);
         let start = f.offset;
         let end = start.saturating_add(f.data.len());
-        if f.more && (f.data.is_empty() || f.data.len() % 8 != 0) {
+        if f.more && (f.data.is_empty() || !f.data.len().is_multiple_of(8)) {
             // Only the last fragment may end off an 8-byte boundary (RFC 791, RFC 8200).
             skip(Skip::Malformed);
             return None;
