@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use sipedge_store::{
     CallStatus, CallType, Cdr, CdrFilter, CdrId, Direction, Disposition, EndedBy, Engine, LogEntry,
-    LogKind, NumberMatch, Store, StoreConfig, Transport, UnixMs, WriteOp,
+    LogKind, NumberMatch, Source, Store, StoreConfig, Transport, UnixMs, WriteOp,
 };
 
 // The allocator sipedge runs with (src/main.rs), so that the figures are the product's.
@@ -95,6 +95,7 @@ fn make_cdr(rng: &mut Rng, i: u64, start: UnixMs) -> Cdr {
         answer_time: connected.then_some(UnixMs(answer)),
         end_time: UnixMs(end),
         transport: Transport::Udp,
+        source: Source::Proxy,
         terminal: format!(
             "203.0.113.{}:{}",
             rng.below(250),

@@ -482,7 +482,8 @@ fn the_csv_export_equals_the_json_pages() {
                 "duration_s",
                 "talk_s",
                 "transport",
-                "terminal"
+                "terminal",
+                "source"
             ]
         );
         let rows: Vec<Vec<String>> = lines.filter(|l| !l.is_empty()).map(csv_fields).collect();

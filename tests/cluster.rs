@@ -618,6 +618,7 @@ fn bad_cluster_parameters_are_400_naming_the_parameter() {
             "start_time",
             "end_time",
             "terminal",
+            "source",
         ];
         let positions: Vec<usize> = order.iter().map(|n| at(n)).collect();
         assert!(positions.is_sorted(), "{path}: {raw}");

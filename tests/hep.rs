@@ -151,6 +151,7 @@ fn hep_copies_of_calls_give_their_cdrs() {
             ("disposition", "answered"),
             ("ended_by", "caller"),
             ("transport", transport),
+            ("source", "hep"),
         ] {
             assert_eq!(
                 cdr[field].as_str(),
@@ -342,6 +343,8 @@ fn a_capture_replayed_over_hep_gives_the_cdrs_the_proxy_wrote() {
                 (a, b) => assert_eq!(a, b, "call {call_id}: {field}"),
             }
         }
+        assert_eq!(want["source"], "proxy", "call {call_id}: {want:#}");
+        assert_eq!(got["source"], "hep", "call {call_id}: {got:#}");
     }
     // Every packet is on one hop or the other: half of them are the Sipserver's copies.
     let accepted = metric(&second, "sipedge_hep_packets_accepted_total");

@@ -166,6 +166,11 @@ fn a_capture_of_proxied_calls_gives_the_cdrs_the_proxy_wrote() {
                     (a - b).abs() * 1000.0 <= 2.0 * TOLERANCE_MS as f64,
                     "call {call_id}: {field} live {a}, imported {b}"
                 );
+            } else if field == "source" {
+                assert_eq!(
+                    (value.as_str(), got[field].as_str()),
+                    (Some("proxy"), Some("pcap"))
+                );
             } else if field == "id" {
                 // A function of the start time's ms: equal when the start times are.
                 if ms(want, "start_time") == ms(got, "start_time") {
@@ -344,6 +349,7 @@ fn tcp_messages_split_across_segments_or_sharing_one_are_reassembled() {
         ("transport", "tcp".into()),
         ("terminal", s.terminal.to_string().into()),
         ("node", "test".into()),
+        ("source", "pcap".into()),
     ]);
     for (field, value) in &want {
         assert_eq!(&cdr[*field], value, "{field}: {cdr:#}");
@@ -459,4 +465,58 @@ fn a_file_that_is_no_capture_is_refused_with_its_exit_code() {
     let out = import(&[&file, "--config", &no_sip]);
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
     assert!(stderr(&out).contains("[sip] is needed"), "{}", stderr(&out));
+}
+
+/// On a terminal the import shows its progress on stderr (indicatif), and clears it before
+/// the summary; piped, as in every other test here, it shows none.
+#[test]
+fn a_long_import_on_a_terminal_shows_its_progress() {
+    let s = scene();
+    let mut w = PcapWriter::new(std::fs::File::create(&s.file).expect("create")).expect("header");
+    let calls = 5_000;
+    for n in 0..calls {
+        let call_id = format!("progress-{n}");
+        for (i, (from, text)) in answered_call(&call_id, s.terminal, s.proxy, "UDP")
+            .iter()
+            .enumerate()
+        {
+            let (src, dst) = match from {
+                From::Terminal => (s.terminal, s.proxy),
+                From::Sipserver => (s.proxy, s.terminal),
+            };
+            let at = T0 + (n * 1_000 + i as i64 * 100) * 1_000;
+            w.udp(at, src, dst, text.as_bytes()).expect("write");
+        }
+    }
+    drop(w);
+    let size = std::fs::metadata(&s.file).expect("capture").len();
+    // `script` runs the import on a pseudo-terminal and copies what it wrote there.
+    let command = format!(
+        "{} import-pcap {} --config {} --print csv > /dev/null",
+        support::sipedge::binary(),
+        s.file.display(),
+        s.config
+    );
+    let out = std::process::Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .output()
+        .expect("run script (util-linux)");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    let mib = format!("{:.2} MiB", size as f64 / f64::from(1 << 20));
+    assert!(
+        tty.contains(&format!("/{mib}")) && tty.contains("eta"),
+        "no progress bar of {mib} on the terminal:\n{tty}"
+    );
+    assert!(tty.contains(&format!("calls: {calls}")), "{tty}");
+
+    let piped = import(&[
+        &s.file.display().to_string(),
+        "--config",
+        &s.config,
+        "--print",
+        "csv",
+    ]);
+    assert!(piped.status.success(), "{}", stderr(&piped));
+    assert!(!stderr(&piped).contains("eta"), "{}", stderr(&piped));
 }

@@ -87,6 +87,7 @@ fn rows(pg: &Postgres) -> HashMap<String, Value> {
         "'duration_s', duration_s".to_owned(),
         "'transport', transport".to_owned(),
         "'terminal', terminal".to_owned(),
+        "'source', source".to_owned(),
         ms("shipped_at"),
     ];
     let sql = format!(
@@ -188,6 +189,7 @@ fn same_cdr(api: &Value, row: &Value) {
         "ended_by",
         "transport",
         "terminal",
+        "source",
     ] {
         assert_eq!(
             api[field], row[field],
@@ -601,7 +603,7 @@ fn another_schema_version_or_none_is_a_clear_error_and_nothing_is_lost() {
     let pg = database();
     pg.psql(
         DB,
-        "INSERT INTO sipedge_schema_version (version, description) VALUES (2, 'from the future');",
+        "INSERT INTO sipedge_schema_version (version, description) VALUES (3, 'from the future');",
     );
     let seeded = Seed {
         cdrs: seed::cdrs("test", UnixMs(now_ms() - 600_000), 60_000, 10, 5),
@@ -621,17 +623,17 @@ fn another_schema_version_or_none_is_a_clear_error_and_nothing_is_lost() {
     let message = status(&se).1["last_error"]["message"].clone();
     let message = message.as_str().unwrap_or_default();
     assert!(
-        message.contains("version 2") && message.contains("writes version 1"),
+        message.contains("version 3") && message.contains("writes version 2"),
         "{message}"
     );
     assert!(
-        se.stderr().contains("schema is version 2"),
+        se.stderr().contains("schema is version 3"),
         "{}",
         se.report()
     );
     assert_eq!(count(&pg), 0);
     // The DBA fixes it: the sink retries and ships what waited.
-    pg.psql(DB, "DELETE FROM sipedge_schema_version WHERE version = 2;");
+    pg.psql(DB, "DELETE FROM sipedge_schema_version WHERE version = 3;");
     wait_for_rows(&pg, &se, 10);
 
     let bare = Postgres::start();

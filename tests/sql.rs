@@ -41,7 +41,7 @@ const QUERIES: [&str; 8] = [
     "per_node",
 ];
 /// The columns a CDR is inserted with (all but the generated ones and `shipped_at`).
-const COLUMNS: [&str; 19] = [
+const COLUMNS: [&str; 20] = [
     "id",
     "node",
     "call_id",
@@ -61,6 +61,7 @@ const COLUMNS: [&str; 19] = [
     "end_time",
     "transport",
     "terminal",
+    "source",
 ];
 
 // ---------------------------------------------------------------- README blocks
@@ -242,19 +243,25 @@ fn postgres_sql_equals_the_migrations_applied_in_order() {
     assert_eq!(
         pg.psql("fresh", "SELECT max(version) FROM sipedge_schema_version;")
             .trim(),
-        "1"
+        "2"
     );
 
     // Applied again, each refuses and changes nothing.
     let schema = read_sql(&postgres::sql_dir().join("postgres.sql"));
     let again = pg.psql_as("fresh", SUPERUSER, &schema).unwrap_err();
     assert!(
-        again.contains("this database already has the sipedge schema (version 1)"),
+        again.contains("this database already has the sipedge schema (version 2)"),
         "{again}"
     );
     let first = read_sql(&postgres::migrations()[0]);
     let again = pg.psql_as("migrated", SUPERUSER, &first).unwrap_err();
     assert!(again.contains("migration 1 is already applied"), "{again}");
+    let second = read_sql(&postgres::migrations()[1]);
+    let again = pg.psql_as("migrated", SUPERUSER, &second).unwrap_err();
+    assert!(
+        again.contains("migration 2 upgrades schema version 1, this database is at 2"),
+        "{again}"
+    );
     assert_eq!(fresh, pg.schema_dump("fresh"));
     assert_eq!(fresh, pg.schema_dump("migrated"));
     assert_eq!(pg.psql("migrated", versions), pg.psql("fresh", versions));
@@ -281,18 +288,38 @@ fn the_migration_template_upgrades_once() {
     let versions = "SELECT version, description FROM sipedge_schema_version ORDER BY version;";
     assert_eq!(
         pg.psql("bank", versions),
-        "1|initial: cdr and sipedge_schema_version\n2|what it adds\n"
+        "1|initial: cdr and sipedge_schema_version\n2|cdr.source: proxy, pcap or hep\n\
+         3|what it adds\n"
     );
     let again = pg.psql_as("bank", SUPERUSER, &template).unwrap_err();
     assert!(
-        again.contains("migration 2 upgrades schema version 1, this database is at 2"),
+        again.contains("migration 3 upgrades schema version 2, this database is at 3"),
         "{again}"
     );
     // Nor does it apply where migration 1 is missing.
     pg.create_database("empty");
     let refused = pg.psql_as("empty", SUPERUSER, &template).unwrap_err();
     assert!(refused.contains("sipedge_schema_version"), "{refused}");
-    assert_eq!(pg.psql("bank", versions).lines().count(), 2);
+    assert_eq!(pg.psql("bank", versions).lines().count(), 3);
+}
+
+#[test]
+fn migration_2_marks_the_rows_already_there_as_relayed() {
+    let pg = Postgres::start();
+    pg.create_database("bank");
+    let migrations = postgres::migrations();
+    pg.psql_file("bank", &migrations[0]);
+    let mut row = valid_row();
+    row.remove("source");
+    pg.psql("bank", &insert_sql(&row));
+    pg.psql_file("bank", &migrations[1]);
+    assert_eq!(
+        pg.psql("bank", "SELECT source FROM cdr;").trim(),
+        "proxy",
+        "a release-1 row"
+    );
+    let validated = "SELECT convalidated FROM pg_constraint WHERE conname = 'cdr_source_known';";
+    assert_eq!(pg.psql("bank", validated).trim(), "t");
 }
 
 /// A valid CDR as `column -> SQL literal`, one of each kind of value.
@@ -318,6 +345,7 @@ fn valid_row() -> BTreeMap<&'static str, String> {
         ("end_time", text("2026-05-20 10:01:02.500+08")),
         ("transport", text("udp")),
         ("terminal", text("10.0.0.1:5060")),
+        ("source", text("proxy")),
     ])
 }
 
@@ -357,6 +385,9 @@ fn checks_refuse_what_sipedge_never_writes() {
         ("ended_by", "'network'", "cdr_ended_by_known"),
         ("transport", "'sctp'", "cdr_transport_known"),
         ("transport", "'UDP'", "cdr_transport_known"),
+        ("source", "'sngrep'", "cdr_source_known"),
+        ("source", "'PCAP'", "cdr_source_known"),
+        ("source", "NULL", "null value in column \"source\""),
         ("start_time", "NULL", "null value in column \"start_time\""),
         ("end_time", "NULL", "null value in column \"end_time\""),
         (
@@ -391,6 +422,8 @@ fn checks_refuse_what_sipedge_never_writes() {
         ("transport", "'tcp'"),
         ("ended_by", "'sipedge'"),
         ("disposition", "'timeout'"),
+        ("source", "'pcap'"),
+        ("source", "'hep'"),
     ];
     for (i, (column, value)) in good.iter().enumerate() {
         let mut row = valid_row();
@@ -541,7 +574,7 @@ fn the_readme_roles_have_least_privilege() {
     let version = pg
         .psql_as("sipedge", "sipedge", &block("schema_version"))
         .unwrap();
-    assert_eq!(version.trim(), "1");
+    assert_eq!(version.trim(), "2");
     assert_eq!(
         pg.psql_as("sipedge", "sipedge", "SELECT count(*) FROM cdr;")
             .unwrap()
@@ -845,7 +878,7 @@ fn readme_queries_on_a_known_data_set() {
     };
     // (query, conditions, expected psql -A -t output); calls are numbered from 1 as in CALLS.
     let cases: Vec<(&str, Conditions, String)> = vec![
-        ("schema_version", day_20(), "1\n".into()),
+        ("schema_version", day_20(), "2\n".into()),
         // The day is Beijing's: call 1 (23:30 on the 19th) is out, call 7 (00:00 on the
         // 21st) is the end of the interval and out too.
         ("cdrs", day_20(), listing(&[5, 4, 3, 2])),

@@ -8,7 +8,8 @@
 //! - a valid request reaches the Sipserver with sipedge's Via on top and is otherwise the
 //!   message the terminal sent, byte for byte, once the edits a proxy makes are taken out
 //!   (`received`/`rport`, Max-Forwards, Record-Route or Path);
-//! - an invalid request gets a 400 whose reason names the defect, or is dropped when it has
+//! - an invalid request gets a 400 whose reason names the defect (505 for another SIP
+//!   version, RFC 4475 3.1.2.16), or is dropped when it has
 //!   nothing to answer with, and never reaches the Sipserver; every one is counted in
 //!   `/metrics`; on TCP, one that leaves the stream unframable (ncl, mcl01) also closes its
 //!   connection;
@@ -481,6 +482,8 @@ fn every_torture_message_over_udp() {
     };
     let bad_requests = count(Edge::BadRequest, false);
     let dropped_requests = count(Edge::Dropped, false);
+    // A defect too, answered with its own code.
+    let other_version = count(Edge::Answered(505), false);
     // Each sent twice: by a terminal, then by the Sipserver.
     let dropped_responses = count(Edge::Dropped, true);
     let valid_responses = count(Edge::ResponseRelayed, true);
@@ -491,7 +494,7 @@ fn every_torture_message_over_udp() {
     );
     assert_eq!(
         after.parse_errors - before.parse_errors,
-        bad_requests + dropped_requests + 2 * dropped_responses,
+        bad_requests + other_version + dropped_requests + 2 * dropped_responses,
         "{after:?}"
     );
     assert_eq!(
@@ -861,6 +864,10 @@ fn invalid_torture_messages_over_tcp() {
             }
             (_, Edge::BadRequest) => {
                 assert_reply(name, c.bytes, &term.expect(name), 400);
+                tcp_barrier(&mut term, n as u32);
+            }
+            (_, Edge::Answered(505)) => {
+                assert_reply(name, c.bytes, &term.expect(name), 505);
                 tcp_barrier(&mut term, n as u32);
             }
             (_, Edge::Dropped) => tcp_barrier(&mut term, n as u32),

@@ -1,9 +1,9 @@
--- sipedge: the complete current schema for a NEW database (schema version 1).
+-- sipedge: the complete current schema for a NEW database (schema version 2).
 --
 --   psql -v ON_ERROR_STOP=1 -d sipedge -f postgres.sql
 --
--- This file equals every migration of etc/sql/migrations/ applied in order (now only
--- 0001_initial.sql), in one transaction; tests/sql.rs checks that the two give the same
+-- This file equals every migration of etc/sql/migrations/ applied in order (0001_initial.sql,
+-- 0002_cdr_source.sql), in one transaction; tests/sql.rs checks that the two give the same
 -- catalog. A database that already has the schema is refused and left as it is: upgrade it
 -- with the migrations numbered after its version (README.md).
 
@@ -64,7 +64,10 @@ CREATE TABLE cdr (
                            ELSE 0 END) STORED,
   transport        text NOT NULL CONSTRAINT cdr_transport_known CHECK (transport IN ('udp', 'tcp')),
   terminal         text NOT NULL,
-  shipped_at       timestamptz NOT NULL DEFAULT now()
+  shipped_at       timestamptz NOT NULL DEFAULT now(),
+  -- After shipped_at, where migration 2 adds it, so that both give the same table.
+  source           text NOT NULL DEFAULT 'proxy'
+                   CONSTRAINT cdr_source_known CHECK (source IN ('proxy', 'pcap', 'hep'))
 );
 COMMENT ON TABLE cdr IS
   'sipedge call detail records (SPEC section 5), one per INVITE dialog, replicated from every node; idempotent on id.';
@@ -78,6 +81,8 @@ COMMENT ON COLUMN cdr.duration_s IS 'end_time - start_time, seconds';
 COMMENT ON COLUMN cdr.talk_s IS 'end_time - answer_time when connected, else 0: the call duration totals add up';
 COMMENT ON COLUMN cdr.terminal IS 'ip:port the terminal reached sipedge from';
 COMMENT ON COLUMN cdr.shipped_at IS 'when the row reached this database';
+COMMENT ON COLUMN cdr.source IS
+  'proxy: built from the SIP sipedge relayed; pcap: from a capture file (sipedge import-pcap); hep: from HEP mirrored to sipedge';
 
 -- One index per query condition of the source document, each ending in start_time, since
 -- every query is on a time range; LIKE 'prefix%' can use the number indexes (COLLATE "C").
@@ -89,6 +94,7 @@ CREATE INDEX cdr_status_idx ON cdr (status, start_time);
 CREATE INDEX cdr_node_idx ON cdr (node, start_time);
 
 INSERT INTO sipedge_schema_version (version, description)
-VALUES (1, 'initial: cdr and sipedge_schema_version');
+VALUES (1, 'initial: cdr and sipedge_schema_version'),
+       (2, 'cdr.source: proxy, pcap or hep');
 
 COMMIT;

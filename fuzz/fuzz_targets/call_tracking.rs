@@ -68,6 +68,7 @@ fn event(at: i64, b: [u8; 4]) -> SipEvent {
         } else {
             Transport::Tcp
         },
+        source: sipedge_store::Source::Proxy,
         terminal: "203.0.113.7:5060".into(),
         kind,
         call_id: format!("call-{call}@fuzz"),

@@ -137,6 +137,7 @@ function renderSummary(id, cdr) {
       item('col.ended_by', t(`ended_by.${cdr.ended_by}`)),
       item('col.transport', String(cdr.transport || '').toUpperCase()),
       item('col.terminal', cdr.terminal, 'mono'),
+      item('col.source', t(`source.${cdr.source || 'proxy'}`)),
       item('col.call_id', cdr.call_id, 'mono wrap'),
     ),
   );

@@ -53,6 +53,13 @@ pub struct CdrRow {
     pub talk_s: f64,
     pub transport: String,
     pub terminal: String,
+    /// Absent from the pages of a node whose build predates it: all its calls were relayed.
+    #[serde(default = "relayed")]
+    pub source: String,
+}
+
+fn relayed() -> String {
+    render::source_str(sipedge_store::Source::Proxy).to_owned()
 }
 
 fn rezone_text(text: &mut String, zone: Tz) {
@@ -397,6 +404,7 @@ mod tests {
             end_time: UnixMs(start.0 + 62_501),
             transport: sipedge_store::Transport::Tcp,
             terminal: "203.0.113.9:40000".into(),
+            source: sipedge_store::Source::Hep,
         };
         let text = serde_json::to_string(&render::CdrView::new(&cdr, chrono_tz::UTC)).unwrap();
         let row: CdrRow = serde_json::from_str(&text).unwrap();
@@ -410,6 +418,11 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&zoned).unwrap(),
             serde_json::to_string(&render::CdrView::new(&cdr, chrono_tz::Asia::Shanghai)).unwrap()
+        );
+        assert_eq!(
+            sample().source,
+            "proxy",
+            "a row of a node that predates `source`"
         );
     }
 

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sipedge_store::live::{LiveCall, LiveState};
 use sipedge_store::query::{Counters, StatsResult};
 use sipedge_store::{Alarm, CallStatus, CallType, Cdr, Disposition, EndedBy, LogEntry, LogKind};
-use sipedge_store::{Direction, Transport, UnixMs};
+use sipedge_store::{Direction, Source, Transport, UnixMs};
 
 fn at(t: UnixMs, zone: Tz) -> DateTime<Tz> {
     zone.timestamp_millis_opt(t.0)
@@ -59,6 +59,7 @@ pub struct CdrView<'a> {
     talk_s: f64,
     transport: Transport,
     terminal: &'a str,
+    source: Source,
 }
 
 impl<'a> CdrView<'a> {
@@ -86,6 +87,7 @@ impl<'a> CdrView<'a> {
             talk_s: cdr.talk_s(),
             transport: cdr.transport,
             terminal: &cdr.terminal,
+            source: cdr.source,
         }
     }
 }
@@ -93,7 +95,7 @@ impl<'a> CdrView<'a> {
 /// The CSV header: the same names, in the same order, as [`CdrView`].
 pub const CSV_HEADER: &str = "id,node,call_id,caller,called,caller_uri,called_uri,call_type,\
 video_started_at,status,disposition,sip_code,ended_by,start_time,ring_time,answer_time,\
-end_time,duration_s,talk_s,transport,terminal\r\n";
+end_time,duration_s,talk_s,transport,terminal,source\r\n";
 
 fn csv_field(out: &mut String, text: &str) {
     let formula = looks_like_formula(text);
@@ -175,6 +177,14 @@ pub fn transport_str(t: Transport) -> &'static str {
     }
 }
 
+pub fn source_str(s: Source) -> &'static str {
+    match s {
+        Source::Proxy => "proxy",
+        Source::Pcap => "pcap",
+        Source::Hep => "hep",
+    }
+}
+
 /// Appends one CDR as a CSV row (RFC 4180: CRLF, quotes doubled) with local times.
 pub fn csv_row(out: &mut String, cdr: &Cdr, zone: Tz) {
     let texts: [&str; 6] = [
@@ -219,7 +229,7 @@ pub fn csv_row(out: &mut String, cdr: &Cdr, zone: Tz) {
         transport_str(cdr.transport)
     );
     csv_field(out, &cdr.terminal);
-    out.push_str("\r\n");
+    let _ = write!(out, ",{}\r\n", source_str(cdr.source));
 }
 
 /// [`local`] written in place: the export writes four times per row, and chrono's
@@ -416,6 +426,7 @@ mod tests {
             end_time: UnixMs(start.0 + 62_500),
             transport: Transport::Tcp,
             terminal: "203.0.113.9:40000".into(),
+            source: Source::Proxy,
         }
     }
 
@@ -496,7 +507,7 @@ mod tests {
                  \"\"\"Agent, \"\"\"\"A\"\"\"\"\"\" <sip:95566@bank.example>\",video,\
                  2026-11-18 19:06:43,connected,answered,200,caller,2026-11-18 19:06:40,\
                  2026-11-18 19:06:41,2026-11-18 19:06:42,2026-11-18 19:07:42,62.5,60,tcp,\
-                 203.0.113.9:40000\r\n",
+                 203.0.113.9:40000,proxy\r\n",
                 cdr.id
             ),
         );
@@ -547,6 +558,9 @@ mod tests {
         }
         for t in [Transport::Udp, Transport::Tcp] {
             assert_eq!(transport_str(t), name(t));
+        }
+        for s in [Source::Proxy, Source::Pcap, Source::Hep] {
+            assert_eq!(source_str(s), name(s));
         }
     }
 

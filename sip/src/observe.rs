@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use sipedge_store::Source;
 use tokio::sync::mpsc;
 
 use crate::flow::Transport;
@@ -71,6 +72,8 @@ pub struct Relayed {
     pub src: SocketAddr,
     /// Where sipedge sent it.
     pub dst: SocketAddr,
+    /// Whether sipedge relayed it or was sent a copy (HEP): the CDR's `source`.
+    pub source: Source,
     /// The whole message: parsed once more by call tracking, off the relay path (the
     /// scanner's index borrows the relay buffer, so it cannot travel).
     pub bytes: Bytes,
@@ -88,6 +91,7 @@ impl Relayed {
         origin: Origin,
         transport: Transport,
         (src, dst): (SocketAddr, SocketAddr),
+        source: Source,
         bytes: Bytes,
     ) -> Relayed {
         Relayed {
@@ -97,6 +101,7 @@ impl Relayed {
             transport,
             src,
             dst,
+            source,
             bytes,
             charge: Charge::default(),
         }
@@ -607,6 +612,7 @@ mod tests {
             transport: Transport::Udp,
             src: "192.0.2.1:5060".parse().unwrap(),
             dst: "192.0.2.2:5060".parse().unwrap(),
+            source: Source::Proxy,
             bytes: Bytes::from(vec![b'x'; len]),
             charge: Charge::default(),
         }

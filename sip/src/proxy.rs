@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use sipedge_store::Source;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
@@ -414,6 +415,7 @@ impl Shared {
                 transport: arrival.transport,
                 src,
                 dst,
+                source: Source::Proxy,
                 bytes: Bytes::copy_from_slice(bytes),
                 charge: Default::default(),
             },

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::config::PortRange;
 use crate::flow::{self, BranchInput, Flow, FlowKey, Transport};
 use crate::observe::{Bound, Direction, DropReason, Metrics};
-use crate::scan::{self, HeaderName, Message, Method, RPort, Uri, Via};
+use crate::scan::{self, HeaderName, Message, Method, RPort, ScanError, Uri, Via};
 
 /// Max-Forwards written when a request has none (RFC 3261 §16.6 step 3).
 const DEFAULT_MAX_FORWARDS: u8 = 70;
@@ -252,9 +252,13 @@ impl Relay {
             self.metrics
                 .parse_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let reason = format!("Bad Request ({e})");
+            // Another SIP version has a code of its own (RFC 3261 §21.5.7, RFC 4475 3.1.2.16).
+            let (status, reason) = match e {
+                ScanError::BadVersion => (505, "Version Not Supported".to_owned()),
+                _ => (400, format!("Bad Request ({e})")),
+            };
             let bad = Refusal {
-                status: 400,
+                status,
                 reason: reason.as_bytes(),
                 headers: b"",
                 otherwise: DropReason::Unparseable,
@@ -967,6 +971,14 @@ mod tests {
             &["SIP/2.0 400 Bad Request ("],
             &[],
         );
+        // Another SIP version: 505 (RFC 3261 §21.5.7).
+        check(
+            terminal(),
+            &request("INVITE sip:bob@10.0.0.5 SIP/7.0", "INVITE", ""),
+            reply(505),
+            &["SIP/2.0 505 Version Not Supported\r\n"],
+            &[],
+        );
         // Over max_message_bytes: 413.
         check(
             terminal(),
@@ -1515,7 +1527,14 @@ mod tests {
         for (name, bytes) in torture("invalid") {
             let mut out = Vec::new();
             let got = relay().handle(&terminal(), &bytes, &mut out);
-            let ok = matches!(got, Decision::Drop(_) | Decision::Reply { status: 400, .. });
+            let ok = matches!(
+                got,
+                Decision::Drop(_)
+                    | Decision::Reply {
+                        status: 400 | 505,
+                        ..
+                    }
+            );
             assert!(ok, "{name}: {got:?}\n{}", String::from_utf8_lossy(&out));
         }
     }

@@ -14,6 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use sipedge_sip::flow::Transport;
 use sipedge_sip::{Origin, Relayed};
+use sipedge_store::Source;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
@@ -363,6 +364,7 @@ impl Feed {
             Origin::Forwarded,
             p.transport,
             (p.src, p.dst),
+            Source::Hep,
             Bytes::copy_from_slice(p.payload),
         );
         match self.tx.try_send(relayed) {

@@ -22,7 +22,7 @@ use sipedge_sip::call::task::sip_event;
 use sipedge_sip::call::{Output, Tracker};
 use sipedge_sip::{Direction, scan};
 use sipedge_store::log::Direction as LogDirection;
-use sipedge_store::{CdrId, LogEntry, LogKind, Store, UnixMs, WriteOp};
+use sipedge_store::{CdrId, LogEntry, LogKind, Source, Store, UnixMs, WriteOp};
 
 use super::capture::{CaptureError, Handler, Reader, Wire};
 use super::{Leg, Sides};
@@ -329,7 +329,13 @@ impl Handler for Feed {
             Direction::ToTerminal => wire.dst,
         };
         let from_terminal = direction == Direction::ToUpstream;
-        let Some(ev) = sip_event(&msg, wire.at, from_terminal, wire.transport, terminal) else {
+        let Some(ev) = sip_event(
+            &msg,
+            wire.at,
+            from_terminal,
+            (wire.transport, terminal),
+            Source::Pcap,
+        ) else {
             self.skip("sip_without_call_id_from_to_cseq");
             return;
         };

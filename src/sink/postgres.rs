@@ -18,7 +18,7 @@ use super::config::PostgresConfig;
 use super::{Backfill, Backoff, ErrorKind, NAME, Parked, Shared, SinkError, now_ms};
 
 /// The `sipedge_schema_version` this build writes (etc/sql/postgres.sql).
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// How often an empty outbox is looked at again: with the store's flush interval, the
 /// usual delay between a call's end and its row.
@@ -28,7 +28,7 @@ const IDLE_CHECK: Duration = Duration::from_secs(10);
 
 /// Every column the sink writes, in the statement's order (`shipped_at` and the generated
 /// `duration_s`, `talk_s` are the database's).
-const COLUMNS: [(&str, &str); 19] = [
+const COLUMNS: [(&str, &str); 20] = [
     ("id", "text"),
     ("node", "text"),
     ("call_id", "text"),
@@ -48,6 +48,7 @@ const COLUMNS: [(&str, &str); 19] = [
     ("end_time", "timestamptz"),
     ("transport", "text"),
     ("terminal", "text"),
+    ("source", "text"),
 ];
 
 /// `INSERT … SELECT * FROM unnest($1::text[], …) ON CONFLICT (id) DO UPDATE SET … WHERE
@@ -101,6 +102,7 @@ struct Columns<'a> {
     end_time: Vec<SystemTime>,
     transport: Vec<&'static str>,
     terminal: Vec<&'a str>,
+    source: Vec<&'static str>,
 }
 
 impl<'a> Columns<'a> {
@@ -132,11 +134,12 @@ impl<'a> Columns<'a> {
             c.end_time.push(time(cdr.end_time));
             c.transport.push(render::transport_str(cdr.transport));
             c.terminal.push(cdr.terminal.as_str());
+            c.source.push(render::source_str(cdr.source));
         }
         c
     }
 
-    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 19] {
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 20] {
         let [node, call_id, caller, called, caller_uri, called_uri] = &self.text;
         [
             &self.id,
@@ -158,6 +161,7 @@ impl<'a> Columns<'a> {
             &self.end_time,
             &self.transport,
             &self.terminal,
+            &self.source,
         ]
     }
 }
@@ -624,13 +628,13 @@ mod tests {
             sql.contains("$9::timestamptz[]") && sql.contains("$12::int2[]"),
             "{sql}"
         );
-        assert!(sql.contains("$19::text[])"), "{sql}");
-        assert!(!sql.contains("$20"), "{sql}");
+        assert!(sql.contains("$20::text[])"), "{sql}");
+        assert!(!sql.contains("$21"), "{sql}");
         assert!(sql.contains("ON CONFLICT (id) DO UPDATE SET node = EXCLUDED.node,"));
         assert!(!sql.contains("id = EXCLUDED.id"), "{sql}");
         assert!(sql.contains("WHERE (cdr.node, cdr.call_id,"), "{sql}");
         assert!(
-            sql.ends_with("EXCLUDED.transport, EXCLUDED.terminal)"),
+            sql.ends_with("EXCLUDED.terminal, EXCLUDED.source)"),
             "{sql}"
         );
     }
@@ -657,6 +661,7 @@ mod tests {
                 answer_time: None,
                 end_time: UnixMs(2),
                 transport: Transport::Udp,
+                source: sipedge_store::Source::Proxy,
                 terminal: "127.0.0.1:5060".into(),
             };
             c.call_id = format!("c{id}");

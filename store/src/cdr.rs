@@ -135,6 +135,17 @@ pub enum Transport {
     Tcp,
 }
 
+/// What the call record was built from: the messages sipedge relayed, or a copy of them
+/// (a capture file read by `sipedge import-pcap`, or HEP mirrored by a Sipserver or agent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    #[default]
+    Proxy,
+    Pcap,
+    Hep,
+}
+
 /// One finished call. Field names and order are those of SPEC §5; `duration_s` and `talk_s`
 /// are derived from the times by [`Cdr::duration_s`] and [`Cdr::talk_s`], never stored, so
 /// they cannot disagree with them.
@@ -160,6 +171,9 @@ pub struct Cdr {
     pub transport: Transport,
     /// `ip:port` the terminal's messages came from (its NAT's public side).
     pub terminal: String,
+    /// Absent in what an older peer of the cluster sends: its records are all relayed ones.
+    #[serde(default)]
+    pub source: Source,
 }
 
 impl Cdr {
@@ -235,6 +249,7 @@ mod tests {
             end_time: UnixMs(5_500),
             transport: Transport::Udp,
             terminal: "127.0.0.1:5060".into(),
+            source: Source::Proxy,
         };
         assert_eq!(cdr.duration_s(), 4.5);
         assert_eq!(cdr.talk_s(), 0.0);

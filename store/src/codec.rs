@@ -5,8 +5,9 @@
 //! CDR value, version 1 (the id is the key, so it is not repeated):
 //! `1 ‖ kind ‖ disposition ‖ ended_by ‖ transport ‖ start Δ ‖ end Δ ‖ video_started_at Δ? ‖
 //! ring_time Δ? ‖ answer_time Δ? ‖ sip_code? ‖ node ‖ call_id ‖ caller ‖ called ‖ caller_uri ‖
-//! called_uri ‖ terminal`, where `kind` at offset 1 lets scans filter on type and status
-//! without decoding the rest.
+//! called_uri ‖ terminal ‖ source?`, where `kind` at offset 1 lets scans filter on type and
+//! status without decoding the rest. `source` is left out for relayed calls (`proxy`), so that
+//! the records of stores written before it existed decode as what they are.
 //!
 //! SIP text in the log is LZ4-compressed against [`SIP_DICT_1`], a dictionary of the boilerplate
 //! every SIP message and SDP body repeats: on generated realistic messages it halves the
@@ -16,7 +17,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::StoreError;
 use crate::alarm::{Alarm, AlarmId, AlarmKind, Severity};
-use crate::cdr::{CallStatus, CallType, Cdr, CdrId, Disposition, EndedBy, Transport, UnixMs};
+use crate::cdr::{
+    CallStatus, CallType, Cdr, CdrId, Disposition, EndedBy, Source, Transport, UnixMs,
+};
 use crate::log::{Direction, LogEntry, LogKind};
 
 /// The version byte every value written by this build starts with.
@@ -326,6 +329,13 @@ byte_enum!(
     [Transport::Udp = 0, Transport::Tcp = 1,]
 );
 byte_enum!(
+    Source,
+    "CDR",
+    source_byte,
+    source_of,
+    [Source::Proxy = 0, Source::Pcap = 1, Source::Hep = 2,]
+);
+byte_enum!(
     Direction,
     "log entry",
     direction_byte,
@@ -389,6 +399,9 @@ pub(crate) fn encode_cdr(cdr: &Cdr) -> Vec<u8> {
     ] {
         e.bytes(s.as_bytes());
     }
+    if cdr.source != Source::Proxy {
+        e.u8(source_byte(cdr.source));
+    }
     e.0
 }
 
@@ -436,6 +449,12 @@ pub(crate) fn decode_cdr(id: CdrId, value: &[u8]) -> Result<Cdr, StoreError> {
         end_time,
         transport,
         terminal: d.string()?,
+        source: match d.buf {
+            [] => Source::Proxy,
+            // One encoding per record: `proxy` is only ever the absence of the byte.
+            [0, ..] => return Err(corrupt("CDR", "source proxy written out")),
+            _ => source_of(d.u8()?)?,
+        },
     };
     d.finish(cdr)
 }
@@ -610,6 +629,7 @@ pub(crate) mod tests {
             end_time: UnixMs(start.0 + 60_000),
             transport: Transport::Tcp,
             terminal: "1.2.3.4:5060".into(),
+            source: Source::Proxy,
         }
     }
 
@@ -631,6 +651,15 @@ pub(crate) mod tests {
         odd.start_time = UnixMs(odd.start_time.0 - 3);
         odd.end_time = UnixMs(odd.start_time.0 - 1);
         assert_eq!(decode_cdr(odd.id, &encode_cdr(&odd)).unwrap(), odd);
+        for source in [Source::Pcap, Source::Hep] {
+            let captured = Cdr {
+                source,
+                ..c.clone()
+            };
+            let encoded = encode_cdr(&captured);
+            assert_eq!(encoded.len(), bytes.len() + 1, "{source:?}");
+            assert_eq!(decode_cdr(c.id, &encoded).unwrap(), captured);
+        }
     }
 
     fn check_corrupt(what: &str, result: Result<impl std::fmt::Debug, StoreError>) {
@@ -650,6 +679,14 @@ pub(crate) mod tests {
         check_corrupt(
             "trailing",
             decode_cdr(c.id, &[good.as_slice(), &[0]].concat()),
+        );
+        check_corrupt(
+            "two trailing",
+            decode_cdr(c.id, &[good.as_slice(), &[1, 1]].concat()),
+        );
+        check_corrupt(
+            "unknown source",
+            decode_cdr(c.id, &[good.as_slice(), &[3]].concat()),
         );
         check_corrupt("bad kind", decode_cdr(c.id, &[1, 7, 0, 0, 0]));
         for cut in 0..good.len() {

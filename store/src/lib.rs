@@ -44,7 +44,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use alarm::{Alarm, AlarmId, AlarmKind, Severity};
-pub use cdr::{CallStatus, CallType, Cdr, CdrId, Disposition, EndedBy, Transport, UnixMs};
+pub use cdr::{CallStatus, CallType, Cdr, CdrId, Disposition, EndedBy, Source, Transport, UnixMs};
 pub use config::StoreConfig;
 pub use engine::Engine;
 pub use error::StoreError;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sipedge_store::{
     Alarm, AlarmId, AlarmKind, CallStatus, CallType, Cdr, CdrFilter, CdrId, Counters, Direction,
-    Disposition, EndedBy, Engine, LogEntry, LogKind, NumberMatch, Severity, Store, StoreConfig,
-    StoreError, Transport, TypeCounters, UnixMs, WriteOp,
+    Disposition, EndedBy, Engine, LogEntry, LogKind, NumberMatch, Severity, Source, Store,
+    StoreConfig, StoreError, Transport, TypeCounters, UnixMs, WriteOp,
 };
 
 macro_rules! both {
@@ -116,6 +116,7 @@ fn cdr(
         answer_time: connected.then_some(UnixMs(start.0 + 2_000)),
         end_time: UnixMs(start.0 + 2_000 + (start.0 % 97_000)),
         transport: Transport::Udp,
+        source: Source::Proxy,
         terminal: "192.0.2.7:40000".into(),
     }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use sipedge_store::{
-    Alarm, CallStatus, CallType, Cdr, CdrId, Disposition, EndedBy, Engine, LogEntry, Store,
+    Alarm, CallStatus, CallType, Cdr, CdrId, Disposition, EndedBy, Engine, LogEntry, Source, Store,
     StoreConfig, Transport, UnixMs, WriteOp,
 };
 
@@ -97,6 +97,7 @@ pub fn cdr(rng: &mut Rng, node: &str, i: u64, start: UnixMs) -> Cdr {
         } else {
             Transport::Tcp
         },
+        source: Source::Proxy,
         terminal: format!("198.51.100.{}:{}", i % 250 + 1, 40_000 + i % 20_000),
     }
 }

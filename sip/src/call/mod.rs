@@ -20,7 +20,7 @@ pub mod task;
 pub mod tracker;
 
 use serde::{Deserialize, Serialize};
-use sipedge_store::cdr::{Transport, UnixMs};
+use sipedge_store::cdr::{Source, Transport, UnixMs};
 
 pub use key::CallKey;
 pub use task::{
@@ -44,6 +44,8 @@ pub struct SipEvent {
     /// `ip:port` of the terminal side of the relay (the source when the terminal sent the
     /// message, the destination otherwise); the CDR's `terminal`, like `transport`.
     pub terminal: String,
+    /// Relayed, captured or mirrored: the CDR's `source`, from the initial INVITE.
+    pub source: Source,
     /// Request or response, with what only that kind has.
     pub kind: SipKind,
     /// The Call-ID header: first half of the [`CallKey`].

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sipedge_store::log::Direction as LogDirection;
 use sipedge_store::{
-    CdrId, LogEntry, LogKind, Store, StoreError, Transport, UnixMs, WriteOp, Writer,
+    CdrId, LogEntry, LogKind, Source, Store, StoreError, Transport, UnixMs, WriteOp, Writer,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
@@ -543,7 +543,7 @@ fn event_of(r: &Relayed, msg: &scan::Message<'_>) -> Option<SipEvent> {
         Direction::ToUpstream => r.src,
         Direction::ToTerminal => r.dst,
     };
-    sip_event(msg, r.at, from_terminal, r.transport, terminal)
+    sip_event(msg, r.at, from_terminal, (r.transport, terminal), r.source)
 }
 
 /// The tracker's view of `msg`, seen at `at` between `terminal` and the Sipserver (relayed,
@@ -553,8 +553,8 @@ pub fn sip_event(
     msg: &scan::Message<'_>,
     at: SystemTime,
     from_terminal: bool,
-    transport: flow::Transport,
-    terminal: SocketAddr,
+    (transport, terminal): (flow::Transport, SocketAddr),
+    source: Source,
 ) -> Option<SipEvent> {
     let call_id = msg.call_id()?;
     let from = msg.from()?;
@@ -573,6 +573,7 @@ pub fn sip_event(
         from_terminal,
         transport: transport_of(transport),
         terminal: terminal.to_string(),
+        source,
         kind,
         call_id: text(call_id),
         from_uri: text(from.uri),

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use sipedge_store::cdr::{
-    CallStatus, CallType, Cdr, CdrId, Disposition, EndedBy, Transport, UnixMs,
+    CallStatus, CallType, Cdr, CdrId, Disposition, EndedBy, Source, Transport, UnixMs,
 };
 
 use super::*;
@@ -43,6 +43,7 @@ fn invite(t: f64) -> SipEvent {
         at: ms(t),
         from_terminal: true,
         transport: Transport::Udp,
+        source: Source::Proxy,
         terminal: TERMINAL.into(),
         kind: SipKind::Request {
             method: Method::Invite,
@@ -190,6 +191,7 @@ fn cdr(edit: impl FnOnce(&mut Cdr)) -> Cdr {
         answer_time: Some(ms(5.0)),
         end_time: ms(65.0),
         transport: Transport::Udp,
+        source: Source::Proxy,
         terminal: TERMINAL.into(),
     };
     edit(&mut cdr);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sipedge_store::cdr::{
-    CallStatus, CallType, Cdr, CdrId, Disposition, EndedBy, Transport, UnixMs,
+    CallStatus, CallType, Cdr, CdrId, Disposition, EndedBy, Source, Transport, UnixMs,
 };
 
 pub use sipedge_store::live::{LiveCall, LiveState};
@@ -178,6 +178,9 @@ pub struct CallSnapshot {
     /// Sipserver calls the terminal, the INVITE arrives on the upstream hop; the terminal's
     /// first response then tells how the terminal talks to sipedge.
     terminal_heard: bool,
+    /// CDR `source`; absent from the snapshots of a build before it, all of relayed calls.
+    #[serde(default)]
+    source: Source,
     /// CDR `start_time`.
     start_time: UnixMs,
     /// CDR `ring_time`.
@@ -343,6 +346,7 @@ impl CallSnapshot {
             end_time: end.at,
             transport: self.transport,
             terminal: self.terminal.clone(),
+            source: self.source,
         }
     }
 
@@ -994,6 +998,7 @@ impl Tracker {
             transport: ev.transport,
             terminal: bounded(&ev.terminal, MAX_TERMINAL_LEN),
             terminal_heard: ev.from_terminal,
+            source: ev.source,
             start_time: ev.at,
             ring_time: None,
             answer_time: None,

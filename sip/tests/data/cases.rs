@@ -350,7 +350,7 @@ pub const CASES: [Case; 49] = [
         section: "3.1.2.16",
         rfc: "SIP/7.0: 505 Version Not Supported",
         scan: Defect(ScanError::BadVersion),
-        edge: BadRequest,
+        edge: Answered(505),
     },
     Case {
         file: "invalid/mismatch01",

@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use sipedge_store::{
-    CallStatus, CallType, Cdr, CdrId, Disposition, EndedBy, Engine, Store, StoreConfig, Transport,
-    UnixMs,
+    CallStatus, CallType, Cdr, CdrId, Disposition, EndedBy, Engine, Source, Store, StoreConfig,
+    Transport, UnixMs,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -68,6 +68,7 @@ impl Clock {
             transport: flow::Transport::Udp,
             src,
             dst,
+            source: Source::Proxy,
             bytes,
             charge: Default::default(),
         }
@@ -147,6 +148,7 @@ fn expected_cdr(clock: &Clock, edit: impl FnOnce(&mut Cdr)) -> Cdr {
         answer_time: Some(clock.ms(5.0)),
         end_time: clock.ms(65.0),
         transport: Transport::Udp,
+        source: Source::Proxy,
         terminal: TERMINAL.into(),
     };
     edit(&mut cdr);
