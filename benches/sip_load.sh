@@ -17,7 +17,8 @@
 # Usage: benches/sip_load.sh            (whole run, under ~10 minutes)
 # Environment (all optional):
 #   PROXIES="kamailio sipedge"   TRANSPORTS="udp tcp"   RATES="250 500 1000 2000 4000"
-#   STEP_SECONDS=10   MAX_CALLS=5000
+#   STEP_SECONDS=10   MAX_CALLS=5000   RUNS=1 (whole ramp repeated; the comparison table
+#   gives each cell's median over the runs, and sipedge's CPU per call as a ratio of Kamailio's)
 #   SIPEDGE_BIN=target/release/sipedge   (built with `cargo build --release` if missing)
 #   KAMAILIO_WORKERS=2   (Kamailio UDP receivers / TCP workers)
 # Needs: sipp (Debian sip-tester), kamailio, ss (iproute2). Everything stays on loopback.
@@ -30,6 +31,7 @@ TRANSPORTS=${TRANSPORTS:-"udp tcp"}
 RATES=${RATES:-"250 500 1000 2000 4000"}
 STEP_SECONDS=${STEP_SECONDS:-10}
 MAX_CALLS=${MAX_CALLS:-5000}
+RUNS=${RUNS:-1}
 SIPEDGE_BIN=${SIPEDGE_BIN:-$ROOT/target/release/sipedge}
 KAMAILIO_WORKERS=${KAMAILIO_WORKERS:-2}
 # SIPp's own socket buffers: with the default (~200 KiB) the SIPp UAS drops datagrams on a
@@ -130,6 +132,7 @@ SUMMARY="$WORK/summary.tsv"
 : >"$RESULTS"
 : >"$SUMMARY"
 
+for run in $(seq "$RUNS"); do
 for proxy in $PROXIES; do
     for transport in $TRANSPORTS; do
         case $transport in udp) t=u1 ;; tcp) t=t1 ;; *) echo "unknown transport $transport" >&2; exit 2 ;; esac
@@ -161,17 +164,19 @@ for proxy in $PROXIES; do
                 >"$WORK/uac-$proxy-$transport-$rate.log" 2>&1 || true
             end=$(date +%s%N)
             after=$(cpu_ticks "$pid")
-            # Cumulative counters from the last row of SIPp's statistics file.
-            read -r ok failed < <(awk -F';' 'NR==1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
-                { ok = $col["SuccessfulCall(C)"]; failed = $col["FailedCall(C)"] }
-                END { print ok + 0, failed + 0 }' "$stats" 2>/dev/null || echo "0 0")
+            # Cumulative counters from the last row of SIPp's statistics file; ResponseTime1 is
+            # the built-in uac's INVITE->200 (its rtd), as HH:MM:SS:usec, turned into ms.
+            read -r ok failed rtt < <(awk -F';' 'NR==1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+                { ok = $col["SuccessfulCall(C)"]; failed = $col["FailedCall(C)"]; rt = $col["ResponseTime1(C)"] }
+                END { n = split(rt, f, ":"); ms = n == 4 ? ((f[1] * 60 + f[2]) * 60 + f[3]) * 1e3 + f[4] / 1e3 : -1
+                      printf "%d %d %.1f\n", ok, failed, ms }' "$stats" 2>/dev/null || echo "0 0 -1")
             missing=$((calls - ok - failed))
             [ "$missing" -gt 0 ] && failed=$((failed + missing))
             achieved=$(awk -v n="$ok" -v ns="$((end - start))" 'BEGIN { printf "%.0f", n / (ns / 1e9) }')
             cpu_us=$(awk -v t="$((after - before))" -v hz="$CLK_TCK" -v n="$ok" \
                 'BEGIN { if (n > 0) printf "%.0f", t / hz * 1e6 / n; else print "n/a" }')
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$transport" "$rate" "$calls" \
-                "$ok" "$failed" "$achieved" "$cpu_us" | tee -a "$RESULTS" >&2
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$transport" "$rate" "$calls" \
+                "$ok" "$failed" "$achieved" "$cpu_us" "$rtt" "$run" | tee -a "$RESULTS" >&2
             [ "$rate" = 1000 ] && cpu_at_1000=$cpu_us
             [ "$failed" -eq 0 ] && best=$rate
             [ $((failed * 1000)) -le "$calls" ] && near=$rate
@@ -182,12 +187,26 @@ for proxy in $PROXIES; do
         wait "$uas" "$pid" 2>/dev/null || true
     done
 done
+done
 
 echo
 echo "Per step (rate = target calls/s; achieved = passed calls / wall time of the step, which"
 echo "includes waiting out SIPp's timeout when a call got stuck):"
-printf '%-9s %-9s %6s %6s %6s %7s %9s %12s\n' proxy transport rate calls passed failed achieved cpu_us/call
-awk -F'\t' '{ printf "%-9s %-9s %6s %6s %6s %7s %9s %12s\n", $1, $2, $3, $4, $5, $6, $7, $8 }' "$RESULTS"
+printf '%-9s %-9s %6s %6s %6s %7s %9s %12s %12s %4s\n' proxy transport rate calls passed failed achieved cpu_us/call invite200_ms run
+awk -F'\t' '{ printf "%-9s %-9s %6s %6s %6s %7s %9s %12s %12s %4s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 }' "$RESULTS"
+echo
+echo "Comparison, median over $RUNS run(s) of CPU us/call; ratio = sipedge / kamailio:"
+printf '%-9s %6s %10s %10s %7s\n' transport rate kamailio sipedge ratio
+for transport in $TRANSPORTS; do
+    for rate in $RATES; do
+        med() { awk -F'\t' -v p="$1" -v t="$transport" -v r="$rate" '$1 == p && $2 == t && $3 == r && $8 != "n/a" { print $8 }' \
+            "$RESULTS" | sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "n/a" }'; }
+        k=$(med kamailio)
+        e=$(med sipedge)
+        ratio=$(awk -v k="$k" -v e="$e" 'BEGIN { if (k + 0 > 0 && e + 0 > 0) printf "%.2f", e / k; else print "n/a" }')
+        printf '%-9s %6s %10s %10s %7s\n' "$transport" "$rate" "$k" "$e" "$ratio"
+    done
+done
 echo
 echo "Summary:"
 printf '%-9s %-9s %14s %16s %22s\n' proxy transport "0 failed (c/s)" "<=0.1% failed" "cpu_us/call @1000 c/s"
