@@ -527,47 +527,45 @@ fn a_long_import_on_a_terminal_shows_its_progress() {
 /// listens on IPv4.)
 #[test]
 fn a_fragmented_invite_is_reassembled_and_a_missing_fragment_counted() {
-    {
-        let s = scene();
-        let file = s.file.display().to_string();
-        for missing in [false, true] {
-            let mut w = PcapWriter::new(Vec::new()).expect("header");
-            for (i, (from, text)) in answered_call("frag-call-1", s.terminal, s.proxy, "UDP")
-                .iter()
-                .enumerate()
-            {
-                let (src, dst) = match from {
-                    From::Terminal => (s.terminal, s.proxy),
-                    From::Sipserver => (s.proxy, s.terminal),
-                };
-                let at = T0 + i as i64 * 100_000;
-                if i > 0 {
-                    w.udp(at, src, dst, text.as_bytes()).expect("write");
-                    continue;
-                }
-                let mut pieces = pcap::udp_fragments(src, dst, 7, text.as_bytes(), 160);
-                assert!(pieces.len() >= 3, "{} fragments", pieces.len());
-                pieces.reverse();
-                if missing {
-                    pieces.remove(1);
-                }
-                for piece in &pieces {
-                    w.frame(at, piece).expect("write");
-                }
+    let s = scene();
+    let file = s.file.display().to_string();
+    for missing in [false, true] {
+        let mut w = PcapWriter::new(Vec::new()).expect("header");
+        for (i, (from, text)) in answered_call("frag-call-1", s.terminal, s.proxy, "UDP")
+            .iter()
+            .enumerate()
+        {
+            let (src, dst) = match from {
+                From::Terminal => (s.terminal, s.proxy),
+                From::Sipserver => (s.proxy, s.terminal),
+            };
+            let at = T0 + i as i64 * 100_000;
+            if i > 0 {
+                w.udp(at, src, dst, text.as_bytes()).expect("write");
+                continue;
             }
-            std::fs::write(&s.file, w.into_inner()).expect("write");
-            let out = import(&[&file, "--config", &s.config, "--print", "json"]);
-            assert!(out.status.success(), "{}", stderr(&out));
-            let cdrs = json_lines(&out);
-            let what = format!("missing {missing}: {}", stderr(&out));
+            let mut pieces = pcap::udp_fragments(src, dst, 7, text.as_bytes(), 160);
+            assert!(pieces.len() >= 3, "{} fragments", pieces.len());
+            pieces.reverse();
             if missing {
-                assert!(cdrs.is_empty(), "{what}");
-                assert_eq!(summary(&out, "skipped ip_fragment_incomplete"), 1, "{what}");
-            } else {
-                assert_eq!(cdrs.len(), 1, "{what}");
-                assert_eq!(cdrs[0]["call_id"], "frag-call-1", "{what}");
-                assert_eq!(cdrs[0]["disposition"], "answered", "{what}");
+                pieces.remove(1);
             }
+            for piece in &pieces {
+                w.frame(at, piece).expect("write");
+            }
+        }
+        std::fs::write(&s.file, w.into_inner()).expect("write");
+        let out = import(&[&file, "--config", &s.config, "--print", "json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let cdrs = json_lines(&out);
+        let what = format!("missing {missing}: {}", stderr(&out));
+        if missing {
+            assert!(cdrs.is_empty(), "{what}");
+            assert_eq!(summary(&out, "skipped ip_fragment_incomplete"), 1, "{what}");
+        } else {
+            assert_eq!(cdrs.len(), 1, "{what}");
+            assert_eq!(cdrs[0]["call_id"], "frag-call-1", "{what}");
+            assert_eq!(cdrs[0]["disposition"], "answered", "{what}");
         }
     }
 }
