@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use cases::{CASES, Case, Edge, Scan};
-use sipedge_sip::scan::{HeaderName as H, Message, Via, parse, scan};
+use sipedge_sip::scan::{HeaderName as H, Message, ScanError, Via, parse, scan};
 
 fn case(name: &str) -> &'static Case {
     CASES.iter().find(|c| c.name() == name).unwrap()
@@ -157,13 +157,16 @@ fn every_message_scans_as_the_table_says() {
                 let msg = scan(c.bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
                 assert_eq!(msg.validate(), Err(e), "{name}");
                 assert_eq!(parse(c.bytes).err(), Some(e), "{name}");
-                // A 400 needs a request line and the Via, From, To, Call-ID and CSeq it
-                // copies; without them the message is dropped.
+                // An answer (400, or 505 for another SIP version) needs a request line
+                // and the Via, From, To, Call-ID and CSeq it copies; without them the
+                // message is dropped.
                 let answerable = msg.is_request() && msg.is_mandatory_complete();
-                let expected = if answerable {
-                    Edge::BadRequest
-                } else {
+                let expected = if !answerable {
                     Edge::Dropped
+                } else if e == ScanError::BadVersion {
+                    Edge::Answered(505)
+                } else {
+                    Edge::BadRequest
                 };
                 assert_eq!(c.edge, expected, "{name}");
             }
