@@ -6,7 +6,7 @@
 //! ([`super::defrag`]). Segments a mirror port reordered are held until the bytes before them
 //! arrive, as the receiving kernel holds them, and retransmitted bytes are read once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::BufReader;
 use std::net::SocketAddr;
@@ -93,9 +93,16 @@ impl ReadCounts {
     }
 }
 
+/// One direction of a TCP connection, by its source and destination.
+type Key = (SocketAddr, SocketAddr);
+
 /// One direction of a TCP connection.
 #[derive(Debug)]
 struct Stream {
+    /// The sequence number of the first byte followed (a SYN's ISN + 1, or the first data
+    /// segment's when the SYN was not seen): a SYN giving it again is the opening SYN
+    /// retransmitted, or reordered after the first data, and must not start the stream over.
+    start: u32,
     /// The sequence number the next byte should have.
     next: u32,
     /// Bytes not yet framed.
@@ -104,6 +111,8 @@ struct Stream {
     /// Segments past a hole, in arrival order.
     ahead: Vec<Ahead>,
     ahead_bytes: usize,
+    /// [`HOLE_TIMEOUT`] after the oldest held segment, as entered in [`Reader::deadlines`].
+    deadline: Option<SystemTime>,
 }
 
 /// A segment that arrived before the bytes preceding it.
@@ -125,9 +134,14 @@ fn distance(seq: u32, next: u32) -> i32 {
 #[derive(Debug)]
 pub struct Reader {
     max_message_bytes: usize,
-    streams: HashMap<(SocketAddr, SocketAddr), Stream>,
+    streams: HashMap<Key, Stream>,
     /// Bytes held ahead of holes over all streams.
     ahead_total: usize,
+    /// The deadline of every stream holding segments, soonest first. A hole is given up when
+    /// capture time passes it on any stream, not only its own: a stream that went quiet
+    /// (its FIN may be among the held segments) would otherwise keep its messages from the
+    /// tracker, and its bytes from the shared budget, until the capture ends.
+    deadlines: BTreeSet<(SystemTime, Key)>,
     defrag: Defrag,
     pub counts: ReadCounts,
 }
@@ -147,6 +161,7 @@ impl Reader {
             max_message_bytes,
             streams: HashMap::new(),
             ahead_total: 0,
+            deadlines: BTreeSet::new(),
             defrag: Defrag::new(),
             counts: ReadCounts::default(),
         }
@@ -285,6 +300,8 @@ impl Reader {
         data: &[u8],
         handler: &mut dyn Handler,
     ) {
+        // Before this packet: the held messages are older than its own.
+        self.expire(at, handler);
         self.counts.packets += 1;
         let Some(link) = link else {
             self.counts.skip("unsupported_link_type");
@@ -357,25 +374,29 @@ impl Reader {
         let key = (src, dst);
         // A SYN takes one sequence number before the first data byte.
         let first = if syn { seq.wrapping_add(1) } else { seq };
-        if syn || !self.streams.contains_key(&key) {
+        let known = self.streams.get(&key).map(|s| s.start);
+        if known.is_none_or(|start| syn && start != first) {
             if !syn && data.is_empty() {
                 // A bare ACK of a stream not followed: nothing to start from.
                 return;
             }
-            if self.streams.len() >= MAX_STREAMS && !self.streams.contains_key(&key) {
+            if let Some(old) = self.streams.remove(&key) {
+                // A new connection on the same ports: the old one closed unseen.
+                self.close(key, old, "tcp_incomplete_at_close", handler);
+            } else if self.streams.len() >= MAX_STREAMS {
                 self.counts.skip("tcp_streams_full");
                 return;
             }
             let stream = Stream {
+                start: first,
                 next: first,
                 buf: Vec::new(),
                 framer: Framer::new(self.max_message_bytes),
                 ahead: Vec::new(),
                 ahead_bytes: 0,
+                deadline: None,
             };
-            if let Some(old) = self.streams.insert(key, stream) {
-                self.ahead_total -= old.ahead_bytes;
-            }
+            self.streams.insert(key, stream);
         }
         let Some(stream) = self.streams.get_mut(&key) else {
             return;
@@ -419,19 +440,79 @@ impl Reader {
                 open = out.give_up(stream);
             }
         }
-        if open && !stream.ahead.is_empty() {
-            let oldest = stream.ahead.iter().map(|h| h.at).min().unwrap_or(at);
-            if at
-                .duration_since(oldest)
-                .is_ok_and(|age| age > HOLE_TIMEOUT)
-            {
-                open = out.give_up(stream);
+        self.ahead_total = self.ahead_total + stream.ahead_bytes - held_before;
+        let deadline = if open {
+            let oldest = stream.ahead.iter().map(|h| h.at).min();
+            oldest.and_then(|t| t.checked_add(HOLE_TIMEOUT))
+        } else {
+            self.ahead_total -= stream.ahead_bytes;
+            None
+        };
+        if deadline != stream.deadline {
+            if let Some(d) = stream.deadline {
+                self.deadlines.remove(&(d, key));
+            }
+            if let Some(d) = deadline {
+                self.deadlines.insert((d, key));
+            }
+            stream.deadline = deadline;
+        }
+        if !open {
+            self.streams.remove(&key);
+        }
+    }
+
+    /// Gives up the holes of every stream whose deadline `now` has passed, soonest first:
+    /// a look at the first deadline for a packet, plus the work of the holes given up.
+    fn expire(&mut self, now: SystemTime, handler: &mut dyn Handler) {
+        while let Some(&(deadline, key)) = self.deadlines.first() {
+            if deadline >= now {
+                break;
+            }
+            self.deadlines.pop_first();
+            let Some(stream) = self.streams.get_mut(&key) else {
+                continue;
+            };
+            stream.deadline = None;
+            self.ahead_total -= stream.ahead_bytes;
+            let mut out = Out {
+                counts: &mut self.counts,
+                handler,
+                src: key.0,
+                dst: key.1,
+                max_message_bytes: self.max_message_bytes,
+            };
+            if !out.give_up(stream) {
+                self.streams.remove(&key);
             }
         }
-        self.ahead_total = self.ahead_total + stream.ahead_bytes - held_before;
-        if !open {
-            self.ahead_total -= stream.ahead_bytes;
-            self.streams.remove(&key);
+    }
+
+    /// Ends a stream no more segments will be read for: its holes are given up and a
+    /// message still incomplete is counted under `incomplete`.
+    fn close(
+        &mut self,
+        key: Key,
+        mut stream: Stream,
+        incomplete: &'static str,
+        handler: &mut dyn Handler,
+    ) {
+        if let Some(d) = stream.deadline {
+            self.deadlines.remove(&(d, key));
+        }
+        self.ahead_total -= stream.ahead_bytes;
+        let mut out = Out {
+            counts: &mut self.counts,
+            handler,
+            src: key.0,
+            dst: key.1,
+            max_message_bytes: self.max_message_bytes,
+        };
+        if !stream.ahead.is_empty() && !out.give_up(&mut stream) {
+            return;
+        }
+        if !stream.buf.is_empty() {
+            self.counts.skip(incomplete);
         }
     }
 
@@ -441,22 +522,9 @@ impl Reader {
     pub fn finish(&mut self, handler: &mut dyn Handler) {
         let counts = &mut self.counts;
         self.defrag.finish(&mut |skip| counts.skip(skip.name()));
-        for ((src, dst), mut stream) in std::mem::take(&mut self.streams) {
-            let mut out = Out {
-                counts: &mut self.counts,
-                handler,
-                src,
-                dst,
-                max_message_bytes: self.max_message_bytes,
-            };
-            if !stream.ahead.is_empty() && !out.give_up(&mut stream) {
-                continue;
-            }
-            if !stream.buf.is_empty() {
-                self.counts.skip("tcp_incomplete_at_end");
-            }
+        for (key, stream) in std::mem::take(&mut self.streams) {
+            self.close(key, stream, "tcp_incomplete_at_end", handler);
         }
-        self.ahead_total = 0;
     }
 }
 
@@ -588,9 +656,25 @@ mod tests {
     const M1: &str = "OPTIONS sip:a SIP/2.0\r\nContent-Length: 2\r\n\r\nhi";
     const M2: &str = "OPTIONS sip:b SIP/2.0\r\nContent-Length: 0\r\n\r\n";
 
-    /// A segment: capture time in seconds, sequence number (relative to the SYN's 0, data
-    /// from 1), FIN, data.
-    type Seg = (u64, u32, bool, &'static str);
+    /// The flags of a [`Seg`].
+    const DATA: u8 = 0;
+    const FIN: u8 = 1;
+    const SYN: u8 = 2;
+
+    /// A segment: capture time in seconds, sequence number (relative to the opening SYN's
+    /// 0, data from 1), flags, data.
+    type Seg = (u64, u32, u8, &'static str);
+
+    /// Sends a segment of the stream `key` opened at `isn` as [`Reader::frame`] would.
+    fn send(reader: &mut Reader, got: &mut Collect, key: Key, isn: u32, seg: Seg) {
+        let (secs, seq, flags, data) = seg;
+        let at = UNIX_EPOCH + Duration::from_secs(secs);
+        let seq = isn.wrapping_add(seq);
+        reader.expire(at, got);
+        let (syn, fin) = (flags == SYN, flags == FIN);
+        reader.segment(at, key.0, key.1, seq, syn, fin, data.as_bytes(), got);
+    }
+
     /// Name, segments, messages framed (with their times) once the capture ends, skips.
     type Case = (
         &'static str,
@@ -605,108 +689,147 @@ mod tests {
         let m2 = M2.len() as u32;
         let both: &'static str = Box::leak(format!("{M1}{M2}").into_boxed_str());
         let cases: Vec<Case> = vec![
-            ("whole", vec![(0, 1, false, M1)], vec![(0, M1)], vec![]),
+            ("whole", vec![(0, 1, DATA, M1)], vec![(0, M1)], vec![]),
             (
                 "split in three",
                 vec![
-                    (0, 1, false, &M1[..5]),
-                    (1, 6, false, &M1[5..20]),
-                    (2, 21, false, &M1[20..]),
+                    (0, 1, DATA, &M1[..5]),
+                    (1, 6, DATA, &M1[5..20]),
+                    (2, 21, DATA, &M1[20..]),
                 ],
                 vec![(2, M1)],
                 vec![],
             ),
             (
                 "two in one",
-                vec![(0, 1, false, both)],
+                vec![(0, 1, DATA, both)],
                 vec![(0, M1), (0, M2)],
                 vec![],
             ),
             (
                 "retransmission overlapping what is held",
-                vec![(0, 1, false, &M1[..10]), (1, 6, false, &M1[5..])],
+                vec![(0, 1, DATA, &M1[..10]), (1, 6, DATA, &M1[5..])],
                 vec![(1, M1)],
                 vec![],
             ),
             (
                 "whole retransmission",
-                vec![(0, 1, false, M1), (1, 1, false, M1), (2, 1 + m1, false, M2)],
+                vec![(0, 1, DATA, M1), (1, 1, DATA, M1), (2, 1 + m1, DATA, M2)],
                 vec![(0, M1), (2, M2)],
                 vec![],
             ),
             (
                 "keep-alive between messages",
                 vec![
-                    (0, 1, false, M1),
-                    (1, 1 + m1, false, "\r\n\r\n"),
-                    (2, 5 + m1, false, M2),
+                    (0, 1, DATA, M1),
+                    (1, 1 + m1, DATA, "\r\n\r\n"),
+                    (2, 5 + m1, DATA, M2),
                 ],
                 vec![(0, M1), (2, M2)],
                 vec![],
             ),
             (
                 "reversed pair across the 2^32 wrap: read when the first arrives",
-                vec![(0, 11, false, &M1[10..]), (1, 1, false, &M1[..10])],
+                vec![(0, 11, DATA, &M1[10..]), (1, 1, DATA, &M1[..10])],
                 vec![(1, M1)],
                 vec![],
             ),
             (
                 "reordered, a segment ahead retransmitted and one overlapping both sides",
                 vec![
-                    (0, 1 + m1, false, M2),
-                    (1, 21, false, &M1[20..]),
-                    (2, 1 + m1, false, M2),
-                    (3, 11, false, &M1[10..30]),
-                    (4, 1, false, &M1[..15]),
+                    (0, 1 + m1, DATA, M2),
+                    (1, 21, DATA, &M1[20..]),
+                    (2, 1 + m1, DATA, M2),
+                    (3, 11, DATA, &M1[10..30]),
+                    (4, 1, DATA, &M1[..15]),
                 ],
                 vec![(4, M1), (4, M2)],
                 vec![],
             ),
             (
                 "FIN ahead of the last data",
-                vec![(0, 11, true, &M1[10..]), (1, 1, false, &M1[..10])],
+                vec![(0, 11, FIN, &M1[10..]), (1, 1, DATA, &M1[..10])],
                 vec![(1, M1)],
                 vec![],
             ),
             (
                 "a hole that never fills is given up at the end, dated by its segments",
-                vec![(0, 1, false, &M1[..10]), (1, 1 + m1, false, M2)],
+                vec![(0, 1, DATA, &M1[..10]), (1, 1 + m1, DATA, M2)],
                 vec![(1, M2)],
                 vec![("tcp_gap", 1)],
             ),
             (
                 "a hole is given up after 5 s of capture time",
                 vec![
-                    (0, 1, false, &M1[..10]),
-                    (1, 1 + m1, false, M2),
-                    (7, 1 + m1 + m2, false, M2),
+                    (0, 1, DATA, &M1[..10]),
+                    (1, 1 + m1, DATA, M2),
+                    (7, 1 + m1 + m2, DATA, M2),
                 ],
                 vec![(1, M2), (7, M2)],
                 vec![("tcp_gap", 1)],
             ),
             (
                 "a segment further ahead than a window is a hole at once",
-                vec![(0, 1, false, &M1[..10]), (1, 1 + 300_000, false, M2)],
+                vec![(0, 1, DATA, &M1[..10]), (1, 1 + 300_000, DATA, M2)],
                 vec![(1, M2)],
                 vec![("tcp_gap", 1)],
             ),
             (
                 "closed mid-message",
-                vec![(0, 1, true, &M1[..10])],
+                vec![(0, 1, FIN, &M1[..10])],
                 vec![],
                 vec![("tcp_incomplete_at_close", 1)],
             ),
             (
                 "open mid-message at the end",
-                vec![(0, 1, false, &M1[..10])],
+                vec![(0, 1, DATA, &M1[..10])],
                 vec![],
                 vec![("tcp_incomplete_at_end", 1)],
             ),
             (
                 "no Content-Length on a stream",
-                vec![(0, 1, false, "OPTIONS sip:a SIP/2.0\r\n\r\n")],
+                vec![(0, 1, DATA, "OPTIONS sip:a SIP/2.0\r\n\r\n")],
                 vec![],
                 vec![("tcp_unframed", 1)],
+            ),
+            (
+                "the SYN retransmitted keeps what is read and held",
+                vec![
+                    (0, 1, DATA, &M1[..10]),
+                    (1, 21, DATA, &M1[20..]),
+                    (2, 0, SYN, ""),
+                    (3, 11, DATA, &M1[10..20]),
+                    (4, 1, DATA, &M1[..10]),
+                ],
+                vec![(3, M1)],
+                vec![],
+            ),
+            (
+                "the SYN retransmitted after a message does not have it read twice",
+                vec![(0, 1, DATA, M1), (1, 0, SYN, ""), (2, 1, DATA, M1)],
+                vec![(0, M1)],
+                vec![],
+            ),
+            (
+                "a SYN with another ISN is a new connection: the old one's hole is given up",
+                vec![
+                    (0, 1, DATA, &M1[..10]),
+                    (1, 1 + m1, DATA, M2),
+                    (2, 1000, SYN, ""),
+                    (3, 1001, DATA, M2),
+                ],
+                vec![(1, M2), (3, M2)],
+                vec![("tcp_gap", 1)],
+            ),
+            (
+                "a SYN with another ISN counts the old connection's incomplete message",
+                vec![
+                    (0, 1, DATA, &M1[..10]),
+                    (2, 1000, SYN, ""),
+                    (3, 1001, DATA, M2),
+                ],
+                vec![(3, M2)],
+                vec![("tcp_incomplete_at_close", 1)],
             ),
         ];
         let a: SocketAddr = "192.0.2.1:5060".parse().expect("a");
@@ -716,11 +839,9 @@ mod tests {
             let mut got = Collect::default();
             // The first message crosses the wrap of the 32-bit sequence number.
             let isn = u32::MAX - 20;
-            reader.segment(UNIX_EPOCH, a, b, isn, true, false, b"", &mut got);
-            for (secs, seq, fin, data) in segments {
-                let at = UNIX_EPOCH + Duration::from_secs(secs);
-                let seq = isn.wrapping_add(seq);
-                reader.segment(at, a, b, seq, false, fin, data.as_bytes(), &mut got);
+            send(&mut reader, &mut got, (a, b), isn, (0, 0, SYN, ""));
+            for seg in segments {
+                send(&mut reader, &mut got, (a, b), isn, seg);
             }
             reader.finish(&mut got);
             let want: Vec<(u64, String)> = want.into_iter().map(|(t, m)| (t, m.into())).collect();
@@ -728,7 +849,47 @@ mod tests {
             let want_skipped: BTreeMap<&str, u64> = skipped.into_iter().collect();
             assert_eq!(reader.counts.skipped, want_skipped, "{name}");
             assert_eq!(reader.ahead_total, 0, "{name}");
+            assert!(
+                reader.streams.is_empty() && reader.deadlines.is_empty(),
+                "{name}"
+            );
         }
+    }
+
+    /// A stream that goes quiet with a hole (here its FIN is held behind it) is given up
+    /// when capture time passes its deadline on another stream: its messages reach the
+    /// tracker then, not at the end of the capture, and its bytes leave the shared budget.
+    #[test]
+    fn a_quiet_stream_gives_up_its_hole_as_capture_time_passes() {
+        let m1 = M1.len() as u32;
+        let quiet: Key = (
+            "192.0.2.1:5060".parse().expect("a"),
+            "192.0.2.2:14500".parse().expect("b"),
+        );
+        let busy: Key = ("192.0.2.3:5060".parse().expect("c"), quiet.1);
+        let mut reader = Reader::new(4096);
+        let mut got = Collect::default();
+        for (key, seg) in [
+            (quiet, (0, 0, SYN, "")),
+            (quiet, (0, 1, DATA, &M1[..10])),
+            (quiet, (1, 1 + m1, FIN, M2)),
+            (busy, (2, 0, SYN, "")),
+            (busy, (3, 1, DATA, M1)),
+        ] {
+            send(&mut reader, &mut got, key, 100, seg);
+        }
+        assert_eq!(reader.ahead_total, M2.len());
+        assert_eq!(reader.deadlines.len(), 1);
+        send(&mut reader, &mut got, busy, 100, (7, 1 + m1, DATA, M2));
+        let want: Vec<(u64, String)> = [(3, M1), (1, M2), (7, M2)]
+            .into_iter()
+            .map(|(t, m)| (t, m.into()))
+            .collect();
+        assert_eq!(got.0, want);
+        assert_eq!(reader.counts.skipped, BTreeMap::from([("tcp_gap", 1)]));
+        assert_eq!(reader.ahead_total, 0);
+        assert!(reader.deadlines.is_empty());
+        assert_eq!(reader.streams.keys().collect::<Vec<_>>(), [&busy]);
     }
 
     #[test]
@@ -758,6 +919,8 @@ mod tests {
                 assert!(reader.streams.values().all(|s| {
                     s.ahead_bytes <= MAX_AHEAD_BYTES && s.ahead.len() <= MAX_AHEAD_SEGMENTS
                 }));
+                let holding = reader.streams.values().filter(|s| !s.ahead.is_empty());
+                assert_eq!(reader.deadlines.len(), holding.count());
             }
         }
         assert!(reader.counts.skipped.get("tcp_gap").is_some_and(|&n| n > 0));
