@@ -10,8 +10,8 @@ mod tshark;
 #[path = "../benches/support/pcap.rs"]
 mod pcap;
 
-use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
@@ -20,7 +20,7 @@ use pcap::{From, PcapWriter, answered_call};
 use serde_json::Value;
 use support::Sipedge;
 use support::cdrs::{self, ms};
-use support::config::{Config, Sip};
+use support::config::{Config, Sip, Upstream, quote};
 use support::msglog;
 use support::sipp::{Pair, Transport};
 use tshark::Tshark;
@@ -58,6 +58,15 @@ fn summary(out: &Output, name: &str) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no `{name}: N` in the summary:\n{text}"))
+}
+
+/// Every `skipped REASON: N` line of the summary.
+fn skipped(out: &Output) -> BTreeMap<String, u64> {
+    stderr(out)
+        .lines()
+        .filter_map(|l| l.strip_prefix("skipped ")?.split_once(": "))
+        .filter_map(|(reason, n)| Some((reason.to_owned(), n.parse().ok()?)))
+        .collect()
 }
 
 #[test]
@@ -218,20 +227,34 @@ struct Scene {
 }
 
 fn scene() -> Scene {
+    scene_with(false)
+}
+
+/// A scene on IPv6: sipedge on `::1` forwarding to `[::1]:5060`, the terminal on `::1`.
+fn scene_v6() -> Scene {
+    scene_with(true)
+}
+
+fn scene_with(v6: bool) -> Scene {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sip = Sip::range(1);
-    let config = Config::new("test")
-        .sip(sip)
-        .write(dir.path())
-        .display()
-        .to_string();
+    let mut sip = Sip::range(1);
+    let mut config = Config::new("test");
+    let (proxy_ip, terminal_ip) = if v6 {
+        let ip = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        sip.upstream = Upstream::Fixed(SocketAddr::new(ip, 5060));
+        config = config.set("sip", "listen", &quote(&ip.to_string()));
+        (ip, ip)
+    } else {
+        (sip.addr().ip(), support::ports::TERMINAL_IP)
+    };
+    let config = config.sip(sip).write(dir.path()).display().to_string();
     let port = if sip.ports.first == 5999 { 6999 } else { 5999 };
     let file = dir.path().join("made.pcap");
     Scene {
         config,
-        proxy: sip.addr(),
+        proxy: SocketAddr::new(proxy_ip, sip.ports.first),
         upstream: sip.upstream_addr(),
-        terminal: SocketAddr::new(support::ports::TERMINAL_IP, port),
+        terminal: SocketAddr::new(terminal_ip, port),
         file,
         _dir: dir,
     }
@@ -523,8 +546,7 @@ fn a_long_import_on_a_terminal_shows_its_progress() {
 
 /// An INVITE cut into IPv4 fragments that arrive out of order gives the call's CDR as the
 /// whole datagram does; with one fragment missing, no call is seen and the incomplete
-/// datagram is counted. (IPv6 fragments are covered by the unit tables: the scene's proxy
-/// listens on IPv4.)
+/// datagram is counted.
 #[test]
 fn a_fragmented_invite_is_reassembled_and_a_missing_fragment_counted() {
     let s = scene();
@@ -567,5 +589,102 @@ fn a_fragmented_invite_is_reassembled_and_a_missing_fragment_counted() {
             assert_eq!(cdrs[0]["call_id"], "frag-call-1", "{what}");
             assert_eq!(cdrs[0]["disposition"], "answered", "{what}");
         }
+    }
+}
+
+/// The same over IPv6, with sipedge on `::1`: an INVITE in fragments (a Fragment extension
+/// header each) arriving out of order gives exactly the CDR of the whole INVITE, and its
+/// relayed copy is on the Sipserver hop; with one fragment missing, no call is seen and the
+/// incomplete datagram is counted.
+#[test]
+fn a_fragmented_ipv6_invite_gives_the_cdr_of_a_whole_one() {
+    let s = scene_v6();
+    let file = s.file.display().to_string();
+    let mut whole_cdrs = Vec::new();
+    for case in ["whole", "fragmented", "missing"] {
+        let mut w = PcapWriter::new(Vec::new()).expect("header");
+        let mut frames = 0;
+        for (i, (from, text)) in answered_call("frag6-call-1", s.terminal, s.proxy, "UDP")
+            .iter()
+            .enumerate()
+        {
+            let (src, dst) = match from {
+                From::Terminal => (s.terminal, s.proxy),
+                From::Sipserver => (s.proxy, s.terminal),
+            };
+            let at = T0 + i as i64 * 100_000;
+            if i > 0 || case == "whole" {
+                w.udp(at, src, dst, text.as_bytes()).expect("write");
+                frames += 1;
+            } else {
+                let mut pieces = pcap::udp_fragments(src, dst, 0x1234_5678, text.as_bytes(), 160);
+                assert!(pieces.len() >= 3, "{} fragments", pieces.len());
+                pieces.reverse();
+                if case == "missing" {
+                    pieces.remove(1);
+                }
+                for piece in &pieces {
+                    w.frame(at, piece).expect("write");
+                }
+                frames += pieces.len();
+            }
+            if i == 0 {
+                w.udp(at + 2000, s.proxy, s.upstream, text.as_bytes())
+                    .expect("write");
+                frames += 1;
+            }
+        }
+        std::fs::write(&s.file, w.into_inner()).expect("write");
+        let out = import(&[&file, "--config", &s.config, "--print", "json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let cdrs = json_lines(&out);
+        let what = format!("{case}: {}", stderr(&out));
+        assert_eq!(summary(&out, "packets"), frames as u64, "{what}");
+        match case {
+            "whole" => {
+                assert_eq!(cdrs.len(), 1, "{what}");
+                let cdr = &cdrs[0];
+                let want: HashMap<&str, Value> = HashMap::from([
+                    ("call_id", "frag6-call-1".into()),
+                    ("caller", "8001".into()),
+                    ("called", "95566".into()),
+                    ("status", "connected".into()),
+                    ("disposition", "answered".into()),
+                    ("sip_code", 200.into()),
+                    ("ended_by", "caller".into()),
+                    ("transport", "udp".into()),
+                    ("terminal", s.terminal.to_string().into()),
+                    ("source", "pcap".into()),
+                ]);
+                for (field, value) in &want {
+                    assert_eq!(&cdr[*field], value, "{field}: {cdr:#}");
+                }
+                let t0 = T0 / 1000;
+                for (field, at) in [
+                    ("start_time", t0),
+                    ("ring_time", t0 + 100),
+                    ("answer_time", t0 + 200),
+                    ("end_time", t0 + 400),
+                ] {
+                    assert_eq!(ms(cdr, field), Some(at), "{field}: {cdr:#}");
+                }
+                whole_cdrs = cdrs;
+            }
+            "fragmented" => assert_eq!(cdrs, whole_cdrs, "{what}"),
+            _ => {
+                assert!(cdrs.is_empty(), "{what}");
+                assert_eq!(summary(&out, "calls"), 0, "{what}");
+            }
+        }
+        let (messages, want_skipped) = match case {
+            "missing" => (
+                5,
+                BTreeMap::from([("ip_fragment_incomplete".to_owned(), 1)]),
+            ),
+            _ => (6, BTreeMap::new()),
+        };
+        assert_eq!(summary(&out, "sip messages"), messages, "{what}");
+        assert_eq!(skipped(&out), want_skipped, "{what}");
+        assert_eq!(summary(&out, HOP), 1, "{what}");
     }
 }
