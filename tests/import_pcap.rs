@@ -12,15 +12,16 @@ mod pcap;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pcap::{From, PcapWriter, answered_call};
 use serde_json::Value;
 use support::Sipedge;
 use support::cdrs::{self, ms};
 use support::config::{Config, Sip, Upstream, quote};
+use support::http::get_json;
 use support::msglog;
 use support::sipp::{Pair, Transport};
 use tshark::Tshark;
@@ -687,4 +688,154 @@ fn a_fragmented_ipv6_invite_gives_the_cdr_of_a_whole_one() {
         assert_eq!(skipped(&out), want_skipped, "{what}");
         assert_eq!(summary(&out, HOP), 1, "{what}");
     }
+}
+
+/// A TCP call as a mirror port may show it: the INVITE's last part first, then a
+/// retransmission overlapping the part still missing and the held one, the last part sent
+/// again while held, and the first part last (and again after); the 200 sent twice; the BYE
+/// ahead of the ACK. The CDR is the call's, no hole is given up, and the call's log in the
+/// store holds each of its six messages once.
+#[test]
+fn reordered_and_retransmitted_tcp_segments_give_each_message_once() {
+    let s = scene();
+    // Close to now: the store would drop call logs past `store.trace_retention`.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let t0_us = (now as i64 - 3600) * 1_000_000;
+    let msgs = answered_call("tcp-reorder-1", s.terminal, s.proxy, "TCP");
+    let text = |i: usize| msgs[i].1.as_bytes();
+    let mut w = PcapWriter::new(std::fs::File::create(&s.file).expect("create")).expect("header");
+    let (up, down) = (1000u32, 5000u32);
+    let mut seg = |at: i64, from: From, seq: u32, flags: u8, data: &[u8]| {
+        let (src, dst) = match from {
+            From::Terminal => (s.terminal, s.proxy),
+            From::Sipserver => (s.proxy, s.terminal),
+        };
+        w.tcp(t0_us + at, src, dst, seq, flags, data)
+            .expect("write");
+    };
+    seg(-2000, From::Terminal, up - 1, pcap::SYN, b"");
+    seg(-1000, From::Sipserver, down - 1, pcap::SYN, b"");
+    let invite = text(0);
+    let (a, b) = (invite.len() / 3, 2 * invite.len() / 3);
+    let at = |offset: usize| up + offset as u32;
+    for (time, from, to) in [
+        (0, b, invite.len()),
+        (500, a - 10, b + 10),
+        (1000, b, invite.len()),
+        (2000, 0, a),
+        (2500, 0, a),
+    ] {
+        seg(
+            time,
+            From::Terminal,
+            at(from),
+            pcap::PSH_ACK,
+            &invite[from..to],
+        );
+    }
+    let mut next_up = at(invite.len());
+    seg(100_000, From::Sipserver, down, pcap::PSH_ACK, text(1));
+    let ok = down + text(1).len() as u32;
+    seg(1_000_000, From::Sipserver, ok, pcap::PSH_ACK, text(2));
+    seg(1_500_000, From::Sipserver, ok, pcap::PSH_ACK, text(2));
+    let mut next_down = ok + text(2).len() as u32;
+    let bye = next_up + text(3).len() as u32;
+    seg(2_999_000, From::Terminal, bye, pcap::PSH_ACK, text(4));
+    seg(3_000_000, From::Terminal, next_up, pcap::PSH_ACK, text(3));
+    next_up = bye + text(4).len() as u32;
+    seg(
+        3_001_000,
+        From::Sipserver,
+        next_down,
+        pcap::PSH_ACK,
+        text(5),
+    );
+    next_down += text(5).len() as u32;
+    seg(3_002_000, From::Terminal, next_up, pcap::FIN_ACK, b"");
+    seg(3_003_000, From::Sipserver, next_down, pcap::FIN_ACK, b"");
+    drop(w);
+
+    let file = s.file.display().to_string();
+    let out = import(&[&file, "--config", &s.config, "--print", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cdrs = json_lines(&out);
+    assert_eq!(cdrs.len(), 1, "{cdrs:#?}\n{}", stderr(&out));
+    let cdr = &cdrs[0];
+    let want: HashMap<&str, Value> = HashMap::from([
+        ("call_id", "tcp-reorder-1".into()),
+        ("caller", "8001".into()),
+        ("called", "95566".into()),
+        ("status", "connected".into()),
+        ("disposition", "answered".into()),
+        ("sip_code", 200.into()),
+        ("ended_by", "caller".into()),
+        ("transport", "tcp".into()),
+        ("terminal", s.terminal.to_string().into()),
+    ]);
+    for (field, value) in &want {
+        assert_eq!(&cdr[*field], value, "{field}: {cdr:#}");
+    }
+    // A message is dated by the segment that made it readable: the INVITE by its first
+    // part, the BYE by the ACK before it.
+    let t0 = t0_us / 1000;
+    for (field, at) in [
+        ("start_time", t0 + 2),
+        ("ring_time", t0 + 100),
+        ("answer_time", t0 + 1000),
+        ("end_time", t0 + 3000),
+    ] {
+        assert_eq!(ms(cdr, field), Some(at), "{field}: {cdr:#}");
+    }
+    assert_eq!(summary(&out, "packets"), 15, "{}", stderr(&out));
+    assert_eq!(summary(&out, "sip messages"), 6, "{}", stderr(&out));
+    assert_eq!(summary(&out, "calls"), 1, "{}", stderr(&out));
+    assert_eq!(
+        skipped(&out),
+        BTreeMap::new(),
+        "no tcp_gap: {}",
+        stderr(&out)
+    );
+
+    let out = import(&[&file, "--config", &s.config]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(summary(&out, "cdrs"), 1, "{}", stderr(&out));
+    let Scene {
+        _dir: dir, config, ..
+    } = s;
+    let proxy = Sipedge::start_file(Path::new(&config), dir);
+    let api = proxy.addr("api");
+    let day = |secs: i64| {
+        chrono::DateTime::from_timestamp(secs, 0)
+            .expect("time")
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    let path = format!(
+        "/api/cdrs?start={}&end={}&limit=10",
+        day(t0 / 1000 - 86_400),
+        day(t0 / 1000 + 86_400)
+    );
+    let (status, page) = get_json(api, &path);
+    assert_eq!(status, 200, "{page}");
+    let stored = page["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(stored.len(), 1, "{page:#}");
+    let id = stored[0]["id"].as_str().expect("an id");
+    let (status, log) = get_json(api, &format!("/api/cdrs/{id}/log"));
+    assert_eq!(status, 200, "{log}");
+    let firsts: Vec<&str> = log["entries"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e["type"] == "sip")
+        .filter_map(|e| e["text"].as_str()?.lines().next())
+        .collect();
+    let want: Vec<String> = msgs
+        .iter()
+        .map(|(_, m)| m.lines().next().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(firsts, want, "{log:#}");
 }
