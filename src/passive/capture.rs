@@ -238,11 +238,17 @@ impl Reader {
                             let secs = (ts / iface.resolution).saturating_add_signed(iface.offset);
                             let frac = u128::from(ts % iface.resolution) * 1_000_000_000
                                 / u128::from(iface.resolution);
-                            let at =
-                                UNIX_EPOCH + Duration::new(secs, u32::try_from(frac).unwrap_or(0));
-                            let caplen = usize::try_from(epb.caplen).unwrap_or(usize::MAX);
-                            let data = epb.data.get(..caplen).unwrap_or(epb.data);
-                            self.frame(iface.link, at, epb.caplen < epb.origlen, data, handler);
+                            let since = Duration::new(secs, u32::try_from(frac).unwrap_or(0));
+                            // Seconds as the unit, or a large offset, reach past the clock.
+                            if let Some(at) = UNIX_EPOCH.checked_add(since) {
+                                let caplen = usize::try_from(epb.caplen).unwrap_or(usize::MAX);
+                                let data = epb.data.get(..caplen).unwrap_or(epb.data);
+                                let snapped = epb.caplen < epb.origlen;
+                                self.frame(iface.link, at, snapped, data, handler);
+                            } else {
+                                self.counts.packets += 1;
+                                self.counts.skip("time_out_of_range");
+                            }
                         }
                         PcapBlockOwned::NG(Block::SimplePacket(_)) => {
                             // No interface time: nothing of a call can be dated from it.
@@ -890,6 +896,53 @@ mod tests {
         assert_eq!(reader.ahead_total, 0);
         assert!(reader.deadlines.is_empty());
         assert_eq!(reader.streams.keys().collect::<Vec<_>>(), [&busy]);
+    }
+
+    /// A pcapng interface may count time in whole seconds (`if_tsresol` 0) and shift it
+    /// (`if_tsoffset`): a packet dated past what the clock can hold is counted, not a panic.
+    #[test]
+    fn a_pcapng_time_out_of_range_is_counted() {
+        let block = |kind: u32, body: &[u8]| {
+            let len = (12 + body.len()) as u32;
+            [
+                &kind.to_le_bytes()[..],
+                &len.to_le_bytes(),
+                body,
+                &len.to_le_bytes(),
+            ]
+            .concat()
+        };
+        let section = [&0x1A2B_3C4Du32.to_le_bytes()[..], &[1, 0, 0, 0], &[0xff; 8]].concat();
+        let mut interface = vec![1, 0, 0, 0, 0xff, 0xff, 0, 0];
+        // if_tsresol = 0, then opt_endofopt.
+        interface.extend_from_slice(&[9, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let packet = |ts_high: u32| {
+            let frame = [0u8; 16];
+            let mut body = vec![0, 0, 0, 0];
+            body.extend_from_slice(&ts_high.to_le_bytes());
+            body.extend_from_slice(&[0; 4]);
+            body.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+            body.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+            body.extend_from_slice(&frame);
+            block(6, &body)
+        };
+        let file = [
+            block(0x0A0D_0D0A, &section),
+            block(1, &interface),
+            packet(u32::MAX),
+            packet(0),
+        ]
+        .concat();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("far.pcapng");
+        std::fs::write(&path, file).expect("write");
+        let mut reader = Reader::new(4096);
+        let mut got = Collect::default();
+        reader
+            .read(&path, &mut got, &mut |_| {})
+            .expect("a capture");
+        assert_eq!(reader.counts.packets, 2);
+        assert_eq!(reader.counts.skipped.get("time_out_of_range"), Some(&1));
     }
 
     #[test]
