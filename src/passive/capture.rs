@@ -6,7 +6,7 @@
 //! ([`super::defrag`]). Segments a mirror port reordered are held until the bytes before them
 //! arrive, as the receiving kernel holds them, and retransmitted bytes are read once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::File;
 use std::io::BufReader;
 use std::net::SocketAddr;
@@ -40,6 +40,10 @@ const MAX_AHEAD_TOTAL: usize = 64 << 20;
 /// few retransmission timeouts (200 ms at least, doubling); a segment the capture itself
 /// lost never does.
 const HOLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Capture time a closed stream's end is remembered: its last segments (a FIN's own data
+/// among them) are retransmitted within a few retransmission timeouts of the close, and a
+/// Linux sender's TIME_WAIT is 60 s.
+const CLOSED_FOR: Duration = Duration::from_secs(60);
 
 /// One SIP message (or what may be one) as it crossed the wire.
 #[derive(Debug, Clone, Copy)]
@@ -142,6 +146,11 @@ pub struct Reader {
     /// (its FIN may be among the held segments) would otherwise keep its messages from the
     /// tracker, and its bytes from the shared budget, until the capture ends.
     deadlines: BTreeSet<(SystemTime, Key)>,
+    /// Where each stream closed by a FIN or RST ended, and when: a retransmission of its last
+    /// bytes would otherwise start a stream of its own and be read again.
+    closed: HashMap<Key, (u32, SystemTime)>,
+    /// The entries of `closed`, oldest first, to forget them (at most [`MAX_STREAMS`]).
+    closed_order: VecDeque<(SystemTime, Key)>,
     defrag: Defrag,
     pub counts: ReadCounts,
 }
@@ -162,6 +171,8 @@ impl Reader {
             streams: HashMap::new(),
             ahead_total: 0,
             deadlines: BTreeSet::new(),
+            closed: HashMap::new(),
+            closed_order: VecDeque::new(),
             defrag: Defrag::new(),
             counts: ReadCounts::default(),
         }
@@ -386,6 +397,15 @@ impl Reader {
                 // A bare ACK of a stream not followed: nothing to start from.
                 return;
             }
+            if syn {
+                self.closed.remove(&key);
+            } else if self
+                .closed
+                .get(&key)
+                .is_some_and(|&(end, _)| distance(first.wrapping_add(data.len() as u32), end) <= 0)
+            {
+                return;
+            }
             if let Some(old) = self.streams.remove(&key) {
                 // A new connection on the same ports: the old one closed unseen.
                 self.close(key, old, "tcp_incomplete_at_close", handler);
@@ -464,13 +484,40 @@ impl Reader {
             stream.deadline = deadline;
         }
         if !open {
+            let end = stream.next;
             self.streams.remove(&key);
+            self.remember_closed(key, end, at);
         }
     }
 
-    /// Gives up the holes of every stream whose deadline `now` has passed, soonest first:
-    /// a look at the first deadline for a packet, plus the work of the holes given up.
+    fn remember_closed(&mut self, key: Key, end: u32, at: SystemTime) {
+        if self.closed_order.len() >= MAX_STREAMS {
+            self.forget_oldest_closed();
+        }
+        self.closed.insert(key, (end, at));
+        self.closed_order.push_back((at, key));
+    }
+
+    fn forget_oldest_closed(&mut self) {
+        if let Some((at, key)) = self.closed_order.pop_front() {
+            // A later close of the same ports has an entry of its own.
+            if self.closed.get(&key).is_some_and(|&(_, t)| t == at) {
+                self.closed.remove(&key);
+            }
+        }
+    }
+
+    /// Forgets the streams closed [`CLOSED_FOR`] before `now`, and gives up the holes of
+    /// every stream whose deadline `now` has passed, soonest first: a look at the oldest
+    /// entry of each for a packet, plus the work of what is forgotten or given up.
     fn expire(&mut self, now: SystemTime, handler: &mut dyn Handler) {
+        while self
+            .closed_order
+            .front()
+            .is_some_and(|&(at, _)| now.duration_since(at).is_ok_and(|age| age > CLOSED_FOR))
+        {
+            self.forget_oldest_closed();
+        }
         while let Some(&(deadline, key)) = self.deadlines.first() {
             if deadline >= now {
                 break;
@@ -489,7 +536,9 @@ impl Reader {
                 max_message_bytes: self.max_message_bytes,
             };
             if !out.give_up(stream) {
+                let end = stream.next;
                 self.streams.remove(&key);
+                self.remember_closed(key, end, now);
             }
         }
     }
@@ -797,6 +846,24 @@ mod tests {
                 vec![(0, 1, DATA, "OPTIONS sip:a SIP/2.0\r\n\r\n")],
                 vec![],
                 vec![("tcp_unframed", 1)],
+            ),
+            (
+                "a retransmission after the FIN is not read again",
+                vec![(0, 1, FIN, M1), (1, 1, FIN, M1), (2, 6, DATA, &M1[5..])],
+                vec![(0, M1)],
+                vec![],
+            ),
+            (
+                "data past a closed stream's end is a stream of its own",
+                vec![(0, 1, FIN, M1), (1, 1 + m1 + 100, DATA, M2)],
+                vec![(0, M1), (1, M2)],
+                vec![],
+            ),
+            (
+                "a closed stream is forgotten after a minute",
+                vec![(0, 1, FIN, M1), (61, 1, DATA, M1)],
+                vec![(0, M1), (61, M1)],
+                vec![],
             ),
             (
                 "the SYN retransmitted keeps what is read and held",
