@@ -693,7 +693,7 @@ fn a_fragmented_ipv6_invite_gives_the_cdr_of_a_whole_one() {
 /// A TCP call as a mirror port may show it: the INVITE's last part first, then a
 /// retransmission overlapping the part still missing and the held one, the last part sent
 /// again while held, and the first part last (and again after); the 200 sent twice; the BYE
-/// ahead of the ACK. The CDR is the call's, no hole is given up, and the call's log in the
+/// ahead of the ACK, and again after the FIN. The CDR is the call's, no hole is given up, and the call's log in the
 /// store holds each of its six messages once.
 #[test]
 fn reordered_and_retransmitted_tcp_segments_give_each_message_once() {
@@ -756,6 +756,7 @@ fn reordered_and_retransmitted_tcp_segments_give_each_message_once() {
     next_down += text(5).len() as u32;
     seg(3_002_000, From::Terminal, next_up, pcap::FIN_ACK, b"");
     seg(3_003_000, From::Sipserver, next_down, pcap::FIN_ACK, b"");
+    seg(3_200_000, From::Terminal, bye, pcap::PSH_ACK, text(4));
     drop(w);
 
     let file = s.file.display().to_string();
@@ -789,7 +790,7 @@ fn reordered_and_retransmitted_tcp_segments_give_each_message_once() {
     ] {
         assert_eq!(ms(cdr, field), Some(at), "{field}: {cdr:#}");
     }
-    assert_eq!(summary(&out, "packets"), 15, "{}", stderr(&out));
+    assert_eq!(summary(&out, "packets"), 16, "{}", stderr(&out));
     assert_eq!(summary(&out, "sip messages"), 6, "{}", stderr(&out));
     assert_eq!(summary(&out, "calls"), 1, "{}", stderr(&out));
     assert_eq!(
