@@ -25,6 +25,17 @@ pub fn decode_all(bytes: &[u8]) {
             "a log entry changed on its way back"
         );
     }
+    let mut entries = Vec::new();
+    if codec::decode_logs(bytes, &mut entries).is_ok() {
+        let encoded: Vec<Vec<u8>> = entries.iter().map(codec::encode_log).collect();
+        let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+        let mut again = Vec::new();
+        let decoded = codec::decode_logs(&codec::encode_log_bundle(&refs), &mut again);
+        assert!(
+            decoded.is_ok() && again == entries,
+            "log entries changed on their way back through a bundle"
+        );
+    }
     let alarm_id = AlarmId(7);
     if let Ok(alarm) = codec::decode_alarm(alarm_id, bytes) {
         let again = codec::decode_alarm(alarm_id, &codec::encode_alarm(&alarm));

@@ -202,7 +202,7 @@ impl Store {
             prefix_range(&keys::id_key(id)),
             engine::Direction::Forward,
             &mut |_, v| {
-                out.push(codec::decode_log(v)?);
+                codec::decode_logs(v, &mut out)?;
                 Ok(ControlFlow::Continue(()))
             },
         )?;

@@ -499,6 +499,9 @@ impl WriterThread {
         let queued_at = now_ms();
         // The highest ack taken in this batch so far: a later one only deletes past it.
         let mut acked: Option<u64> = None;
+        // Each call's log entries of this batch, in order, keyed by the first one's seq.
+        let mut logs_by_call: Vec<(CdrId, u64, Vec<&[u8]>)> = Vec::new();
+        let mut bundles: HashMap<CdrId, usize> = HashMap::new();
         for op in ops {
             match op {
                 Queued::Cdr(cdr) => {
@@ -537,11 +540,13 @@ impl WriterThread {
                         .put(Table::Meta, keys::sink_state_key(name), state.clone())
                 }
                 Queued::Log(id, encoded) => {
-                    build.batch.put(
-                        Table::Logs,
-                        keys::log_key(*id, seq).to_vec(),
-                        encoded.clone(),
-                    );
+                    match bundles.get(id).and_then(|&i| logs_by_call.get_mut(i)) {
+                        Some((_, _, entries)) => entries.push(encoded),
+                        None => {
+                            bundles.insert(*id, logs_by_call.len());
+                            logs_by_call.push((*id, seq, vec![encoded]));
+                        }
+                    }
                     seq += 1;
                     logs += 1;
                 }
@@ -559,6 +564,15 @@ impl WriterThread {
                     codec::encode_alarm(alarm),
                 ),
             }
+        }
+        for (id, first, entries) in logs_by_call {
+            let value = match entries.as_slice() {
+                [one] => one.to_vec(),
+                many => codec::encode_log_bundle(many),
+            };
+            build
+                .batch
+                .put(Table::Logs, keys::log_key(id, first).to_vec(), value);
         }
         if seq != self.next_log_seq {
             build.batch.put(
@@ -641,7 +655,8 @@ impl WriterThread {
             Table::Logs,
             below(log_cut),
             Direction::Forward,
-            &mut |k, _| {
+            &mut |k, v| {
+                purged.log_entries += codec::log_count(v);
                 log_keys.push(k.to_vec());
                 Ok(if log_keys.len() >= PURGE_LOG_CHUNK {
                     ControlFlow::Break(())
@@ -651,7 +666,6 @@ impl WriterThread {
             },
         )?;
         let more_logs = log_keys.len() >= PURGE_LOG_CHUNK;
-        purged.log_entries = log_keys.len() as u64;
         for key in log_keys {
             build.batch.delete(Table::Logs, key);
         }
@@ -941,13 +955,18 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(codec::decode_cdr(cdr.id, &stored).unwrap(), cdr);
-        for (seq, text) in [(0, "first"), (1, "second")] {
-            let value = snap
-                .get(Table::Logs, &keys::log_key(cdr.id, seq))
-                .unwrap()
-                .unwrap();
-            assert_eq!(codec::decode_log(&value).unwrap(), event(text));
-        }
+        let mut log = Vec::new();
+        snap.scan(
+            Table::Logs,
+            crate::prefix_range(&keys::id_key(cdr.id)),
+            Direction::Forward,
+            &mut |_, v| {
+                codec::decode_logs(v, &mut log)?;
+                Ok(ControlFlow::Continue(()))
+            },
+        )
+        .unwrap();
+        assert_eq!(log, [event("first"), event("second")]);
         drop(snap);
         writer.stop(Duration::from_secs(30)).unwrap();
         thread.join().unwrap();

@@ -225,8 +225,13 @@ fn round_trip(engine: Engine) {
         },
         log_sip(t.0 + 2, b"SIP/2.0 200 OK\r\n\r\n"),
     ];
-    for entry in &log {
+    // Two calls' entries interleaved in one batch: each call's come back alone, in order.
+    let b_log = log_sip(t.0 + 1, b"INVITE sip:95566@y SIP/2.0\r\n\r\n");
+    for (i, entry) in log.iter().enumerate() {
         w.submit(WriteOp::AppendLog(a.id, entry.clone())).unwrap();
+        if i == 0 {
+            w.submit(WriteOp::AppendLog(b.id, b_log.clone())).unwrap();
+        }
     }
     store.flush(FLUSH).unwrap();
     assert_eq!(
@@ -249,10 +254,10 @@ fn round_trip(engine: Engine) {
     let mut expected = log.clone();
     expected.push(log_sip(t.0 + 3, b"ACK"));
     assert_eq!(store.cdr_log(a.id).unwrap(), expected);
-    assert_eq!(store.cdr_log(b.id).unwrap(), vec![]);
+    assert_eq!(store.cdr_log(b.id).unwrap(), vec![b_log]);
     let stats = store.writer_stats();
     assert_eq!(stats.cdrs_written, 1);
-    assert_eq!(stats.log_entries_written, 4);
+    assert_eq!(stats.log_entries_written, 5);
     assert_eq!(stats.queued, 0);
     assert_eq!(stats.failures, 0);
     assert!(stats.batches >= 2);
@@ -479,9 +484,12 @@ fn retention_deletes_expired_records(engine: Engine) {
     }
     put_all(&store, &cdrs);
     let w = store.writer();
+    // Two entries a call, committed as one value: retention counts entries, not values.
     for c in &cdrs[2_500..] {
-        w.submit(WriteOp::AppendLog(c.id, log_sip(c.start_time.0, b"INVITE")))
-            .unwrap();
+        for text in [&b"INVITE"[..], b"BYE"] {
+            w.submit(WriteOp::AppendLog(c.id, log_sip(c.start_time.0, text)))
+                .unwrap();
+        }
     }
     let old_alarm = alarm(UnixMs(t.0 - 30 * DAY), Some(UnixMs(t.0 - 29 * DAY)));
     let active_alarm = alarm(UnixMs(t.0 - 30 * DAY - 1), None);
@@ -491,7 +499,7 @@ fn retention_deletes_expired_records(engine: Engine) {
 
     let purged = store.purge_expired(FLUSH).unwrap();
     assert_eq!(purged.cdrs, 2_500 + 2);
-    assert_eq!(purged.log_entries, 3);
+    assert_eq!(purged.log_entries, 6);
     assert_eq!(purged.alarms, 1);
     let everything = CdrFilter::between(UnixMs(0), UnixMs(i64::MAX));
     let left: Vec<Cdr> = cdrs[2_502..].to_vec();
@@ -514,7 +522,7 @@ fn retention_deletes_expired_records(engine: Engine) {
         2
     );
     assert_eq!(store.cdr_log(cdrs[2_502].id).unwrap(), vec![]);
-    assert_eq!(store.cdr_log(cdrs[2_503].id).unwrap().len(), 1);
+    assert_eq!(store.cdr_log(cdrs[2_503].id).unwrap().len(), 2);
     assert_eq!(store.alarms(false, 10).unwrap(), vec![active_alarm]);
     assert_eq!(store.purge_expired(FLUSH).unwrap(), Default::default());
 }
