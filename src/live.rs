@@ -4,7 +4,7 @@
 use chrono_tz::Tz;
 use serde_json::Value;
 use sipedge_http::api::LiveSource;
-use sipedge_http::events::EventHub;
+use sipedge_http::events::{self, EventHub};
 use sipedge_http::render;
 use sipedge_sip::call::CallTracking;
 use tokio::sync::broadcast::error::RecvError;
@@ -47,7 +47,10 @@ pub async fn forward_events(tracking: CallTracking, hub: EventHub, zone: Tz) {
     loop {
         match events.recv().await {
             Ok(event) => {
-                hub.publish(event.kind.name(), &render::live_call(&event.call, zone));
+                let name = event.kind.name();
+                hub.publish_with(name, move || {
+                    events::to_json(&render::live_call(&event.call, zone))
+                });
             }
             // Some updates never reach the hub; a `reset` tells SSE clients to reload
             // /api/calls/live instead of trusting a list with gaps.
