@@ -223,7 +223,11 @@ impl EventHub {
 
     /// Publishes an event whose JSON `render` makes when a client is first sent it (never,
     /// if no client is); returns its id.
-    pub fn publish_with(&self, name: &str, render: impl FnOnce() -> String + Send + 'static) -> u64 {
+    pub fn publish_with(
+        &self,
+        name: &str,
+        render: impl FnOnce() -> String + Send + 'static,
+    ) -> u64 {
         let event = |id| HubEvent {
             id,
             name: name.to_owned(),
@@ -395,7 +399,11 @@ mod tests {
                 format!("{{\"n\":{n}}}")
             });
         }
-        assert_eq!(renders.load(Ordering::Relaxed), 0, "rendered with no client");
+        assert_eq!(
+            renders.load(Ordering::Relaxed),
+            0,
+            "rendered with no client"
+        );
         // Two clients that saw the first event are replayed the other two.
         for _ in 0..2 {
             let got = take(&hub, Some(1), 3).await;

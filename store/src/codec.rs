@@ -9,10 +9,12 @@
 //! status without decoding the rest. `source` is left out for relayed calls (`proxy`), so that
 //! the records of stores written before it existed decode as what they are.
 //!
-//! A log value is one entry (version 1) or a bundle: `2 ‖ count ‖ (length ‖ entry)…`, the
-//! entries of one call that one batch commits, each as version 1 writes it. A call's messages
-//! mostly arrive within one batch, so a bundle is one B-tree insert where there were seven
-//! (the commit's largest cost under load); its key is the first entry's sequence number.
+//! A log value is one entry (version 1, what stores written before bundles hold) or a bundle:
+//! `2 ‖ count ‖ text(body)`, where the body is `(length ‖ entry)…`, the entries of one call
+//! that one batch commits, each as version 1 writes it, and `text` is stored like a SIP text
+//! (compressed when that helps). A call's messages mostly arrive within one batch, so a bundle
+//! is one B-tree insert and one compression where there were seven of each (the commit's and
+//! call tracking's largest costs under load); its key is the first entry's sequence number.
 //!
 //! SIP text in the log is LZ4-compressed against [`SIP_DICT_1`], a dictionary of the boilerplate
 //! every SIP message and SDP body repeats: on generated realistic messages it halves the
@@ -147,6 +149,19 @@ impl Enc {
     fn bytes(&mut self, b: &[u8]) {
         self.varint(b.len() as u64);
         self.0.extend_from_slice(b);
+    }
+
+    /// SIP text compressed against the dictionary, or as it is when that does not help.
+    fn sip_text(&mut self, text: &[u8]) {
+        let packed = lz4_flex::block::compress_with_dict(text, SIP_DICT_1);
+        if packed.len() < text.len() {
+            self.u8(TEXT_LZ4_DICT_1);
+            self.varint(text.len() as u64);
+            self.bytes(&packed);
+        } else {
+            self.u8(TEXT_RAW);
+            self.bytes(text);
+        }
     }
 
     fn addr(&mut self, a: SocketAddr) {
@@ -526,7 +541,21 @@ pub(crate) fn decode_outbox(value: &[u8]) -> Result<(CdrId, UnixMs), StoreError>
     d.finish((id, queued_at))
 }
 
+/// A log entry as one value, its SIP text compressed: the layout of stores written before
+/// bundles, and of each entry inside one.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn encode_log(entry: &LogEntry) -> Vec<u8> {
+    encode_entry(entry, true)
+}
+
+/// A log entry for a bundle, which compresses the call's entries together (cheaper than
+/// each alone: compressing against the dictionary has a fixed cost per call, and the
+/// messages of one call repeat each other's Call-ID, tags and Via).
+pub(crate) fn encode_log_raw(entry: &LogEntry) -> Vec<u8> {
+    encode_entry(entry, false)
+}
+
+fn encode_entry(entry: &LogEntry, pack: bool) -> Vec<u8> {
     let mut e = Enc::default();
     e.u8(VERSION);
     e.signed(entry.at.0);
@@ -544,11 +573,8 @@ pub(crate) fn encode_log(entry: &LogEntry) -> Vec<u8> {
             e.u8(transport_byte(*transport));
             e.addr(*src);
             e.addr(*dst);
-            let packed = lz4_flex::block::compress_with_dict(text, SIP_DICT_1);
-            if packed.len() < text.len() {
-                e.u8(TEXT_LZ4_DICT_1);
-                e.varint(text.len() as u64);
-                e.bytes(&packed);
+            if pack {
+                e.sip_text(text);
             } else {
                 e.u8(TEXT_RAW);
                 e.bytes(text);
@@ -579,15 +605,23 @@ pub(crate) fn decode_log(value: &[u8]) -> Result<LogEntry, StoreError> {
     d.finish(LogEntry { at, kind })
 }
 
-/// Several encoded entries of one call (each as [`encode_log`] made it) in one value.
+/// The most entry bytes one bundle holds, far below what a decode accepts
+/// ([`MAX_SIP_TEXT`]): the writer starts another bundle past it.
+pub(crate) const MAX_BUNDLE_BYTES: usize = 1 << 20;
+
+/// Several encoded entries of one call (each as [`encode_log_raw`] or [`encode_log`] made it)
+/// in one value, compressed together.
 pub(crate) fn encode_log_bundle(entries: &[&[u8]]) -> Vec<u8> {
-    let len = entries.iter().map(|e| e.len() + 3).sum::<usize>() + 4;
-    let mut e = Enc(Vec::with_capacity(len));
+    let mut body = Enc(Vec::with_capacity(
+        entries.iter().map(|e| e.len() + 3).sum::<usize>(),
+    ));
+    for entry in entries {
+        body.bytes(entry);
+    }
+    let mut e = Enc(Vec::with_capacity(body.0.len() / 2 + 16));
     e.u8(LOG_BUNDLE);
     e.varint(entries.len() as u64);
-    for entry in entries {
-        e.bytes(entry);
-    }
+    e.sip_text(&body.0);
     e.0
 }
 
@@ -601,12 +635,19 @@ pub(crate) fn decode_logs(value: &[u8], out: &mut Vec<LogEntry>) -> Result<(), S
         buf: rest,
         what: "log bundle",
     };
+    let count = d.varint()?;
+    let body = d.sip_text()?;
+    d.finish(())?;
+    let mut entries = Dec {
+        buf: &body,
+        what: "log bundle",
+    };
     // No reservation by the claimed count: a damaged one must not allocate; the loop ends at
     // the first entry the value does not hold.
-    for _ in 0..d.varint()? {
-        out.push(decode_log(d.bytes()?)?);
+    for _ in 0..count {
+        out.push(decode_log(entries.bytes()?)?);
     }
-    d.finish(())
+    entries.finish(())
 }
 
 /// How many entries a log value holds, for retention's count; an unreadable one counts once.
@@ -786,7 +827,11 @@ pub(crate) mod tests {
             at: UnixMs(1_700_000_000_123),
             kind: LogKind::Event { text: text.into() },
         };
-        let entries = [sip(b"INVITE sip:1@x SIP/2.0\r\n\r\n"), event("a"), event("b")];
+        let entries = [
+            sip(b"INVITE sip:1@x SIP/2.0\r\n\r\n"),
+            event("a"),
+            event("b"),
+        ];
         let encoded: Vec<Vec<u8>> = entries.iter().map(encode_log).collect();
         let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
         let bundle = encode_log_bundle(&refs);
@@ -796,6 +841,22 @@ pub(crate) mod tests {
         decode_logs(&encoded[1], &mut out).unwrap();
         assert_eq!(out, [&entries[..], &entries[1..2]].concat());
         assert_eq!((log_count(&bundle), log_count(&encoded[0])), (3, 1));
+
+        // A call's messages repeat each other: together they pack far tighter than alone.
+        let call: Vec<LogEntry> = (1..=7)
+            .map(|n| sip(format!("BYE sip:95566@12.8.64.34:14500 SIP/2.0\r\nCall-ID: a84b4c76e66710@pc33\r\nFrom: <sip:13812345678@12.8.64.34>;tag=1928301774\r\nCSeq: {n} BYE\r\n\r\n").as_bytes()))
+            .collect();
+        let alone: usize = call.iter().map(|e| encode_log(e).len()).sum();
+        let raw: Vec<Vec<u8>> = call.iter().map(encode_log_raw).collect();
+        let together = encode_log_bundle(&raw.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        assert!(
+            together.len() * 2 < alone,
+            "{} bytes bundled, {alone} alone",
+            together.len()
+        );
+        let mut out = Vec::new();
+        decode_logs(&together, &mut out).unwrap();
+        assert_eq!(out, call);
 
         let mut claims_more = bundle.clone();
         claims_more[1] = 4;
@@ -815,7 +876,10 @@ pub(crate) mod tests {
         ] {
             let mut out = Vec::new();
             assert!(
-                matches!(decode_logs(&value, &mut out), Err(StoreError::Corrupt { .. })),
+                matches!(
+                    decode_logs(&value, &mut out),
+                    Err(StoreError::Corrupt { .. })
+                ),
                 "{what}"
             );
         }

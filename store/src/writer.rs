@@ -148,7 +148,7 @@ impl Writer {
         self.counters.submitted.fetch_add(1, Ordering::Relaxed);
         let queued = match op {
             WriteOp::PutCdr(cdr) => Queued::Cdr(cdr),
-            WriteOp::AppendLog(id, entry) => Queued::Log(id, codec::encode_log(&entry)),
+            WriteOp::AppendLog(id, entry) => Queued::Log(id, codec::encode_log_raw(&entry)),
             WriteOp::PutCall(id, bytes) => Queued::PutCall(id, bytes),
             WriteOp::RemoveCall(id) => Queued::RemoveCall(id),
             WriteOp::PutAlarm(alarm) => {
@@ -499,8 +499,9 @@ impl WriterThread {
         let queued_at = now_ms();
         // The highest ack taken in this batch so far: a later one only deletes past it.
         let mut acked: Option<u64> = None;
-        // Each call's log entries of this batch, in order, keyed by the first one's seq.
-        let mut logs_by_call: Vec<(CdrId, u64, Vec<&[u8]>)> = Vec::new();
+        // Each call's log entries of this batch, in order, keyed by the first one's seq, with
+        // their bytes (a call that logs more gets further bundles).
+        let mut logs_by_call: Vec<(CdrId, u64, usize, Vec<&[u8]>)> = Vec::new();
         let mut bundles: HashMap<CdrId, usize> = HashMap::new();
         for op in ops {
             match op {
@@ -540,11 +541,20 @@ impl WriterThread {
                         .put(Table::Meta, keys::sink_state_key(name), state.clone())
                 }
                 Queued::Log(id, encoded) => {
-                    match bundles.get(id).and_then(|&i| logs_by_call.get_mut(i)) {
-                        Some((_, _, entries)) => entries.push(encoded),
+                    let open = bundles
+                        .get(id)
+                        .and_then(|&i| logs_by_call.get_mut(i))
+                        .filter(|(_, _, bytes, _)| {
+                            *bytes + encoded.len() <= codec::MAX_BUNDLE_BYTES
+                        });
+                    match open {
+                        Some((_, _, bytes, entries)) => {
+                            *bytes += encoded.len();
+                            entries.push(encoded);
+                        }
                         None => {
                             bundles.insert(*id, logs_by_call.len());
-                            logs_by_call.push((*id, seq, vec![encoded]));
+                            logs_by_call.push((*id, seq, encoded.len(), vec![encoded]));
                         }
                     }
                     seq += 1;
@@ -565,11 +575,8 @@ impl WriterThread {
                 ),
             }
         }
-        for (id, first, entries) in logs_by_call {
-            let value = match entries.as_slice() {
-                [one] => one.to_vec(),
-                many => codec::encode_log_bundle(many),
-            };
+        for (id, first, _, entries) in logs_by_call {
+            let value = codec::encode_log_bundle(&entries);
             build
                 .batch
                 .put(Table::Logs, keys::log_key(id, first).to_vec(), value);
