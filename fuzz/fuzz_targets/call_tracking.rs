@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use sipedge_sip::call::{CallSnapshot, Method, Output, SipEvent, SipKind, Tracker};
+use sipedge_sip::call::{CallSnapshot, Method, Output, SipEvent<'static>, SipKind, Tracker};
 use sipedge_store::cdr::{CallStatus, Transport, UnixMs};
 
 const T0: i64 = 1_700_000_000_000;
@@ -25,7 +25,7 @@ const METHODS: [Method; 6] = [
 const STATUSES: [u16; 10] = [100, 180, 183, 200, 401, 486, 487, 500, 603, 408];
 
 /// One message from four bytes: what it is, which call and side, tags, CSeq and SDP.
-fn event(at: i64, b: [u8; 4]) -> SipEvent {
+fn event(at: i64, b: [u8; 4]) -> SipEvent<'static> {
     let call = b[1] % 3;
     let caller_side = b[1] & 0x10 == 0;
     let cseq = u32::from(b[2] % 4) + 1;
@@ -69,7 +69,7 @@ fn event(at: i64, b: [u8; 4]) -> SipEvent {
             Transport::Tcp
         },
         source: sipedge_store::Source::Proxy,
-        terminal: "203.0.113.7:5060".into(),
+        terminal: ([203, 0, 113, 7], 5060).into(),
         kind,
         call_id: format!("call-{call}@fuzz"),
         from_uri: from_uri.into(),

@@ -21,6 +21,8 @@ pub mod tracker;
 
 use serde::{Deserialize, Serialize};
 use sipedge_store::cdr::{Source, Transport, UnixMs};
+use std::borrow::Cow;
+use std::net::SocketAddr;
 
 pub use key::CallKey;
 pub use task::{
@@ -30,9 +32,10 @@ pub use tracker::{
     CallSnapshot, DEFAULT_MAX_CALLS, LiveCall, LiveState, Output, Tracker, TrackerStats,
 };
 
-/// One SIP message relayed by sipedge, as much of it as call tracking needs.
+/// One SIP message relayed by sipedge, as much of it as call tracking needs: borrowed from
+/// the message, so that tracking copies only what a new call keeps.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SipEvent {
+pub struct SipEvent<'a> {
     /// When sipedge received the message: every CDR time comes from here.
     pub at: UnixMs,
     /// Whether the terminal sent this message (rather than the Sipserver or sipedge): only
@@ -43,22 +46,22 @@ pub struct SipEvent {
     pub transport: Transport,
     /// `ip:port` of the terminal side of the relay (the source when the terminal sent the
     /// message, the destination otherwise); the CDR's `terminal`, like `transport`.
-    pub terminal: String,
+    pub terminal: SocketAddr,
     /// Relayed, captured or mirrored: the CDR's `source`, from the initial INVITE.
     pub source: Source,
     /// Request or response, with what only that kind has.
-    pub kind: SipKind,
+    pub kind: SipKind<'a>,
     /// The Call-ID header: first half of the [`CallKey`].
-    pub call_id: String,
+    pub call_id: Cow<'a, str>,
     /// The From URI (without display name or angle brackets): the caller on an initial INVITE.
-    pub from_uri: String,
+    pub from_uri: Cow<'a, str>,
     /// The From tag: second half of the [`CallKey`] on the caller's messages.
-    pub from_tag: Option<String>,
+    pub from_tag: Option<Cow<'a, str>>,
     /// The To URI: the called party on an initial INVITE.
-    pub to_uri: String,
+    pub to_uri: Cow<'a, str>,
     /// The To tag: absent on an initial INVITE, names the forked branch on responses, and
     /// holds the caller's tag on the callee's requests.
-    pub to_tag: Option<String>,
+    pub to_tag: Option<Cow<'a, str>>,
     /// The CSeq number: tells retransmissions from new requests and pairs responses with them.
     pub cseq: u32,
     /// The CSeq method: which request a response answers.
@@ -69,12 +72,12 @@ pub struct SipEvent {
 
 /// What differs between a request and a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SipKind {
+pub enum SipKind<'a> {
     Request {
         /// The request-line method.
         method: Method,
         /// The Request-URI: names the called party when the To URI has no user part.
-        request_uri: String,
+        request_uri: Cow<'a, str>,
     },
     Response {
         /// The status code.

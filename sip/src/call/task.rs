@@ -10,6 +10,7 @@
 //! Nothing here can slow SIP forwarding: the hand-off is `try_send` on the relay side, and
 //! every write here is a queue push; a closed store is counted and logged, not fatal.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -531,13 +532,13 @@ fn entry_bytes(entry: &LogEntry) -> usize {
     }
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+fn text(bytes: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
 }
 
 /// The tracker's view of a relayed message; `None` when it lacks what every SIP message has
 /// (Call-ID, From, To, CSeq).
-fn event_of(r: &Relayed, msg: &scan::Message<'_>) -> Option<SipEvent> {
+fn event_of<'a>(r: &Relayed, msg: &scan::Message<'a>) -> Option<SipEvent<'a>> {
     let from_terminal = r.origin == Origin::Forwarded && r.direction == Direction::ToUpstream;
     let terminal = match r.direction {
         Direction::ToUpstream => r.src,
@@ -549,13 +550,13 @@ fn event_of(r: &Relayed, msg: &scan::Message<'_>) -> Option<SipEvent> {
 /// The tracker's view of `msg`, seen at `at` between `terminal` and the Sipserver (relayed,
 /// or read from a capture); `None` when it lacks what every SIP message has (Call-ID, From,
 /// To, CSeq).
-pub fn sip_event(
-    msg: &scan::Message<'_>,
+pub fn sip_event<'a>(
+    msg: &scan::Message<'a>,
     at: SystemTime,
     from_terminal: bool,
     (transport, terminal): (flow::Transport, SocketAddr),
     source: Source,
-) -> Option<SipEvent> {
+) -> Option<SipEvent<'a>> {
     let call_id = msg.call_id()?;
     let from = msg.from()?;
     let to = msg.to()?;
@@ -572,7 +573,7 @@ pub fn sip_event(
         at: unix_ms(at),
         from_terminal,
         transport: transport_of(transport),
-        terminal: terminal.to_string(),
+        terminal,
         source,
         kind,
         call_id: text(call_id),

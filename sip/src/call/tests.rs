@@ -38,13 +38,13 @@ enum Side {
 }
 
 /// The caller's initial INVITE, CSeq 1, no SDP.
-fn invite(t: f64) -> SipEvent {
+fn invite(t: f64) -> SipEvent<'static> {
     SipEvent {
         at: ms(t),
         from_terminal: true,
         transport: Transport::Udp,
         source: Source::Proxy,
-        terminal: TERMINAL.into(),
+        terminal: TERMINAL.parse().unwrap(),
         kind: SipKind::Request {
             method: Method::Invite,
             request_uri: CALLEE_URI.into(),
@@ -61,7 +61,7 @@ fn invite(t: f64) -> SipEvent {
 }
 
 /// An in-dialog request from `side` on branch `b1`: CSeq 2 from the caller, 1 from the callee.
-fn req(t: f64, method: Method, side: Side) -> SipEvent {
+fn req(t: f64, method: Method, side: Side) -> SipEvent<'static> {
     let base = invite(t);
     let (from_uri, from_tag, to_uri, to_tag, cseq) = match side {
         Side::Caller => (CALLER_URI, "b1", CALLEE_URI, "b1", 2),
@@ -89,7 +89,7 @@ fn req(t: f64, method: Method, side: Side) -> SipEvent {
 }
 
 /// The response `status` to `request`: same headers, To-tag `b1` added when it had none.
-fn resp(t: f64, status: u16, request: &SipEvent) -> SipEvent {
+fn resp(t: f64, status: u16, request: &SipEvent<'static>) -> SipEvent<'static> {
     SipEvent {
         at: ms(t),
         from_terminal: !request.from_terminal,
@@ -110,7 +110,7 @@ trait Edit: Sized {
     fn at(self, t: f64) -> Self;
 }
 
-impl Edit for SipEvent {
+impl Edit for SipEvent<'static> {
     fn sdp(mut self, sdp: Sdp) -> Self {
         self.sdp_video = match sdp {
             Sdp::None => None,
@@ -125,9 +125,9 @@ impl Edit for SipEvent {
     }
     fn branch(mut self, tag: &str) -> Self {
         if self.from_tag.as_deref() == Some(CALLER_TAG) {
-            self.to_tag = Some(tag.into());
+            self.to_tag = Some(tag.to_owned().into());
         } else {
-            self.from_tag = Some(tag.into());
+            self.from_tag = Some(tag.to_owned().into());
         }
         self
     }
@@ -142,7 +142,7 @@ impl Edit for SipEvent {
 }
 
 /// INVITE at 0 with `offer`, 100 at 0.05, 180 at 1.
-fn ringing(offer: Sdp) -> Vec<SipEvent> {
+fn ringing(offer: Sdp) -> Vec<SipEvent<'static>> {
     let inv = invite(0.0).sdp(offer);
     vec![
         inv.clone(),
@@ -152,7 +152,7 @@ fn ringing(offer: Sdp) -> Vec<SipEvent> {
 }
 
 /// `ringing`, then 200 at 5 with `answer` and the ACK at 5.1.
-fn answered(offer: Sdp, answer: Sdp) -> Vec<SipEvent> {
+fn answered(offer: Sdp, answer: Sdp) -> Vec<SipEvent<'static>> {
     let mut events = ringing(offer);
     events.push(resp(5.0, 200, &invite(0.0)).sdp(answer));
     events.push(req(5.1, Method::Ack, Side::Caller).cseq(1));
@@ -160,12 +160,12 @@ fn answered(offer: Sdp, answer: Sdp) -> Vec<SipEvent> {
 }
 
 /// A BYE from `side` at `t` and its 200.
-fn bye(t: f64, side: Side) -> Vec<SipEvent> {
+fn bye(t: f64, side: Side) -> Vec<SipEvent<'static>> {
     let bye = req(t, Method::Bye, side);
     vec![bye.clone(), resp(t + 0.02, 200, &bye)]
 }
 
-fn cat(parts: impl IntoIterator<Item = Vec<SipEvent>>) -> Vec<SipEvent> {
+fn cat(parts: impl IntoIterator<Item = Vec<SipEvent<'static>>>) -> Vec<SipEvent<'static>> {
     parts.into_iter().flatten().collect()
 }
 
@@ -192,7 +192,7 @@ fn cdr(edit: impl FnOnce(&mut Cdr)) -> Cdr {
         end_time: ms(65.0),
         transport: Transport::Udp,
         source: Source::Proxy,
-        terminal: TERMINAL.into(),
+        terminal: TERMINAL.parse().unwrap(),
     };
     edit(&mut cdr);
     cdr
@@ -212,7 +212,7 @@ fn refused(code: u16, disposition: Disposition, t: f64) -> Cdr {
 
 struct Case {
     name: &'static str,
-    events: Vec<SipEvent>,
+    events: Vec<SipEvent<'static>>,
     /// Time of a final `tick`, for cases that end by a timer.
     tick: Option<f64>,
     want: Vec<Cdr>,
@@ -224,7 +224,7 @@ fn tracker() -> Tracker {
 
 /// The CDRs a tracker produces from `events`, ticking every second as the task does (so
 /// that timers are exercised between messages too), then at `tick`.
-fn run(tracker: &mut Tracker, events: Vec<SipEvent>, tick: Option<f64>) -> Vec<Cdr> {
+fn run(tracker: &mut Tracker, events: Vec<SipEvent<'static>>, tick: Option<f64>) -> Vec<Cdr> {
     let mut outputs = Vec::new();
     let mut clock = T0;
     for ev in events {
@@ -777,7 +777,7 @@ fn outcomes() {
             events: cat([
                 vec![SipEvent {
                     transport: Transport::Tcp,
-                    terminal: "[2001:db8::7]:50123".into(),
+                    terminal: "[2001:db8::7]:50123".parse().unwrap(),
                     to_uri: "sip:bank.example".into(),
                     kind: SipKind::Request {
                         method: Method::Invite,
@@ -807,19 +807,19 @@ fn outcomes() {
             events: vec![
                 SipEvent {
                     from_terminal: false,
-                    terminal: "198.51.100.9:5070".into(),
+                    terminal: "198.51.100.9:5070".parse().unwrap(),
                     ..inv.clone()
                 },
                 SipEvent {
                     from_terminal: true,
                     transport: Transport::Tcp,
-                    terminal: "198.51.100.9:40123".into(),
+                    terminal: "198.51.100.9:40123".parse().unwrap(),
                     ..resp(0.05, 100, &inv).no_to_tag()
                 },
                 SipEvent {
                     from_terminal: true,
                     transport: Transport::Udp,
-                    terminal: "192.0.2.99:5060".into(),
+                    terminal: "192.0.2.99:5060".parse().unwrap(),
                     ..resp(1.0, 180, &inv)
                 },
                 resp(5.0, 200, &inv),
@@ -903,11 +903,11 @@ fn hostile_sequences() {
             name: "huge Call-ID",
             events: vec![
                 SipEvent {
-                    call_id: huge.clone(),
+                    call_id: huge.clone().into(),
                     ..inv.clone()
                 },
                 SipEvent {
-                    call_id: huge.clone(),
+                    call_id: huge.clone().into(),
                     ..resp(1.0, 200, &inv)
                 },
             ],
@@ -918,11 +918,11 @@ fn hostile_sequences() {
             name: "huge tags",
             events: vec![
                 SipEvent {
-                    from_tag: Some(huge.clone()),
+                    from_tag: Some(huge.clone().into()),
                     ..inv.clone()
                 },
                 SipEvent {
-                    to_tag: Some(huge.clone()),
+                    to_tag: Some(huge.clone().into()),
                     ..resp(1.0, 200, &inv)
                 },
             ],
@@ -932,7 +932,7 @@ fn hostile_sequences() {
         Case {
             name: "empty Call-ID",
             events: vec![SipEvent {
-                call_id: String::new(),
+                call_id: String::new().into(),
                 ..inv.clone()
             }],
             tick: Some(10_000_000.0),
@@ -985,7 +985,7 @@ fn survivable_oddities() {
             name: "huge URIs are cut, the call is recorded",
             events: vec![
                 SipEvent {
-                    from_uri: format!("sip:{}@h", "é".repeat(1000)),
+                    from_uri: format!("sip:{}@h", "é".repeat(1000)).into(),
                     ..invite(0.0)
                 },
                 resp(1.0, 486, &invite(0.0)),
@@ -1022,7 +1022,7 @@ fn kinds(outputs: &[Output]) -> Vec<&'static str> {
 fn live_events_come_once_each_and_retransmissions_emit_nothing() {
     let mut t = tracker();
     let inv = invite(0.0).sdp(Sdp::Audio);
-    let steps: Vec<(SipEvent, Vec<&str>)> = vec![
+    let steps: Vec<(SipEvent<'static>, Vec<&str>)> = vec![
         (inv.clone(), vec!["started", "changed"]),
         (inv.clone().at(0.5), vec![]),
         (resp(0.6, 100, &inv).no_to_tag(), vec![]),
@@ -1080,7 +1080,7 @@ fn live_events_come_once_each_and_retransmissions_emit_nothing() {
 
 /// Feeds `events` to a tracker, restarts after `split` of them from the snapshots the first
 /// one emitted (encoded, as the store keeps them), and feeds the rest.
-fn run_with_restart(events: Vec<SipEvent>, split: usize, tick: Option<f64>) -> Vec<Cdr> {
+fn run_with_restart(events: Vec<SipEvent<'static>>, split: usize, tick: Option<f64>) -> Vec<Cdr> {
     let mut first = tracker();
     let mut snapshots = std::collections::HashMap::new();
     let mut events = events.into_iter();
@@ -1137,7 +1137,13 @@ fn snapshots_of_another_version_or_damaged_are_refused() {
 fn calls_in_progress_survive_a_restart() {
     let inv = invite(0.0);
     // (name, events, restart after, final tick, CDR)
-    type RestartCase = (&'static str, Vec<SipEvent>, usize, Option<f64>, Cdr);
+    type RestartCase = (
+        &'static str,
+        Vec<SipEvent<'static>>,
+        usize,
+        Option<f64>,
+        Cdr,
+    );
     let cases: Vec<RestartCase> = vec![
         (
             "connected video call, BYE after the restart",
@@ -1198,7 +1204,7 @@ fn calls_in_progress_survive_a_restart() {
 fn timers_fire_at_their_deadline_not_before() {
     let inv = invite(0.0);
     // (name, events, deadline in seconds)
-    let cases: Vec<(&str, Vec<SipEvent>, f64)> = vec![
+    let cases: Vec<(&str, Vec<SipEvent<'static>>, f64)> = vec![
         ("Timer C after the 180", ringing(Sdp::Audio), 181.0),
         (
             "Timer C after a 401",
@@ -1250,7 +1256,7 @@ fn ended(outputs: Vec<Output>) -> Vec<Cdr> {
 fn the_cap_closes_the_oldest_ringing_calls() {
     let mut t = tracker().with_max_calls(2);
     let call = |n: u32, at: f64| SipEvent {
-        call_id: format!("flood-{n}"),
+        call_id: format!("flood-{n}").into(),
         ..invite(at)
     };
     let mut cdrs = Vec::new();

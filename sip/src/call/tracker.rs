@@ -36,9 +36,6 @@ const MAX_ID_LEN: usize = 256;
 /// Longest URI kept; longer ones are cut (the call is still recorded).
 const MAX_URI_LEN: usize = 512;
 
-/// Longest terminal address kept (`[ipv6]:port` fits).
-const MAX_TERMINAL_LEN: usize = 64;
-
 /// How many recent requests and responses of a call are remembered to recognise
 /// retransmissions: retransmissions follow their original closely.
 const SEEN_LEN: usize = 16;
@@ -465,7 +462,7 @@ impl CallSnapshot {
     }
 
     fn on_response(&mut self, request_by_caller: bool, status: u16, ev: &SipEvent) -> Effect {
-        let to_tag = ev.to_tag.clone().unwrap_or_default();
+        let to_tag = ev.to_tag.as_deref().unwrap_or_default().to_owned();
         let initial =
             request_by_caller && ev.cseq_method == Method::Invite && ev.cseq == self.invite_cseq;
         let seen = SeenResponse {
@@ -835,13 +832,13 @@ impl Tracker {
     /// against the log cap and update. Call it after [`Tracker::on_event`], so that a first
     /// INVITE has its call.
     pub fn log_of(&mut self, ev: &SipEvent) -> Option<(CdrId, &mut LogUse)> {
-        let from_tag = ev.from_tag.clone().unwrap_or_default();
-        let tags = std::iter::once(from_tag).chain(ev.to_tag.clone());
+        let from_tag = ev.from_tag.as_deref().unwrap_or_default();
+        let tags = std::iter::once(from_tag).chain(ev.to_tag.as_deref());
         let mut found = None;
         for tag in tags {
             let key = CallKey {
-                call_id: ev.call_id.clone(),
-                from_tag: tag,
+                call_id: ev.call_id.to_string(),
+                from_tag: tag.to_owned(),
             };
             if self.calls.contains_key(&key) || self.recent.contains_key(&key) {
                 found = Some(key);
@@ -879,7 +876,7 @@ impl Tracker {
             return Vec::new();
         }
         let by_from = CallKey {
-            call_id: ev.call_id.clone(),
+            call_id: ev.call_id.to_string(),
             from_tag: from_tag.to_owned(),
         };
         let found = match self.take(&by_from) {
@@ -887,7 +884,7 @@ impl Tracker {
             None => match to_tag {
                 Some(tag) => {
                     let by_to = CallKey {
-                        call_id: ev.call_id.clone(),
+                        call_id: ev.call_id.to_string(),
                         from_tag: tag.to_owned(),
                     };
                     self.take(&by_to).map(|call| (call, false))
@@ -916,7 +913,7 @@ impl Tracker {
         };
         if ev.from_terminal && !call.terminal_heard {
             call.transport = ev.transport;
-            call.terminal = bounded(&ev.terminal, MAX_TERMINAL_LEN);
+            call.terminal = ev.terminal.to_string();
             call.terminal_heard = true;
             effect.changed = true;
         }
@@ -971,11 +968,8 @@ impl Tracker {
             return out;
         }
         let (called, called_uri) = match user_part(&ev.to_uri) {
-            Some(user) => (user, ev.to_uri.as_str()),
-            None => (
-                user_part(request_uri).unwrap_or_default(),
-                request_uri.as_str(),
-            ),
+            Some(user) => (user, &*ev.to_uri),
+            None => (user_part(request_uri).unwrap_or_default(), &**request_uri),
         };
         let mut seen_requests = VecDeque::new();
         seen_requests.push_back(SeenRequest {
@@ -996,7 +990,7 @@ impl Tracker {
             caller_uri: bounded(&ev.from_uri, MAX_URI_LEN),
             called_uri: bounded(called_uri, MAX_URI_LEN),
             transport: ev.transport,
-            terminal: bounded(&ev.terminal, MAX_TERMINAL_LEN),
+            terminal: ev.terminal.to_string(),
             terminal_heard: ev.from_terminal,
             source: ev.source,
             start_time: ev.at,
