@@ -191,7 +191,9 @@ done
 
 echo
 echo "Per step (rate = target calls/s; achieved = passed calls / wall time of the step, which"
-echo "includes waiting out SIPp's timeout when a call got stuck):"
+echo "includes waiting out SIPp's timeout when a call got stuck; invite200_ms is SIPp's mean"
+echo "INVITE->200, counted in whole ms, so 0.0 means under 1 ms: benches/relay_latency.sh"
+echo "measures it, and each relayed message's time through the proxy, from a capture):"
 printf '%-9s %-9s %6s %6s %6s %7s %9s %12s %12s %4s\n' proxy transport rate calls passed failed achieved cpu_us/call invite200_ms run
 awk -F'\t' '{ printf "%-9s %-9s %6s %6s %6s %7s %9s %12s %12s %4s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 }' "$RESULTS"
 echo

@@ -94,8 +94,8 @@ pub struct ProxyConfig {
     pub handoff_queue_bytes: usize,
 }
 
-/// Highest `sip.max_calls` accepted: call tracking holds every call in memory (about 3 KB
-/// each with its recently ended key, measured), so this is already a few gigabytes.
+/// Highest `sip.max_calls` accepted: call tracking holds every call in memory (about 5 KB
+/// each with its recently ended key: benches/call_memory.sh), so this is already a few gigabytes.
 const MAX_CALLS_LIMIT: usize = 1_000_000;
 
 fn default_listen() -> IpAddr {
@@ -227,7 +227,7 @@ impl ProxyConfig {
         if self.max_calls > MAX_CALLS_LIMIT {
             return bad(
                 "sip.max_calls",
-                format!("must be at most {MAX_CALLS_LIMIT} (each call tracked costs about 3 KB)"),
+                format!("must be at most {MAX_CALLS_LIMIT} (each call tracked costs about 5 KB)"),
             );
         }
         if self.handoff_queue == 0 {
