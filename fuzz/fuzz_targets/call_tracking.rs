@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use sipedge_sip::call::{CallSnapshot, Method, Output, SipEvent<'static>, SipKind, Tracker};
+use sipedge_sip::call::{CallSnapshot, Method, Output, SipEvent, SipKind, Tracker};
 use sipedge_store::cdr::{CallStatus, Transport, UnixMs};
 
 const T0: i64 = 1_700_000_000_000;
@@ -40,10 +40,10 @@ fn event(at: i64, b: [u8; 4]) -> SipEvent<'static> {
             status: STATUSES[usize::from(b[0] >> 1) % STATUSES.len()],
         }
     };
-    let caller_tag = Some(format!("a{call}"));
+    let caller_tag = Some(format!("a{call}").into());
     let callee_tag = match b[3] % 3 {
         0 => None,
-        n => Some(format!("b{n}")),
+        n => Some(format!("b{n}").into()),
     };
     let (from_tag, to_tag, from_uri, to_uri) = if caller_side {
         (
@@ -71,7 +71,7 @@ fn event(at: i64, b: [u8; 4]) -> SipEvent<'static> {
         source: sipedge_store::Source::Proxy,
         terminal: ([203, 0, 113, 7], 5060).into(),
         kind,
-        call_id: format!("call-{call}@fuzz"),
+        call_id: format!("call-{call}@fuzz").into(),
         from_uri: from_uri.into(),
         from_tag,
         to_uri: to_uri.into(),
