@@ -38,37 +38,9 @@ if [ "$HOLD" -lt $((SETUP + 15)) ]; then
     exit 2
 fi
 
-WORK=$(mktemp -d /tmp/call_memory.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    sleep 0.5
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-# A port free over UDP and TCP on 127.0.0.1 and 127.0.0.2, below the ephemeral range.
-free_port() {
-    local port
-    for _ in $(seq 200); do
-        port=$((20000 + RANDOM % 12000))
-        if [ -z "$(ss -Hanu "sport = :$port")" ] && [ -z "$(ss -Hant "sport = :$port")" ]; then
-            echo "$port"
-            return
-        fi
-    done
-    echo "call_memory: no free port" >&2
-    exit 2
-}
-
-wait_listening() { # pid port
-    for _ in $(seq 150); do
-        kill -0 "$1" 2>/dev/null || return 1
-        if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
+BENCH=call_memory
+# shellcheck source=support/harness.sh
+. "$ROOT/benches/support/harness.sh"
 
 rss_kb() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status"; }
 hwm_kb() { awk '$1 == "VmHWM:" { print $2 }' "/proc/$1/status"; }
@@ -85,10 +57,7 @@ sipp_current() { # stats.csv
     awk -F';' 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next } { n = $col["CurrentCall"] } END { print n + 0 }' "$1" 2>/dev/null || echo 0
 }
 
-if [ ! -x "$SIPEDGE_BIN" ]; then
-    echo "call_memory: building $SIPEDGE_BIN (once)" >&2
-    nice -n 10 cargo build --release --bin sipedge >&2
-fi
+need_sipedge || exit 1
 
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
@@ -97,32 +66,9 @@ for transport in $TRANSPORTS; do
     case $transport in udp) t=u1 ;; tcp) t=t1 ;; *) echo "call_memory: unknown transport $transport" >&2; exit 2 ;; esac
     port=$(free_port)
     api_port=$(free_port)
-    dir="$WORK/sipedge-$transport"
-    mkdir -p "$dir/data"
-    cat >"$dir/sipedge.toml" <<EOF
-[node]
-name = "bench"
-data_dir = "$dir/data"
-
-[sip]
-listen = "127.0.0.1"
-ports = "$port-$port"
-upstream = "127.0.0.2"
-# Every SIPp call comes from one address: the per-source flood limit would cut the run.
-source_rate_limit = 0
-# Room for every call of the run (the default is 20,000).
-max_calls = $((CALLS * 2 > 20000 ? CALLS * 2 : 20000))
-
-[account]
-listen = "127.0.0.1:$(free_port)"
-appids = ["bench-appid"]
-account = "sipserver"
-
-[api]
-listen = "127.0.0.1:$api_port"
-EOF
-    "$SIPEDGE_BIN" serve --config "$dir/sipedge.toml" >"$dir/stderr.log" 2>&1 &
-    pid=$!
+    dir="$WORK/sipedge-$port"
+    # Room for every call of the run (the default is 20,000).
+    pid=$(API_PORT=$api_port start_sipedge "$port" "max_calls = $((CALLS * 2 > 20000 ? CALLS * 2 : 20000))")
     PIDS+=("$pid")
     if ! wait_listening "$pid" "$port"; then
         echo "call_memory: sipedge did not start on 127.0.0.1:$port; see $dir/stderr.log" >&2

@@ -51,68 +51,9 @@ for tool in sipp dumpcap tshark python3 ss; do
 done
 [ -r "$ANALYSE" ] || { echo "relay_latency: $ANALYSE missing" >&2; exit 2; }
 
-WORK=$(mktemp -d /tmp/relay_latency.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    sleep 0.5
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-# A port free over UDP and TCP on 127.0.0.1 and 127.0.0.2, below the ephemeral range.
-free_port() {
-    local port
-    for _ in $(seq 200); do
-        port=$((20000 + RANDOM % 12000))
-        if [ -z "$(ss -Hanu "sport = :$port")" ] && [ -z "$(ss -Hant "sport = :$port")" ]; then
-            echo "$port"
-            return
-        fi
-    done
-    echo "relay_latency: no free port" >&2
-    exit 2
-}
-
-wait_listening() { # pid port
-    for _ in $(seq 150); do
-        kill -0 "$1" 2>/dev/null || return 1
-        if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
-
-start_sipedge() { # port -> pid
-    if [ ! -x "$SIPEDGE_BIN" ]; then
-        echo "relay_latency: building $SIPEDGE_BIN (once)" >&2
-        nice -n 10 cargo build --release --bin sipedge >&2 || return 1
-    fi
-    local dir="$WORK/sipedge-$1"
-    mkdir -p "$dir/data"
-    cat >"$dir/sipedge.toml" <<EOF
-[node]
-name = "bench"
-data_dir = "$dir/data"
-
-[sip]
-listen = "127.0.0.1"
-ports = "$1-$1"
-upstream = "127.0.0.2"
-# Every SIPp call comes from one address: the per-source flood limit would cut the run.
-source_rate_limit = 0
-
-[account]
-listen = "127.0.0.1:$(free_port)"
-appids = ["bench-appid"]
-account = "sipserver"
-
-[api]
-listen = "127.0.0.1:$(free_port)"
-EOF
-    "$SIPEDGE_BIN" serve --config "$dir/sipedge.toml" >"$dir/stderr.log" 2>&1 &
-    echo $!
-}
+BENCH=relay_latency
+# shellcheck source=support/harness.sh
+. "$ROOT/benches/support/harness.sh"
 
 TSV="$WORK/latency.tsv"
 DROPS="$WORK/drops.tsv"

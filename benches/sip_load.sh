@@ -43,28 +43,9 @@ for tool in sipp ss; do
     command -v "$tool" >/dev/null || { echo "sip_load: '$tool' not on PATH (sipp: apt-get install sip-tester)" >&2; exit 2; }
 done
 
-WORK=$(mktemp -d /tmp/sip_load.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    sleep 0.5
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-# A port free over UDP and TCP on 127.0.0.1 and 127.0.0.2, below the ephemeral range.
-free_port() {
-    local port
-    for _ in $(seq 200); do
-        port=$((20000 + RANDOM % 12000))
-        if [ -z "$(ss -Hanu "sport = :$port")" ] && [ -z "$(ss -Hant "sport = :$port")" ]; then
-            echo "$port"
-            return
-        fi
-    done
-    echo "sip_load: no free port" >&2
-    exit 2
-}
+BENCH=sip_load
+# shellcheck source=support/harness.sh
+. "$ROOT/benches/support/harness.sh"
 
 # utime+stime, in clock ticks, of a process and its direct children (Kamailio's workers).
 cpu_ticks() {
@@ -78,52 +59,12 @@ cpu_ticks() {
     echo "$total"
 }
 
-wait_listening() { # pid port
-    for _ in $(seq 150); do
-        kill -0 "$1" 2>/dev/null || return 1
-        if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
-
 start_kamailio() { # port -> pid
     command -v kamailio >/dev/null || { echo "sip_load: kamailio not on PATH (apt-get install kamailio)" >&2; return 1; }
     kamailio -DD -E -f "$ROOT/benches/kamailio/kamailio.cfg" \
         -A 'UPSTREAM_HOST="127.0.0.2"' -A "WORKERS=$KAMAILIO_WORKERS" \
         -l "udp:127.0.0.1:$1" -l "tcp:127.0.0.1:$1" -Y "$WORK" -P "$WORK/kamailio.pid" \
         >"$WORK/kamailio-$1.log" 2>&1 &
-    echo $!
-}
-
-start_sipedge() { # port -> pid
-    if [ ! -x "$SIPEDGE_BIN" ]; then
-        echo "sip_load: building $SIPEDGE_BIN (once)" >&2
-        cargo build --release --bin sipedge >&2 || return 1
-    fi
-    local dir="$WORK/sipedge-$1"
-    mkdir -p "$dir/data"
-    cat >"$dir/sipedge.toml" <<EOF
-[node]
-name = "bench"
-data_dir = "$dir/data"
-
-[sip]
-listen = "127.0.0.1"
-ports = "$1-$1"
-upstream = "127.0.0.2"
-# Every SIPp call comes from one address: the per-source flood limit would cut the ramp.
-source_rate_limit = 0
-
-[account]
-listen = "127.0.0.1:$(free_port)"
-appids = ["bench-appid"]
-account = "sipserver"
-
-[api]
-listen = "127.0.0.1:$(free_port)"
-EOF
-    "$SIPEDGE_BIN" serve --config "$dir/sipedge.toml" >"$dir/stderr.log" 2>&1 &
     echo $!
 }
 
