@@ -10,7 +10,7 @@ mod tshark;
 #[path = "../benches/support/pcap.rs"]
 mod pcap;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -49,6 +49,25 @@ fn json_lines(out: &Output) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}")))
         .collect()
+}
+
+/// Asserts each named field of a printed CDR.
+fn expect_fields(cdr: &Value, want: &[(&str, Value)]) {
+    for (field, value) in want {
+        assert_eq!(&cdr[*field], value, "{field}: {cdr:#}");
+    }
+}
+
+/// Asserts a printed CDR's start, ring, answer and end times, in ms since the epoch.
+fn expect_times(cdr: &Value, [start, ring, answer, end]: [i64; 4]) {
+    for (field, at) in [
+        ("start_time", start),
+        ("ring_time", ring),
+        ("answer_time", answer),
+        ("end_time", end),
+    ] {
+        assert_eq!(ms(cdr, field), Some(at), "{field}: {cdr:#}");
+    }
 }
 
 /// The count a summary line `name: N` gives.
@@ -361,33 +380,26 @@ fn tcp_messages_split_across_segments_or_sharing_one_are_reassembled() {
     let cdrs = json_lines(&out);
     assert_eq!(cdrs.len(), 1, "{cdrs:#?}\n{}", stderr(&out));
     let cdr = &cdrs[0];
-    let want: HashMap<&str, Value> = HashMap::from([
-        ("call_id", "tcp-call-1".into()),
-        ("caller", "8001".into()),
-        ("called", "95566".into()),
-        ("call_type", "audio".into()),
-        ("status", "connected".into()),
-        ("disposition", "answered".into()),
-        ("sip_code", 200.into()),
-        ("ended_by", "caller".into()),
-        ("transport", "tcp".into()),
-        ("terminal", s.terminal.to_string().into()),
-        ("node", "test".into()),
-        ("source", "pcap".into()),
-    ]);
-    for (field, value) in &want {
-        assert_eq!(&cdr[*field], value, "{field}: {cdr:#}");
-    }
+    expect_fields(
+        cdr,
+        &[
+            ("call_id", "tcp-call-1".into()),
+            ("caller", "8001".into()),
+            ("called", "95566".into()),
+            ("call_type", "audio".into()),
+            ("status", "connected".into()),
+            ("disposition", "answered".into()),
+            ("sip_code", 200.into()),
+            ("ended_by", "caller".into()),
+            ("transport", "tcp".into()),
+            ("terminal", s.terminal.to_string().into()),
+            ("node", "test".into()),
+            ("source", "pcap".into()),
+        ],
+    );
     // Each message is dated by the segment that completed it.
     let t0 = T0 / 1000;
-    for (field, at) in [
-        ("start_time", t0 + 2),
-        ("ring_time", t0 + 100),
-        ("answer_time", t0 + 1000),
-        ("end_time", t0 + 3000),
-    ] {
-        assert_eq!(ms(cdr, field), Some(at), "{field}: {cdr:#}");
-    }
+    expect_times(cdr, [t0 + 2, t0 + 100, t0 + 1000, t0 + 3000]);
     assert_eq!(summary(&out, "packets"), 15, "{}", stderr(&out));
     assert_eq!(summary(&out, "sip messages"), 6, "{}", stderr(&out));
     assert_eq!(summary(&out, "calls"), 1, "{}", stderr(&out));
@@ -645,30 +657,23 @@ fn a_fragmented_ipv6_invite_gives_the_cdr_of_a_whole_one() {
             "whole" => {
                 assert_eq!(cdrs.len(), 1, "{what}");
                 let cdr = &cdrs[0];
-                let want: HashMap<&str, Value> = HashMap::from([
-                    ("call_id", "frag6-call-1".into()),
-                    ("caller", "8001".into()),
-                    ("called", "95566".into()),
-                    ("status", "connected".into()),
-                    ("disposition", "answered".into()),
-                    ("sip_code", 200.into()),
-                    ("ended_by", "caller".into()),
-                    ("transport", "udp".into()),
-                    ("terminal", s.terminal.to_string().into()),
-                    ("source", "pcap".into()),
-                ]);
-                for (field, value) in &want {
-                    assert_eq!(&cdr[*field], value, "{field}: {cdr:#}");
-                }
+                expect_fields(
+                    cdr,
+                    &[
+                        ("call_id", "frag6-call-1".into()),
+                        ("caller", "8001".into()),
+                        ("called", "95566".into()),
+                        ("status", "connected".into()),
+                        ("disposition", "answered".into()),
+                        ("sip_code", 200.into()),
+                        ("ended_by", "caller".into()),
+                        ("transport", "udp".into()),
+                        ("terminal", s.terminal.to_string().into()),
+                        ("source", "pcap".into()),
+                    ],
+                );
                 let t0 = T0 / 1000;
-                for (field, at) in [
-                    ("start_time", t0),
-                    ("ring_time", t0 + 100),
-                    ("answer_time", t0 + 200),
-                    ("end_time", t0 + 400),
-                ] {
-                    assert_eq!(ms(cdr, field), Some(at), "{field}: {cdr:#}");
-                }
+                expect_times(cdr, [t0, t0 + 100, t0 + 200, t0 + 400]);
                 whole_cdrs = cdrs;
             }
             "fragmented" => assert_eq!(cdrs, whole_cdrs, "{what}"),
@@ -765,31 +770,24 @@ fn reordered_and_retransmitted_tcp_segments_give_each_message_once() {
     let cdrs = json_lines(&out);
     assert_eq!(cdrs.len(), 1, "{cdrs:#?}\n{}", stderr(&out));
     let cdr = &cdrs[0];
-    let want: HashMap<&str, Value> = HashMap::from([
-        ("call_id", "tcp-reorder-1".into()),
-        ("caller", "8001".into()),
-        ("called", "95566".into()),
-        ("status", "connected".into()),
-        ("disposition", "answered".into()),
-        ("sip_code", 200.into()),
-        ("ended_by", "caller".into()),
-        ("transport", "tcp".into()),
-        ("terminal", s.terminal.to_string().into()),
-    ]);
-    for (field, value) in &want {
-        assert_eq!(&cdr[*field], value, "{field}: {cdr:#}");
-    }
+    expect_fields(
+        cdr,
+        &[
+            ("call_id", "tcp-reorder-1".into()),
+            ("caller", "8001".into()),
+            ("called", "95566".into()),
+            ("status", "connected".into()),
+            ("disposition", "answered".into()),
+            ("sip_code", 200.into()),
+            ("ended_by", "caller".into()),
+            ("transport", "tcp".into()),
+            ("terminal", s.terminal.to_string().into()),
+        ],
+    );
     // A message is dated by the segment that made it readable: the INVITE by its first
     // part, the BYE by the ACK before it.
     let t0 = t0_us / 1000;
-    for (field, at) in [
-        ("start_time", t0 + 2),
-        ("ring_time", t0 + 100),
-        ("answer_time", t0 + 1000),
-        ("end_time", t0 + 3000),
-    ] {
-        assert_eq!(ms(cdr, field), Some(at), "{field}: {cdr:#}");
-    }
+    expect_times(cdr, [t0 + 2, t0 + 100, t0 + 1000, t0 + 3000]);
     assert_eq!(summary(&out, "packets"), 16, "{}", stderr(&out));
     assert_eq!(summary(&out, "sip messages"), 6, "{}", stderr(&out));
     assert_eq!(summary(&out, "calls"), 1, "{}", stderr(&out));
