@@ -35,7 +35,7 @@ pub struct HubEvent {
     pub name: String,
     /// The JSON text of the event, rendered once for every client, and only when one is sent
     /// it: under load most call events are held for replay and dropped unread, and rendering
-    /// them (times in the node's zone, JSON) cost call tracking 5 % of sipedge's CPU.
+    /// them (times in the node's zone, JSON) cost 5 % of sipedge's CPU.
     data: LazyLock<String, Render>,
 }
 

@@ -324,6 +324,15 @@ fn age_cutoff(now: UnixMs, age: Duration) -> UnixMs {
     )
 }
 
+/// One call's log entries of one batch, stored as one value keyed by the first one's seq.
+struct Bundle<'a> {
+    id: CdrId,
+    first_seq: u64,
+    /// The entries' encoded bytes, held under [`codec::MAX_BUNDLE_BYTES`].
+    bytes: usize,
+    entries: Vec<&'a [u8]>,
+}
+
 /// What the writer loop does after handling one message.
 enum Next {
     Continue,
@@ -499,10 +508,9 @@ impl WriterThread {
         let queued_at = now_ms();
         // The highest ack taken in this batch so far: a later one only deletes past it.
         let mut acked: Option<u64> = None;
-        // Each call's log entries of this batch, in order, keyed by the first one's seq, with
-        // their bytes (a call that logs more gets further bundles).
-        let mut logs_by_call: Vec<(CdrId, u64, usize, Vec<&[u8]>)> = Vec::new();
-        let mut bundles: HashMap<CdrId, usize> = HashMap::new();
+        // Each call's log entries of this batch, in order; a call's open bundle by its id.
+        let mut bundles: Vec<Bundle<'_>> = Vec::new();
+        let mut open_bundle: HashMap<CdrId, usize> = HashMap::new();
         for op in ops {
             match op {
                 Queued::Cdr(cdr) => {
@@ -541,20 +549,24 @@ impl WriterThread {
                         .put(Table::Meta, keys::sink_state_key(name), state.clone())
                 }
                 Queued::Log(id, encoded) => {
-                    let open = bundles
+                    let open = open_bundle
                         .get(id)
-                        .and_then(|&i| logs_by_call.get_mut(i))
-                        .filter(|(_, _, bytes, _)| {
-                            *bytes + encoded.len() <= codec::MAX_BUNDLE_BYTES
-                        });
+                        .and_then(|&i| bundles.get_mut(i))
+                        .filter(|b| b.bytes + encoded.len() <= codec::MAX_BUNDLE_BYTES);
                     match open {
-                        Some((_, _, bytes, entries)) => {
-                            *bytes += encoded.len();
-                            entries.push(encoded);
+                        Some(bundle) => {
+                            bundle.bytes += encoded.len();
+                            bundle.entries.push(encoded);
                         }
+                        // A call's first entry of the batch, or one past a full bundle.
                         None => {
-                            bundles.insert(*id, logs_by_call.len());
-                            logs_by_call.push((*id, seq, encoded.len(), vec![encoded]));
+                            open_bundle.insert(*id, bundles.len());
+                            bundles.push(Bundle {
+                                id: *id,
+                                first_seq: seq,
+                                bytes: encoded.len(),
+                                entries: vec![encoded],
+                            });
                         }
                     }
                     seq += 1;
@@ -575,11 +587,12 @@ impl WriterThread {
                 ),
             }
         }
-        for (id, first, _, entries) in logs_by_call {
-            let value = codec::encode_log_bundle(&entries);
-            build
-                .batch
-                .put(Table::Logs, keys::log_key(id, first).to_vec(), value);
+        for b in bundles {
+            build.batch.put(
+                Table::Logs,
+                keys::log_key(b.id, b.first_seq).to_vec(),
+                codec::encode_log_bundle(&b.entries),
+            );
         }
         if seq != self.next_log_seq {
             build.batch.put(

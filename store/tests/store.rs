@@ -31,6 +31,7 @@ macro_rules! both {
 
 both!(
     round_trip,
+    a_call_logging_megabytes_in_one_batch_reads_back_whole,
     each_filter_alone_and_combined,
     stats_match_brute_force,
     retention_deletes_expired_records,
@@ -261,6 +262,24 @@ fn round_trip(engine: Engine) {
     assert_eq!(stats.queued, 0);
     assert_eq!(stats.failures, 0);
     assert!(stats.batches >= 2);
+}
+
+/// More log in one batch than one value may hold (a decode refuses a text past 16 MiB):
+/// the writer spreads it over several values, and it reads back whole and in order.
+fn a_call_logging_megabytes_in_one_batch_reads_back_whole(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(engine, dir.path());
+    let w = store.writer();
+    let t = now();
+    let id = cdr(t, "big", "13800000001", "95566", false, true).id;
+    let log: Vec<LogEntry> = (0..18u8)
+        .map(|n| log_sip(t.0 + i64::from(n), &vec![b'a' + n; 1 << 20]))
+        .collect();
+    for entry in &log {
+        w.submit(WriteOp::AppendLog(id, entry.clone())).unwrap();
+    }
+    store.flush(FLUSH).unwrap();
+    assert_eq!(store.cdr_log(id).unwrap(), log);
 }
 
 fn each_filter_alone_and_combined(engine: Engine) {
