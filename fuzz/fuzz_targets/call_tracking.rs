@@ -90,7 +90,7 @@ fn event(at: i64, b: [u8; 4]) -> SipEvent<'static> {
     }
 }
 
-fn check(outputs: Vec<Output>, ended: &mut HashSet<u128>) {
+fn check(tracker: &Tracker, outputs: Vec<Output>, ended: &mut HashSet<u128>) {
     for out in outputs {
         match out {
             Output::Ended(cdr) => {
@@ -109,7 +109,9 @@ fn check(outputs: Vec<Output>, ended: &mut HashSet<u128>) {
                     assert!(ring >= cdr.start_time, "{cdr:?}");
                 }
             }
-            Output::Changed(snapshot) => {
+            Output::Changed(key) => {
+                // A change is of a call in progress, whose state is read at the save.
+                let snapshot = tracker.call(&key).expect("a changed call is in progress");
                 // Its index position is not saved (resume hands out a new one), so the
                 // saved bytes are what must survive.
                 let bytes = snapshot.encode();
@@ -133,9 +135,11 @@ fuzz_target!(|data: &[u8]| {
         };
         let b = [chunk[0], chunk[1], chunk[2], chunk[3]];
         if b[0] == 0xff {
-            check(tracker.tick(UnixMs(now)), &mut ended);
+            let out = tracker.tick(UnixMs(now));
+            check(&tracker, out, &mut ended);
         } else {
-            check(tracker.on_event(&event(now, b)), &mut ended);
+            let out = tracker.on_event(&event(now, b));
+            check(&tracker, out, &mut ended);
         }
         assert!(
             tracker.len() <= MAX_CALLS,
@@ -143,7 +147,8 @@ fuzz_target!(|data: &[u8]| {
             tracker.len()
         );
     }
-    check(tracker.tick(UnixMs(now + 24 * 3_600_000)), &mut ended);
+    let out = tracker.tick(UnixMs(now + 24 * 3_600_000));
+    check(&tracker, out, &mut ended);
     assert!(
         tracker.is_empty(),
         "{} calls left open forever",

@@ -28,7 +28,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::logcap::{Admit, Cap, LogCap};
 use super::sdp::sdp_video;
-use super::{CallSnapshot, LiveCall, Method, Output, SipEvent, SipKind, Tracker};
+use super::{CallKey, CallSnapshot, LiveCall, Method, Output, SipEvent, SipKind, Tracker};
 use crate::flow;
 use crate::observe::{Bound, Direction, Metrics, Origin, Relayed};
 use crate::scan;
@@ -287,10 +287,10 @@ struct Worker {
     node: String,
     /// What the rest of sipedge sees.
     handle: CallTracking,
-    /// The latest state of each call that changed in the batch being taken, saved when the
-    /// batch is done: a call that changes several times, or ends, within one batch is
-    /// encoded and written once, or not at all.
-    changed: HashMap<CdrId, CallSnapshot>,
+    /// The calls that changed in the batch being taken, saved as they stand when the batch
+    /// is done: a call that changes several times, or ends, within one batch is encoded and
+    /// written once, or not at all.
+    changed: HashMap<CdrId, CallKey>,
     /// Cap on each call's log.
     log_cap: LogCap,
     /// Where the calls in progress and the skipped log entries are counted.
@@ -443,9 +443,14 @@ impl Worker {
 
     /// Saves the calls that changed in this batch and are still in progress.
     fn save_changed(&mut self) {
-        for (id, snapshot) in std::mem::take(&mut self.changed) {
-            self.handle.live.upsert(snapshot.live(&self.node));
-            self.submit(WriteOp::PutCall(id, snapshot.encode()));
+        for (id, key) in std::mem::take(&mut self.changed) {
+            // A call that ended is no longer in the tracker (and was taken out of `changed`).
+            let Some(snapshot) = self.tracker.call(&key).filter(|s| s.id() == id) else {
+                continue;
+            };
+            let (live, encoded) = (snapshot.live(&self.node), snapshot.encode());
+            self.handle.live.upsert(live);
+            self.submit(WriteOp::PutCall(id, encoded));
         }
     }
 
@@ -455,8 +460,10 @@ impl Worker {
                 Output::Started(call) => self.publish(LiveEventKind::Started, call),
                 Output::Ringing(call) => self.publish(LiveEventKind::Ringing, call),
                 Output::Answered(call) => self.publish(LiveEventKind::Answered, call),
-                Output::Changed(snapshot) => {
-                    self.changed.insert(snapshot.id(), snapshot);
+                Output::Changed(key) => {
+                    if let Some(id) = self.tracker.call(&key).map(CallSnapshot::id) {
+                        self.changed.insert(id, key);
+                    }
                 }
                 Output::Ended(cdr) => {
                     self.changed.remove(&cdr.id);

@@ -4,7 +4,8 @@
 //! rule is tested with message sequences. Memory is bounded: text fields are capped, each
 //! call keeps a bounded history, and the number of calls is capped ([`Tracker::with_max_calls`]).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+use std::hash::RandomState;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +15,7 @@ use sipedge_store::cdr::{
 
 pub use sipedge_store::live::{LiveCall, LiveState};
 
+use super::key::KeyRef;
 use super::logcap::LogUse;
 use super::{CallKey, Method, SipEvent, SipKind};
 
@@ -63,8 +65,10 @@ pub enum Output {
     /// The call is over: store its CDR and drop its call-in-progress entry (SSE `call.ended`,
     /// whose data is `LiveCall::from(&cdr)`).
     Ended(Cdr),
-    /// The call's state changed: store it as a call in progress so that it can be resumed.
-    Changed(CallSnapshot),
+    /// The call's state changed: store it ([`Tracker::call`]) as a call in progress so that
+    /// it can be resumed. Only its key travels: when a call changes several times between
+    /// two saves, only its state at the save is needed.
+    Changed(CallKey),
     /// Something sipedge itself decided about the call, for the call's log.
     Event(CdrId, &'static str),
 }
@@ -293,7 +297,7 @@ impl CallSnapshot {
         LiveCall {
             id: self.id,
             node: node.to_owned(),
-            call_id: self.key.call_id.clone(),
+            call_id: self.key.call_id.to_string(),
             caller: self.caller.clone(),
             called: self.called.clone(),
             caller_uri: self.caller_uri.clone(),
@@ -322,7 +326,7 @@ impl CallSnapshot {
         Cdr {
             id: self.id,
             node: node.to_owned(),
-            call_id: self.key.call_id.clone(),
+            call_id: self.key.call_id.to_string(),
             caller: self.caller.clone(),
             called: self.called.clone(),
             caller_uri: self.caller_uri.clone(),
@@ -748,6 +752,10 @@ struct Recent {
     until: UnixMs,
 }
 
+/// Calls by key, looked up with a [`KeyRef`] borrowed from the message. SipHash, as in std:
+/// terminals choose the Call-IDs.
+type ByKey<V> = hashbrown::HashMap<CallKey, V, RandomState>;
+
 /// The call tracking state machine. Feed it every relayed message with [`Tracker::on_event`]
 /// and the time every second with [`Tracker::tick`]; act on the [`Output`]s it returns.
 #[derive(Debug)]
@@ -759,7 +767,7 @@ pub struct Tracker {
     /// Cap on tracked calls, so that a flood of INVITEs cannot grow memory without limit.
     max_calls: usize,
     /// Calls in progress.
-    calls: HashMap<CallKey, CallSnapshot>,
+    calls: ByKey<CallSnapshot>,
     /// Every call by (deadline, seq): what [`Tracker::tick`] closes next.
     timers: BTreeMap<(UnixMs, u64), CallKey>,
     /// Calls not connected by (start, seq): who is evicted first when the cap is hit.
@@ -767,7 +775,7 @@ pub struct Tracker {
     /// Recently ended calls: a late INVITE retransmission must not start a second record,
     /// and the messages that follow the end (the 200 to the BYE, the ACK of a 486) still
     /// belong to the call's log.
-    recent: HashMap<CallKey, Recent>,
+    recent: ByKey<Recent>,
     /// `recent` in the order it expires.
     recent_order: VecDeque<(UnixMs, CallKey)>,
     /// Next index position to hand out.
@@ -782,10 +790,10 @@ impl Tracker {
             node: node.into(),
             call_timeout_ms: i64::try_from(call_timeout.as_millis()).unwrap_or(i64::MAX),
             max_calls: DEFAULT_MAX_CALLS,
-            calls: HashMap::new(),
+            calls: ByKey::default(),
             timers: BTreeMap::new(),
             unanswered: BTreeMap::new(),
-            recent: HashMap::new(),
+            recent: ByKey::default(),
             recent_order: VecDeque::new(),
             next_seq: 0,
             stats: TrackerStats::default(),
@@ -803,7 +811,7 @@ impl Tracker {
     pub fn resume(&mut self, snapshots: impl IntoIterator<Item = CallSnapshot>) {
         for mut call in snapshots {
             let key = call.key.clone();
-            self.take(&key);
+            self.take(key.as_ref());
             call.seq = self.bump_seq();
             self.put(call);
         }
@@ -822,6 +830,11 @@ impl Tracker {
         self.stats
     }
 
+    /// The call in progress under `key` (see [`Output::Changed`]).
+    pub fn call(&self, key: &CallKey) -> Option<&CallSnapshot> {
+        self.calls.get(key)
+    }
+
     /// Every call in progress, as the live view shows it.
     pub fn live_calls(&self) -> impl Iterator<Item = LiveCall> + '_ {
         self.calls.values().map(|c| c.live(&self.node))
@@ -834,18 +847,12 @@ impl Tracker {
     pub fn log_of(&mut self, ev: &SipEvent) -> Option<(CdrId, &mut LogUse)> {
         let from_tag = ev.from_tag.as_deref().unwrap_or_default();
         let tags = std::iter::once(from_tag).chain(ev.to_tag.as_deref());
-        let mut found = None;
-        for tag in tags {
-            let key = CallKey {
-                call_id: ev.call_id.to_string(),
-                from_tag: tag.to_owned(),
-            };
-            if self.calls.contains_key(&key) || self.recent.contains_key(&key) {
-                found = Some(key);
-                break;
-            }
-        }
-        let key = found?;
+        let key = tags
+            .map(|from_tag| KeyRef {
+                call_id: &ev.call_id,
+                from_tag,
+            })
+            .find(|key| self.calls.contains_key(key) || self.recent.contains_key(key))?;
         if let Some(call) = self.calls.get_mut(&key) {
             return Some((call.id, &mut call.log));
         }
@@ -875,19 +882,19 @@ impl Tracker {
             }
             return Vec::new();
         }
-        let by_from = CallKey {
-            call_id: ev.call_id.to_string(),
-            from_tag: from_tag.to_owned(),
+        let by_from = KeyRef {
+            call_id: &ev.call_id,
+            from_tag,
         };
-        let found = match self.take(&by_from) {
+        let found = match self.take(by_from) {
             Some(call) => Some((call, true)),
             None => match to_tag {
                 Some(tag) => {
-                    let by_to = CallKey {
-                        call_id: ev.call_id.to_string(),
-                        from_tag: tag.to_owned(),
+                    let by_to = KeyRef {
+                        call_id: &ev.call_id,
+                        from_tag: tag,
                     };
-                    self.take(&by_to).map(|call| (call, false))
+                    self.take(by_to).map(|call| (call, false))
                 }
                 None => None,
             },
@@ -930,7 +937,7 @@ impl Tracker {
                 break;
             }
             let key = key.clone();
-            match self.take(&key) {
+            match self.take(key.as_ref()) {
                 Some(call) => {
                     let end = call.expiry(deadline);
                     out.push(Output::Event(call.id, call.expiry_reason()));
@@ -951,7 +958,7 @@ impl Tracker {
         out
     }
 
-    fn start(&mut self, key: CallKey, ev: &SipEvent) -> Vec<Output> {
+    fn start(&mut self, key: KeyRef, ev: &SipEvent) -> Vec<Output> {
         if let Some(recent) = self.recent.get(&key)
             && ev.cseq <= recent.invite_cseq
         {
@@ -977,11 +984,11 @@ impl Tracker {
             cseq: ev.cseq,
             method: Method::Invite,
         });
-        let mut id = CdrId::new(ev.at, &self.node, &key.call_id);
+        let mut id = CdrId::new(ev.at, &self.node, key.call_id);
         if self.recent.get(&key).is_some_and(|r| r.id == id) {
             // The same call started again within the millisecond its predecessor ended in:
             // the same id would overwrite that call's record.
-            id = CdrId::new_salted(ev.at, &self.node, &key.call_id, ev.cseq);
+            id = CdrId::new_salted(ev.at, &self.node, key.call_id, ev.cseq);
         }
         let call = CallSnapshot {
             id,
@@ -1013,10 +1020,10 @@ impl Tracker {
             seen_responses: VecDeque::new(),
             log: LogUse::default(),
             seq: self.bump_seq(),
-            key,
+            key: CallKey::new(key.call_id, key.from_tag),
         };
         out.push(Output::Started(call.live(&self.node)));
-        out.push(Output::Changed(call.clone()));
+        out.push(Output::Changed(call.key.clone()));
         self.put(call);
         out
     }
@@ -1027,7 +1034,7 @@ impl Tracker {
         let Some(key) = self.unanswered.first_key_value().map(|(_, k)| k.clone()) else {
             return false;
         };
-        let Some(call) = self.take(&key) else {
+        let Some(call) = self.take(key.as_ref()) else {
             return false;
         };
         self.stats.evicted += 1;
@@ -1052,7 +1059,7 @@ impl Tracker {
             out.push(Output::Answered(call.live(&self.node)));
         }
         if effect.changed {
-            out.push(Output::Changed(call.clone()));
+            out.push(Output::Changed(call.key.clone()));
         }
         self.put(call);
     }
@@ -1126,8 +1133,8 @@ impl Tracker {
     }
 
     /// Removes a call and its index entries; the caller puts it back if it goes on.
-    fn take(&mut self, key: &CallKey) -> Option<CallSnapshot> {
-        let call = self.calls.remove(key)?;
+    fn take(&mut self, key: KeyRef) -> Option<CallSnapshot> {
+        let call = self.calls.remove(&key)?;
         self.timers
             .remove(&(call.deadline(self.call_timeout_ms), call.seq));
         self.unanswered.remove(&(call.start_time, call.seq));
