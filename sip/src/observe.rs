@@ -11,6 +11,7 @@ use sipedge_store::Source;
 use tokio::sync::mpsc;
 
 use crate::flow::Transport;
+use crate::scan::Summary;
 
 /// Which way a message went through sipedge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,9 +75,11 @@ pub struct Relayed {
     pub dst: SocketAddr,
     /// Whether sipedge relayed it or was sent a copy (HEP): the CDR's `source`.
     pub source: Source,
-    /// The whole message: parsed once more by call tracking, off the relay path (the
-    /// scanner's index borrows the relay buffer, so it cannot travel).
+    /// The whole message.
     pub bytes: Bytes,
+    /// What call tracking reads of `bytes`, from the relay's scan; `None` for a message the
+    /// relay did not scan (sipedge's own replies, HEP), which call tracking scans itself.
+    pub summary: Option<Summary>,
     /// Its share of the hand-off's byte budget, given back when call tracking is done with
     /// it.
     pub(crate) charge: Charge,
@@ -103,6 +106,7 @@ impl Relayed {
             dst,
             source,
             bytes,
+            summary: None,
             charge: Charge::default(),
         }
     }
@@ -614,6 +618,7 @@ mod tests {
             dst: "192.0.2.2:5060".parse().unwrap(),
             source: Source::Proxy,
             bytes: Bytes::from(vec![b'x'; len]),
+            summary: None,
             charge: Charge::default(),
         }
     }

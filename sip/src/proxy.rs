@@ -37,7 +37,7 @@ use crate::flow::{Flow, FlowKey, Transport};
 use crate::limit::SourceLimiter;
 use crate::observe::{Direction, DropReason, Handoff, Metrics, Origin, Relayed};
 use crate::relay::{Arrival, Decision, Relay, Side, Target};
-use crate::scan;
+use crate::scan::{self, Summary};
 use crate::tcp::Conns;
 
 /// A bound proxy, ready to [`run`](Proxy::run). Binding and running are separate so that the
@@ -263,7 +263,15 @@ impl Shared {
         data: &[u8],
         out: &mut Vec<u8>,
     ) {
-        let decision = self.relay.handle(&arrival, data, out);
+        // The scan's index borrows `data` and is large: it is not kept across the sends
+        // below, only what call tracking reads of it, as positions.
+        let (decision, summary) = match self.relay.scan(data) {
+            Some(msg) => (self.relay.decide(&arrival, &msg, out), Summary::of(&msg)),
+            None => {
+                self.metrics.dropped(DropReason::Unparseable);
+                return;
+            }
+        };
         // Every message is handed to call tracking before it is sent: once sent, its answer
         // can come back on another task and be handed over first (seen under load: a 401 and
         // a 180 tracked before their INVITE, so missing from the call). A send that then
@@ -271,7 +279,7 @@ impl Shared {
         match decision {
             Decision::Drop(reason) => self.metrics.dropped(reason),
             Decision::Reply { direction, .. } => {
-                self.observe(Origin::Local, direction, &arrival, arrival.src, out);
+                self.observe(Origin::Local, direction, &arrival, arrival.src, out, None);
                 self.send_back(&arrival, out).await;
             }
             Decision::Forward { target, direction } => {
@@ -281,7 +289,14 @@ impl Shared {
                         local_port,
                     } => {
                         let dst = self.relay.upstream_addr(local_port);
-                        self.observe(Origin::Forwarded, direction, &arrival, dst, data);
+                        self.observe(
+                            Origin::Forwarded,
+                            direction,
+                            &arrival,
+                            dst,
+                            data,
+                            Some(summary),
+                        );
                         self.send_udp(local_port, dst, out).await
                     }
                     Target::Upstream {
@@ -291,7 +306,14 @@ impl Shared {
                         let dst = self.relay.upstream_addr(local_port);
                         match self.upstream_conn(local_port).await {
                             Some(conn) => {
-                                self.observe(Origin::Forwarded, direction, &arrival, dst, data);
+                                self.observe(
+                                    Origin::Forwarded,
+                                    direction,
+                                    &arrival,
+                                    dst,
+                                    data,
+                                    Some(summary),
+                                );
                                 self.send_tcp(&conn, out)
                             }
                             None => {
@@ -301,7 +323,15 @@ impl Shared {
                         }
                     }
                     Target::Flow(flow) | Target::Address(flow) => {
-                        self.observe(Origin::Forwarded, direction, &arrival, flow.remote, data);
+                        let to = flow.remote;
+                        self.observe(
+                            Origin::Forwarded,
+                            direction,
+                            &arrival,
+                            to,
+                            data,
+                            Some(summary),
+                        );
                         self.send_flow(flow, out).await
                     }
                 };
@@ -385,11 +415,13 @@ impl Shared {
             arrival,
             arrival.src,
             out,
+            None,
         );
         self.send_back(arrival, out).await;
     }
 
-    /// Hands one message to call tracking; never waits.
+    /// Hands one message to call tracking, with the relay's summary of it when there is one
+    /// (sipedge's own replies have none: call tracking scans them); never waits.
     pub(crate) fn observe(
         &self,
         origin: Origin,
@@ -397,6 +429,7 @@ impl Shared {
         arrival: &Arrival,
         dst: SocketAddr,
         bytes: &[u8],
+        summary: Option<Summary>,
     ) {
         if let Err(bound) = self.handoff.room_for(bytes.len()) {
             self.metrics.handoff_dropped.fetch_add(1, Ordering::Relaxed);
@@ -417,6 +450,7 @@ impl Shared {
                 dst,
                 source: Source::Proxy,
                 bytes: Bytes::copy_from_slice(bytes),
+                summary,
                 charge: Default::default(),
             },
             &self.metrics,

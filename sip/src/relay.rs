@@ -178,20 +178,35 @@ impl Relay {
     /// Decides what to do with `data` (one datagram or one TCP frame) and writes the bytes
     /// to send into `out` (cleared first).
     pub fn handle(&self, arrival: &Arrival, data: &[u8], out: &mut Vec<u8>) -> Decision {
-        out.clear();
-        let msg = match scan::scan(data) {
-            Ok(msg) => msg,
-            Err(_) => {
-                self.metrics
-                    .parse_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Decision::Drop(DropReason::Unparseable);
+        match self.scan(data) {
+            Some(msg) => self.decide(arrival, &msg, out),
+            None => {
+                out.clear();
+                Decision::Drop(DropReason::Unparseable)
             }
-        };
+        }
+    }
+
+    /// Scans `data`, counting what does not scan (which is dropped as
+    /// [`DropReason::Unparseable`]).
+    pub fn scan<'a>(&self, data: &'a [u8]) -> Option<Message<'a>> {
+        let msg = scan::scan(data).ok();
+        if msg.is_none() {
+            self.metrics
+                .parse_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        msg
+    }
+
+    /// [`Relay::handle`] for a message already scanned (the caller keeps the scan for call
+    /// tracking).
+    pub fn decide(&self, arrival: &Arrival, msg: &Message<'_>, out: &mut Vec<u8>) -> Decision {
+        out.clear();
         if msg.is_request() {
-            self.request(arrival, &msg, data.len(), out)
+            self.request(arrival, msg, msg.buf_len(), out)
         } else {
-            self.response(&msg, out)
+            self.response(msg, out)
         }
     }
 

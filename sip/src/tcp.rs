@@ -315,7 +315,7 @@ impl Shared {
         match self.relay.refuse_stream(arrival, buffered, problem, out) {
             Decision::Reply { direction, .. } => {
                 // Handed to call tracking first, as in `process`.
-                self.observe(Origin::Local, direction, arrival, arrival.src, out);
+                self.observe(Origin::Local, direction, arrival, arrival.src, out, None);
                 let sent = self
                     .conns
                     .find(arrival.conn, arrival.src)

@@ -227,6 +227,10 @@ proptest! {
             &m.body,
         );
         prop_assert_eq!(fields(&parsed), want);
+        // What the relay hands call tracking reads back as the scan does, in a copy.
+        let copy = bytes.clone();
+        let summary = scan::Summary::of(&parsed);
+        prop_assert_eq!(summary.facts(&copy), Some(parsed.facts()));
         prop_assert_eq!(parsed.vias().count(), 1 + m.lower_vias.len());
         let out = parsed
             .rewrite()

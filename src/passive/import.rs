@@ -330,7 +330,7 @@ impl Handler for Feed {
         };
         let from_terminal = direction == Direction::ToUpstream;
         let Some(ev) = sip_event(
-            &msg,
+            &msg.facts(),
             wire.at,
             from_terminal,
             (wire.transport, terminal),

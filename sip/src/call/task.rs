@@ -376,14 +376,21 @@ impl Worker {
             .counters
             .messages
             .fetch_add(1, Ordering::Relaxed);
-        let Ok(msg) = scan::scan(&r.bytes) else {
-            self.handle
-                .counters
-                .unparsed
-                .fetch_add(1, Ordering::Relaxed);
-            return;
+        // The relay's summary, or a scan of what the relay did not scan.
+        let facts = match r.summary.and_then(|s| s.facts(&r.bytes)) {
+            Some(facts) => facts,
+            None => match scan::scan(&r.bytes) {
+                Ok(msg) => msg.facts(),
+                Err(_) => {
+                    self.handle
+                        .counters
+                        .unparsed
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            },
         };
-        let Some(ev) = event_of(r, &msg) else {
+        let Some(ev) = event_of(r, &facts) else {
             self.handle
                 .counters
                 .unparsed
@@ -398,7 +405,7 @@ impl Worker {
             self.sync_stats();
             return;
         };
-        let entries = log_entries(r, &msg, at);
+        let entries = log_entries(r, &facts, at);
         let bytes: usize = entries.iter().map(entry_bytes).sum();
         match log_cap.admit(used, entries.len() as u64, bytes as u64) {
             Admit::Log => {
@@ -545,37 +552,43 @@ fn text(bytes: &[u8]) -> Cow<'_, str> {
 
 /// The tracker's view of a relayed message; `None` when it lacks what every SIP message has
 /// (Call-ID, From, To, CSeq).
-fn event_of<'a>(r: &Relayed, msg: &scan::Message<'a>) -> Option<SipEvent<'a>> {
+fn event_of<'a>(r: &Relayed, facts: &scan::Facts<'a>) -> Option<SipEvent<'a>> {
     let from_terminal = r.origin == Origin::Forwarded && r.direction == Direction::ToUpstream;
     let terminal = match r.direction {
         Direction::ToUpstream => r.src,
         Direction::ToTerminal => r.dst,
     };
-    sip_event(msg, r.at, from_terminal, (r.transport, terminal), r.source)
+    sip_event(
+        facts,
+        r.at,
+        from_terminal,
+        (r.transport, terminal),
+        r.source,
+    )
 }
 
-/// The tracker's view of `msg`, seen at `at` between `terminal` and the Sipserver (relayed,
-/// or read from a capture); `None` when it lacks what every SIP message has (Call-ID, From,
-/// To, CSeq).
+/// The tracker's view of a message (its [`scan::Facts`]), seen at `at` between `terminal` and
+/// the Sipserver (relayed, or read from a capture); `None` when it lacks what every SIP
+/// message has (Call-ID, From, To, CSeq).
 pub fn sip_event<'a>(
-    msg: &scan::Message<'a>,
+    msg: &scan::Facts<'a>,
     at: SystemTime,
     from_terminal: bool,
     (transport, terminal): (flow::Transport, SocketAddr),
     source: Source,
 ) -> Option<SipEvent<'a>> {
-    let call_id = msg.call_id()?;
-    let from = msg.from()?;
-    let to = msg.to()?;
-    let cseq = msg.cseq()?;
-    let kind = match msg.status() {
-        Some(status) => SipKind::Response { status },
-        None => SipKind::Request {
-            method: Method::from_bytes(msg.method_bytes()?),
-            request_uri: text(msg.request_uri()?),
+    let call_id = msg.call_id?;
+    let from = msg.from?;
+    let to = msg.to?;
+    let (cseq, cseq_method) = msg.cseq?;
+    let kind = match msg.line {
+        scan::Line::Response { status, .. } => SipKind::Response { status },
+        scan::Line::Request { method, uri } => SipKind::Request {
+            method: Method::from_bytes(method),
+            request_uri: text(uri),
         },
     };
-    let content_type = msg.content_type().and_then(|c| std::str::from_utf8(c).ok());
+    let content_type = msg.content_type.and_then(|c| std::str::from_utf8(c).ok());
     Some(SipEvent {
         at: unix_ms(at),
         from_terminal,
@@ -588,15 +601,15 @@ pub fn sip_event<'a>(
         from_tag: from.tag.map(text),
         to_uri: text(to.uri),
         to_tag: to.tag.map(text),
-        cseq: cseq.number,
-        cseq_method: Method::from_bytes(cseq.method_raw),
-        sdp_video: sdp_video(content_type, msg.body()),
+        cseq,
+        cseq_method: Method::from_bytes(cseq_method),
+        sdp_video: sdp_video(content_type, msg.body),
     })
 }
 
 /// The call-log lines of one message: the message itself, and for a reply sipedge made, what
 /// sipedge did in words.
-fn log_entries(r: &Relayed, msg: &scan::Message<'_>, at: UnixMs) -> Vec<LogEntry> {
+fn log_entries(r: &Relayed, msg: &scan::Facts<'_>, at: UnixMs) -> Vec<LogEntry> {
     let direction = match r.origin {
         Origin::Forwarded => LogDirection::Received,
         Origin::Local => LogDirection::Sent,
@@ -612,8 +625,10 @@ fn log_entries(r: &Relayed, msg: &scan::Message<'_>, at: UnixMs) -> Vec<LogEntry
         },
     }];
     if r.origin == Origin::Local {
-        let status = msg.status().map_or_else(String::new, |s| s.to_string());
-        let reason = msg.reason().map(text).unwrap_or_default();
+        let (status, reason) = match msg.line {
+            scan::Line::Response { status, reason } => (status.to_string(), text(reason)),
+            scan::Line::Request { .. } => (String::new(), Cow::Borrowed("")),
+        };
         entries.push(LogEntry {
             at,
             kind: LogKind::Event {

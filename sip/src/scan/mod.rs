@@ -7,11 +7,13 @@
 //! instead and returned by [`Message::validate`]; [`parse`] is `scan` followed by `validate`.
 
 mod header;
+mod summary;
 mod value;
 
 use smallvec::SmallVec;
 
 pub use header::{HeaderName, Method};
+pub use summary::{Facts, Line, Party, Summary};
 pub(crate) use value::{CommaSplit, Element, Param, Span, ViaSpans, number};
 pub use value::{NameAddr, RPort, Transport, Uri, Via};
 
@@ -570,6 +572,12 @@ impl<'a> Message<'a> {
             end: self.body.end,
         }
         .get(self.buf)
+    }
+
+    /// Length of the scanned input: the whole datagram or frame, bytes past the message
+    /// included.
+    pub fn buf_len(&self) -> usize {
+        self.buf.len()
     }
 
     /// Whether the start line is a request line.

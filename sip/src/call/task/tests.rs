@@ -69,6 +69,12 @@ impl Clock {
             src,
             dst,
             source: Source::Proxy,
+            // As the relay hands them over: what it forwarded with its summary, its own
+            // replies without.
+            summary: match origin {
+                Origin::Forwarded => scan::scan(&bytes).ok().map(|m| scan::Summary::of(&m)),
+                Origin::Local => None,
+            },
             bytes,
             charge: Default::default(),
         }
