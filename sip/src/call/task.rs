@@ -266,7 +266,7 @@ pub fn spawn(
     let mut worker = Worker {
         tracker: Tracker::new(cfg.node.clone(), cfg.call_timeout).with_max_calls(cfg.max_calls),
         writer: store.writer(),
-        node: cfg.node,
+        node: cfg.node.into(),
         handle: handle.clone(),
         changed: HashMap::new(),
         log_cap: cfg.log_cap,
@@ -284,7 +284,7 @@ struct Worker {
     /// Where CDRs, snapshots and logs go.
     writer: Writer,
     /// `node.name`, for the live view of snapshots.
-    node: String,
+    node: Arc<str>,
     /// What the rest of sipedge sees.
     handle: CallTracking,
     /// The calls that changed in the batch being taken, saved as they stand when the batch

@@ -1126,7 +1126,8 @@ fn snapshots_of_another_version_or_damaged_are_refused() {
     let good = snapshot.encode();
     let decoded = CallSnapshot::decode(&good).expect("a snapshot decodes");
     assert_eq!(decoded.encode(), good);
-    assert_eq!(decoded.live(NODE), snapshot.live(NODE));
+    let node = NODE.into();
+    assert_eq!(decoded.live(&node), snapshot.live(&node));
     let mut other_version = good.clone();
     other_version[0] = 2;
     let cut = &good[..good.len() / 2];

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::RandomState;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -164,17 +165,17 @@ pub struct CallSnapshot {
     /// Identity of the call among the messages.
     key: CallKey,
     /// CDR `caller`.
-    caller: String,
+    caller: Arc<str>,
     /// CDR `called`.
-    called: String,
+    called: Arc<str>,
     /// CDR `caller_uri`.
-    caller_uri: String,
+    caller_uri: Arc<str>,
     /// CDR `called_uri`.
-    called_uri: String,
+    called_uri: Arc<str>,
     /// CDR `transport`, from the first INVITE.
     transport: Transport,
     /// CDR `terminal`, from the first INVITE.
-    terminal: String,
+    terminal: Arc<str>,
     /// Whether `transport` and `terminal` come from a message the terminal sent. When the
     /// Sipserver calls the terminal, the INVITE arrives on the upstream hop; the terminal's
     /// first response then tells how the terminal talks to sipedge.
@@ -286,7 +287,7 @@ impl CallSnapshot {
     }
 
     /// The call as the live view shows it.
-    pub fn live(&self, node: &str) -> LiveCall {
+    pub fn live(&self, node: &Arc<str>) -> LiveCall {
         let state = if self.connected() {
             LiveState::Connected
         } else if self.ring_time.is_some() {
@@ -296,12 +297,12 @@ impl CallSnapshot {
         };
         LiveCall {
             id: self.id,
-            node: node.to_owned(),
-            call_id: self.key.call_id.to_string(),
-            caller: self.caller.clone(),
-            called: self.called.clone(),
-            caller_uri: self.caller_uri.clone(),
-            called_uri: self.called_uri.clone(),
+            node: Arc::clone(node),
+            call_id: Arc::clone(&self.key.call_id),
+            caller: Arc::clone(&self.caller),
+            called: Arc::clone(&self.called),
+            caller_uri: Arc::clone(&self.caller_uri),
+            called_uri: Arc::clone(&self.called_uri),
             call_type: self.call_type(),
             state,
             start_time: self.start_time,
@@ -309,7 +310,7 @@ impl CallSnapshot {
             answer_time: self.answer_time,
             video_started_at: self.video_started_at,
             transport: self.transport,
-            terminal: self.terminal.clone(),
+            terminal: Arc::clone(&self.terminal),
         }
     }
 
@@ -327,10 +328,10 @@ impl CallSnapshot {
             id: self.id,
             node: node.to_owned(),
             call_id: self.key.call_id.to_string(),
-            caller: self.caller.clone(),
-            called: self.called.clone(),
-            caller_uri: self.caller_uri.clone(),
-            called_uri: self.called_uri.clone(),
+            caller: self.caller.to_string(),
+            called: self.called.to_string(),
+            caller_uri: self.caller_uri.to_string(),
+            called_uri: self.called_uri.to_string(),
             call_type: self.call_type(),
             video_started_at: self.video_started_at,
             status: if connected {
@@ -346,7 +347,7 @@ impl CallSnapshot {
             answer_time: self.answer_time,
             end_time: end.at,
             transport: self.transport,
-            terminal: self.terminal.clone(),
+            terminal: self.terminal.to_string(),
             source: self.source,
         }
     }
@@ -714,12 +715,12 @@ fn stable_hash(s: &str) -> u64 {
 }
 
 /// `s` cut to at most `max` bytes on a character boundary.
-fn bounded(s: &str, max: usize) -> String {
+fn bounded(s: &str, max: usize) -> Arc<str> {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s.get(..end).unwrap_or_default().to_owned()
+    s.get(..end).unwrap_or_default().into()
 }
 
 /// The user part of a SIP or tel URI, `None` when it has none (`sip:host`).
@@ -761,7 +762,7 @@ type ByKey<V> = hashbrown::HashMap<CallKey, V, RandomState>;
 #[derive(Debug)]
 pub struct Tracker {
     /// `node.name`, written into every CDR and part of its id.
-    node: String,
+    node: Arc<str>,
     /// `sip.call_timeout` in milliseconds: a connected call with no BYE closes after it.
     call_timeout_ms: i64,
     /// Cap on tracked calls, so that a flood of INVITEs cannot grow memory without limit.
@@ -787,7 +788,7 @@ pub struct Tracker {
 impl Tracker {
     pub fn new(node: impl Into<String>, call_timeout: Duration) -> Self {
         Tracker {
-            node: node.into(),
+            node: Arc::from(node.into()),
             call_timeout_ms: i64::try_from(call_timeout.as_millis()).unwrap_or(i64::MAX),
             max_calls: DEFAULT_MAX_CALLS,
             calls: ByKey::default(),
@@ -920,7 +921,7 @@ impl Tracker {
         };
         if ev.from_terminal && !call.terminal_heard {
             call.transport = ev.transport;
-            call.terminal = ev.terminal.to_string();
+            call.terminal = ev.terminal.to_string().into();
             call.terminal_heard = true;
             effect.changed = true;
         }
@@ -997,7 +998,7 @@ impl Tracker {
             caller_uri: bounded(&ev.from_uri, MAX_URI_LEN),
             called_uri: bounded(called_uri, MAX_URI_LEN),
             transport: ev.transport,
-            terminal: ev.terminal.to_string(),
+            terminal: ev.terminal.to_string().into(),
             terminal_heard: ev.from_terminal,
             source: ev.source,
             start_time: ev.at,

@@ -435,7 +435,7 @@ async fn a_call_in_progress_survives_a_restart_and_its_bye_closes_it() {
     let live = second.handle.live().list();
     assert_eq!(
         live.iter()
-            .map(|c| (c.call_id.as_str(), c.state))
+            .map(|c| (&*c.call_id, c.state))
             .collect::<Vec<_>>(),
         [(CALL_ID, LiveState::Connected)]
     );
