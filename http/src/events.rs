@@ -4,6 +4,12 @@
 //!
 //! Ids start at the hub's creation time in microseconds, so a client that kept an id from a
 //! previous run of sipedge is seen as too far behind (it gets a `reset`) rather than as ahead.
+//!
+//! Only a client that was connected to this hub has an id to replay from, so events are held
+//! only while a stream is open or one closed less than the ring's age ago; otherwise nobody
+//! could be sent them (a returning client would find the oldest it missed expired, and get a
+//! `reset` either way), and holding each call event of a node nobody watches was 4 % of its
+//! CPU under load.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -80,9 +86,20 @@ struct Ring {
     held: VecDeque<(Instant, Arc<HubEvent>)>,
     /// Set by [`EventHub::close`]: streams end so that the server can drain.
     closed: bool,
+    /// When the last stream closed.
+    last_left: Option<Instant>,
 }
 
 impl Ring {
+    /// Whether a client could ask for an event published now: one is connected (`open`
+    /// streams), or one left within the ring's age.
+    fn replayable(&self, open: usize, now: Instant) -> bool {
+        open > 0
+            || self
+                .last_left
+                .is_some_and(|at| now.saturating_duration_since(at) <= RING_AGE)
+    }
+
     fn expire(&mut self, now: Instant) {
         while self.held.len() > RING_LEN
             || self
@@ -143,11 +160,18 @@ struct ClientCount {
 }
 
 /// Held by an open stream; gives its place back when the stream is dropped.
-struct ClientSlot(Arc<ClientCount>);
+struct ClientSlot {
+    count: Arc<ClientCount>,
+    ring: Arc<Mutex<Ring>>,
+}
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        // Under the ring's lock, which publishers take before they read `open`: one that
+        // sees this stream gone also sees when it left.
+        let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        ring.last_left = Some(Instant::now());
+        self.count.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -171,6 +195,7 @@ impl EventHub {
                 next_id: first_id.max(1),
                 held: VecDeque::new(),
                 closed: false,
+                last_left: None,
             })),
             latest: watch::Sender::new(0),
             clients: Arc::new(ClientCount {
@@ -204,7 +229,10 @@ impl EventHub {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < max).then_some(n + 1)
             })
-            .map(|_| ClientSlot(count.clone()))
+            .map(|_| ClientSlot {
+                count: count.clone(),
+                ring: self.ring.clone(),
+            })
             .map_err(|_| {
                 count.refused.fetch_add(1, Ordering::Relaxed);
                 TooManyClients(max)
@@ -222,7 +250,7 @@ impl EventHub {
     }
 
     /// Publishes an event whose JSON `render` makes when a client is first sent it (never,
-    /// if no client is); returns its id.
+    /// if no client is); returns its id. Not held when no client could ask for it.
     pub fn publish_with(
         &self,
         name: &str,
@@ -238,7 +266,9 @@ impl EventHub {
             let id = ring.next_id;
             ring.next_id += 1;
             let now = Instant::now();
-            ring.held.push_back((now, Arc::new(event(id))));
+            if ring.replayable(self.clients(), now) {
+                ring.held.push_back((now, Arc::new(event(id))));
+            }
             ring.expire(now);
             id
         };
@@ -343,13 +373,21 @@ mod tests {
     use futures_util::StreamExt;
     use serde_json::json;
 
+    /// A hub whose one client has just left: what it publishes is held for that client's
+    /// return.
+    fn hub_left_by_a_client(first_id: u64) -> EventHub {
+        let hub = EventHub::starting_at(first_id);
+        drop(hub.take_slot().unwrap());
+        hub
+    }
+
     fn ids(replay: &Replay) -> Vec<u64> {
         replay.events.iter().map(|e| e.id).collect()
     }
 
     /// (Last-Event-ID, expected reset, expected ids) after publishing ids 100..=109.
     fn check(last: Option<u64>, reset: bool, expected: &[u64]) {
-        let hub = EventHub::starting_at(100);
+        let hub = hub_left_by_a_client(100);
         for i in 0..10 {
             hub.publish("call.started", &json!({ "n": i }));
         }
@@ -375,7 +413,7 @@ mod tests {
 
     #[test]
     fn the_ring_is_bounded_and_an_old_id_resets() {
-        let hub = EventHub::starting_at(1);
+        let hub = hub_left_by_a_client(1);
         for _ in 0..(RING_LEN + 10) {
             hub.publish("call.ended", &json!({}));
         }
@@ -388,10 +426,51 @@ mod tests {
         assert_eq!(recent.events.len(), RING_LEN - 1);
     }
 
+    #[test]
+    fn events_are_held_only_while_a_client_could_ask_for_them() {
+        let publish_three = |hub: &EventHub| {
+            for _ in 0..3 {
+                hub.publish("call.started", &json!({}));
+            }
+        };
+        // No client ever: a made-up id before them is told to reload, the last one is
+        // up to date.
+        let never = EventHub::starting_at(1);
+        publish_three(&never);
+        assert_eq!(
+            never.replay(Some(1)),
+            Replay {
+                reset: true,
+                events: vec![]
+            }
+        );
+        assert_eq!(
+            never.replay(Some(3)),
+            Replay {
+                reset: false,
+                events: vec![]
+            }
+        );
+        // The last client left longer ago than events are kept.
+        let long_ago = EventHub::starting_at(1);
+        drop(long_ago.take_slot().unwrap());
+        let past = Instant::now().checked_sub(RING_AGE + Duration::from_secs(1));
+        long_ago.lock().last_left = past;
+        publish_three(&long_ago);
+        assert!(long_ago.replay(Some(1)).reset);
+        // A client connected, or one just gone, can be replayed each of them.
+        let watched = EventHub::starting_at(1);
+        let slot = watched.take_slot().unwrap();
+        publish_three(&watched);
+        drop(slot);
+        publish_three(&watched);
+        assert_eq!(ids(&watched.replay(Some(1))), vec![2, 3, 4, 5, 6]);
+    }
+
     #[tokio::test]
     async fn an_event_is_rendered_once_when_first_sent_and_never_when_unread() {
         let renders = Arc::new(AtomicUsize::new(0));
-        let hub = EventHub::starting_at(1);
+        let hub = hub_left_by_a_client(1);
         for n in 0..3 {
             let renders = Arc::clone(&renders);
             hub.publish_with("call.started", move || {
@@ -436,7 +515,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reconnecting_client_gets_each_missed_event_once_then_live_ones() {
-        let hub = EventHub::starting_at(1);
+        let hub = hub_left_by_a_client(1);
         hub.publish("call.started", &json!({"call": 1}));
         hub.publish("call.ringing", &json!({"call": 1}));
         hub.publish("call.answered", &json!({"call": 1}));
@@ -492,7 +571,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_too_old_id_gets_a_reset_first() {
-        let hub = EventHub::starting_at(1000);
+        let hub = hub_left_by_a_client(1000);
         hub.publish("call.started", &json!({}));
         let got = take(&hub, Some(5), 2).await;
         assert_eq!(names(&got), vec!["reset", "call.started"], "{got}");
