@@ -829,6 +829,13 @@ mod tests {
         .unwrap()
     }
 
+    /// (query pairs, whether a peer asks, the selection or how its error starts)
+    type SelectionCase = (
+        &'static [(&'static str, &'static str)],
+        bool,
+        Result<Selection, &'static str>,
+    );
+
     #[test]
     fn selections_table() {
         let cluster = cluster();
@@ -836,7 +843,7 @@ mod tests {
             local: true,
             peers: vec![0, 1],
         };
-        let cases: Vec<(&[(&str, &str)], bool, Result<Selection, &str>)> = vec![
+        let cases: Vec<SelectionCase> = vec![
             (&[], false, Ok(Selection::Local)),
             (&[("scope", "local")], false, Ok(Selection::Local)),
             (&[("scope", " ")], false, Ok(Selection::Local)),

@@ -433,10 +433,12 @@ mod tests {
         }
     }
 
+    /// (pages, limit, expected ids, expected next)
+    type PageCase = (Vec<NodePage>, usize, Vec<u128>, Option<u128>);
+
     #[test]
     fn merged_pages_table() {
-        // (pages, limit, expected ids, expected next)
-        let cases: Vec<(Vec<NodePage>, usize, Vec<u128>, Option<u128>)> = vec![
+        let cases: Vec<PageCase> = vec![
             (vec![], 3, vec![], None),
             (
                 vec![page(&[9, 5], false), page(&[8, 2], false)],
