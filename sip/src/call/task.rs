@@ -546,8 +546,13 @@ fn entry_bytes(entry: &LogEntry) -> usize {
     }
 }
 
+/// `bytes` as text, invalid UTF-8 replaced. `from_utf8` first: its check runs a word at a
+/// time over ASCII, where `from_utf8_lossy`'s goes by chunks, and header values are ASCII.
 fn text(bytes: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(bytes)
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 /// The tracker's view of a relayed message; `None` when it lacks what every SIP message has
@@ -621,7 +626,7 @@ fn log_entries(r: &Relayed, msg: &scan::Facts<'_>, at: UnixMs) -> Vec<LogEntry> 
             transport: transport_of(r.transport),
             src: r.src,
             dst: r.dst,
-            text: r.bytes.to_vec(),
+            text: r.bytes.clone(),
         },
     }];
     if r.origin == Origin::Local {

@@ -472,3 +472,18 @@ async fn unreadable_saved_calls_are_dropped_not_fatal() {
     running.stop(&store).await;
     assert_eq!(store.calls_in_progress().expect("a read"), vec![]);
 }
+
+#[test]
+fn header_text_is_borrowed_when_valid_and_replaced_where_not() {
+    let cases: [(&[u8], &str, bool); 4] = [
+        (b"sip:8001@bank", "sip:8001@bank", true),
+        ("sip:\u{5f20}@bank".as_bytes(), "sip:\u{5f20}@bank", true),
+        (b"sip:\xff@bank", "sip:\u{fffd}@bank", false),
+        (b"", "", true),
+    ];
+    for (bytes, want, borrowed) in cases {
+        let got = text(bytes);
+        assert_eq!(got, want, "{bytes:?}");
+        assert_eq!(matches!(got, Cow::Borrowed(_)), borrowed, "{bytes:?}");
+    }
+}
