@@ -121,7 +121,7 @@ fn call_log(cdr: &Cdr, n: u64) -> Vec<LogEntry> {
                 transport: Transport::Udp,
                 src: "203.0.113.9:40000".parse().unwrap(),
                 dst: "10.0.0.2:14500".parse().unwrap(),
-                text,
+                text: text.into(),
             },
         })
         .collect()

@@ -11,6 +11,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::{DateTime, Duration as Span, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde_json::Value;
@@ -528,7 +529,7 @@ fn one_cdr_its_log_and_unknown_ids() {
                     transport: Transport::Udp,
                     src: "198.51.100.7:40000".parse().unwrap(),
                     dst: "127.0.0.1:14500".parse().unwrap(),
-                    text: b"INVITE sip:95566@bank.example SIP/2.0\r\n\r\n".to_vec(),
+                    text: Bytes::from_static(b"INVITE sip:95566@bank.example SIP/2.0\r\n\r\n"),
                 },
             },
         ),
@@ -541,7 +542,7 @@ fn one_cdr_its_log_and_unknown_ids() {
                     transport: Transport::Udp,
                     src: "127.0.0.1:14500".parse().unwrap(),
                     dst: "10.0.0.5:14500".parse().unwrap(),
-                    text: b"INVITE \xfe\xff\r\n".to_vec(),
+                    text: Bytes::from_static(b"INVITE \xfe\xff\r\n"),
                 },
             },
         ),

@@ -128,7 +128,7 @@ fn sip(cdr: &Cdr, (at, direction, src, dst, first, cseq, sdp): Message<'_>) -> L
             transport: Transport::Udp,
             src: src.parse().unwrap(),
             dst: dst.parse().unwrap(),
-            text: text.into_bytes(),
+            text: text.into_bytes().into(),
         },
     }
 }

@@ -573,7 +573,7 @@ mod tests {
                 transport: Transport::Udp,
                 src: "192.0.2.1:5060".parse().unwrap(),
                 dst: "192.0.2.2:14500".parse().unwrap(),
-                text: text.to_vec(),
+                text: text.to_vec().into(),
             },
         };
         let plain = log_entry(&sip(b"OPTIONS sip:a SIP/2.0\r\n\r\n"), zone());

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use sipedge_http::render::{self, CdrView};
@@ -350,7 +351,7 @@ impl Handler for Feed {
                     transport: ev.transport,
                     src: wire.src,
                     dst: wire.dst,
-                    text: wire.bytes.to_vec(),
+                    text: Bytes::copy_from_slice(wire.bytes),
                 },
             };
             self.log(id, entry);

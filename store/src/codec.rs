@@ -597,7 +597,7 @@ pub(crate) fn decode_log(value: &[u8]) -> Result<LogEntry, StoreError> {
             transport: transport_of(d.u8()?)?,
             src: d.addr()?,
             dst: d.addr()?,
-            text: d.sip_text()?,
+            text: d.sip_text()?.into(),
         },
         1 => LogKind::Event { text: d.string()? },
         t => return Err(corrupt("log entry", format!("unknown entry type {t}"))),
@@ -803,7 +803,7 @@ pub(crate) mod tests {
                 transport: Transport::Tcp,
                 src: "10.1.2.3:5060".parse().unwrap(),
                 dst: "[::1]:14500".parse().unwrap(),
-                text: text.to_vec(),
+                text: text.to_vec().into(),
             },
         }
     }
@@ -953,7 +953,7 @@ m=audio 30000 RTP/AVP 8 0 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\
                     transport: Transport::Udp,
                     src: "10.1.2.3:5060".parse().unwrap(),
                     dst: "[::1]:14500".parse().unwrap(),
-                    text: b"INVITE sip:x@y SIP/2.0\r\n\r\n\xff".to_vec(),
+                    text: b"INVITE sip:x@y SIP/2.0\r\n\r\n\xff".to_vec().into(),
                 },
             },
             LogEntry {

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::cdr::{Transport, UnixMs};
@@ -39,8 +40,9 @@ pub enum LogKind {
         src: SocketAddr,
         /// The receiver's address.
         dst: SocketAddr,
-        /// The message exactly as it crossed the wire (it need not be UTF-8).
-        text: Vec<u8>,
+        /// The message exactly as it crossed the wire (it need not be UTF-8); shared with
+        /// the relay's copy, which call tracking received.
+        text: Bytes,
     },
     Event {
         /// sipedge's own words, e.g. "upstream unreachable", "483 sent".

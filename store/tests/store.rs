@@ -200,7 +200,7 @@ fn log_sip(at: i64, text: &[u8]) -> LogEntry {
             transport: Transport::Udp,
             src: "192.0.2.7:40000".parse().unwrap(),
             dst: "10.0.0.2:14500".parse().unwrap(),
-            text: text.to_vec(),
+            text: text.to_vec().into(),
         },
     }
 }
