@@ -548,15 +548,14 @@ pub(crate) fn encode_log(entry: &LogEntry) -> Vec<u8> {
     encode_entry(entry, true)
 }
 
-/// A log entry for a bundle, which compresses the call's entries together (cheaper than
-/// each alone: compressing against the dictionary has a fixed cost per call, and the
-/// messages of one call repeat each other's Call-ID, tags and Via).
-pub(crate) fn encode_log_raw(entry: &LogEntry) -> Vec<u8> {
-    encode_entry(entry, false)
-}
-
+#[cfg(any(test, feature = "fuzzing"))]
 fn encode_entry(entry: &LogEntry, pack: bool) -> Vec<u8> {
     let mut e = Enc::default();
+    encode_entry_into(&mut e, entry, pack);
+    e.0
+}
+
+fn encode_entry_into(e: &mut Enc, entry: &LogEntry, pack: bool) {
     e.u8(VERSION);
     e.signed(entry.at.0);
     match &entry.kind {
@@ -585,7 +584,6 @@ fn encode_entry(entry: &LogEntry, pack: bool) -> Vec<u8> {
             e.bytes(text.as_bytes());
         }
     }
-    e.0
 }
 
 pub(crate) fn decode_log(value: &[u8]) -> Result<LogEntry, StoreError> {
@@ -609,19 +607,38 @@ pub(crate) fn decode_log(value: &[u8]) -> Result<LogEntry, StoreError> {
 /// ([`MAX_SIP_TEXT`]): the writer starts another bundle past it.
 pub(crate) const MAX_BUNDLE_BYTES: usize = 1 << 20;
 
-/// Several encoded entries of one call (each as [`encode_log_raw`] or [`encode_log`] made it)
-/// in one value, compressed together.
-pub(crate) fn encode_log_bundle(entries: &[&[u8]]) -> Vec<u8> {
+/// About the bytes `entry` takes in a bundle, which [`MAX_BUNDLE_BYTES`] bounds.
+pub(crate) fn log_entry_size(entry: &LogEntry) -> usize {
+    let text = match &entry.kind {
+        LogKind::Sip { text, .. } => text.len(),
+        LogKind::Event { text } => text.len(),
+    };
+    text + 64
+}
+
+/// Several log entries of one call in one value, compressed together: cheaper than each
+/// alone, since compressing against the dictionary has a fixed cost per call and the
+/// messages of one call repeat each other's Call-ID, tags and Via. Each entry is the layout
+/// of a value of its own, its text left uncompressed.
+pub(crate) fn encode_log_bundle(entries: &[&LogEntry]) -> Vec<u8> {
     let mut body = Enc(Vec::with_capacity(
-        entries.iter().map(|e| e.len() + 3).sum::<usize>(),
+        entries.iter().map(|e| log_entry_size(e)).sum::<usize>(),
     ));
-    for entry in entries {
-        body.bytes(entry);
+    let mut entry = Enc::default();
+    for e in entries {
+        entry.0.clear();
+        encode_entry_into(&mut entry, e, false);
+        body.bytes(&entry.0);
     }
-    let mut e = Enc(Vec::with_capacity(body.0.len() / 2 + 16));
+    pack_bundle(entries.len(), &body.0)
+}
+
+/// A bundle value of `count` entries from their framed (length-prefixed) encodings.
+fn pack_bundle(count: usize, body: &[u8]) -> Vec<u8> {
+    let mut e = Enc(Vec::with_capacity(body.len() / 2 + 16));
     e.u8(LOG_BUNDLE);
-    e.varint(entries.len() as u64);
-    e.sip_text(&body.0);
+    e.varint(count as u64);
+    e.sip_text(body);
     e.0
 }
 
@@ -833,8 +850,7 @@ pub(crate) mod tests {
             event("b"),
         ];
         let encoded: Vec<Vec<u8>> = entries.iter().map(encode_log).collect();
-        let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
-        let bundle = encode_log_bundle(&refs);
+        let bundle = encode_log_bundle(&entries.iter().collect::<Vec<_>>());
         let mut out = Vec::new();
         decode_logs(&bundle, &mut out).unwrap();
         // A value written before bundles existed reads as its one entry.
@@ -847,8 +863,7 @@ pub(crate) mod tests {
             .map(|n| sip(format!("BYE sip:95566@12.8.64.34:14500 SIP/2.0\r\nCall-ID: a84b4c76e66710@pc33\r\nFrom: <sip:13812345678@12.8.64.34>;tag=1928301774\r\nCSeq: {n} BYE\r\n\r\n").as_bytes()))
             .collect();
         let alone: usize = call.iter().map(|e| encode_log(e).len()).sum();
-        let raw: Vec<Vec<u8>> = call.iter().map(encode_log_raw).collect();
-        let together = encode_log_bundle(&raw.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        let together = encode_log_bundle(&call.iter().collect::<Vec<_>>());
         assert!(
             together.len() * 2 < alone,
             "{} bytes bundled, {alone} alone",
@@ -860,7 +875,10 @@ pub(crate) mod tests {
 
         let mut claims_more = bundle.clone();
         claims_more[1] = 4;
-        let nested = encode_log_bundle(&[&bundle, &encoded[0]]);
+        let mut framed = Enc::default();
+        framed.bytes(&bundle);
+        framed.bytes(&encoded[0]);
+        let nested = pack_bundle(2, &framed.0);
         let mut trailing = bundle.clone();
         trailing.push(0);
         let mut damaged_entry = bundle.clone();

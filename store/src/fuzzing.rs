@@ -27,8 +27,7 @@ pub fn decode_all(bytes: &[u8]) {
     }
     let mut entries = Vec::new();
     if codec::decode_logs(bytes, &mut entries).is_ok() {
-        let encoded: Vec<Vec<u8>> = entries.iter().map(codec::encode_log).collect();
-        let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+        let refs: Vec<_> = entries.iter().collect();
         let mut again = Vec::new();
         let decoded = codec::decode_logs(&codec::encode_log_bundle(&refs), &mut again);
         assert!(

@@ -101,9 +101,8 @@ struct Counters {
 #[derive(Debug)]
 enum Queued {
     Cdr(Box<Cdr>),
-    /// A log entry already encoded (its SIP text compressed) by the submitting thread: that
-    /// is most of a call's write cost, and there it runs in parallel with the commits.
-    Log(CdrId, Vec<u8>),
+    /// Encoded by the writer straight into its call's bundle.
+    Log(CdrId, LogEntry),
     PutCall(CdrId, Vec<u8>),
     RemoveCall(CdrId),
     Alarm(Alarm),
@@ -148,7 +147,7 @@ impl Writer {
         self.counters.submitted.fetch_add(1, Ordering::Relaxed);
         let queued = match op {
             WriteOp::PutCdr(cdr) => Queued::Cdr(cdr),
-            WriteOp::AppendLog(id, entry) => Queued::Log(id, codec::encode_log_raw(&entry)),
+            WriteOp::AppendLog(id, entry) => Queued::Log(id, entry),
             WriteOp::PutCall(id, bytes) => Queued::PutCall(id, bytes),
             WriteOp::RemoveCall(id) => Queued::RemoveCall(id),
             WriteOp::PutAlarm(alarm) => {
@@ -328,9 +327,10 @@ fn age_cutoff(now: UnixMs, age: Duration) -> UnixMs {
 struct Bundle<'a> {
     id: CdrId,
     first_seq: u64,
-    /// The entries' encoded bytes, held under [`codec::MAX_BUNDLE_BYTES`].
+    /// About the entries' encoded bytes ([`codec::log_entry_size`]), held under
+    /// [`codec::MAX_BUNDLE_BYTES`].
     bytes: usize,
-    entries: Vec<&'a [u8]>,
+    entries: Vec<&'a LogEntry>,
 }
 
 /// What the writer loop does after handling one message.
@@ -548,15 +548,16 @@ impl WriterThread {
                         .batch
                         .put(Table::Meta, keys::sink_state_key(name), state.clone())
                 }
-                Queued::Log(id, encoded) => {
+                Queued::Log(id, entry) => {
+                    let size = codec::log_entry_size(entry);
                     let open = open_bundle
                         .get(id)
                         .and_then(|&i| bundles.get_mut(i))
-                        .filter(|b| b.bytes + encoded.len() <= codec::MAX_BUNDLE_BYTES);
+                        .filter(|b| b.bytes + size <= codec::MAX_BUNDLE_BYTES);
                     match open {
                         Some(bundle) => {
-                            bundle.bytes += encoded.len();
-                            bundle.entries.push(encoded);
+                            bundle.bytes += size;
+                            bundle.entries.push(entry);
                         }
                         // A call's first entry of the batch, or one past a full bundle.
                         None => {
@@ -564,8 +565,8 @@ impl WriterThread {
                             bundles.push(Bundle {
                                 id: *id,
                                 first_seq: seq,
-                                bytes: encoded.len(),
-                                entries: vec![encoded],
+                                bytes: size,
+                                entries: vec![entry],
                             });
                         }
                     }
