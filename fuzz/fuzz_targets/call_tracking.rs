@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use sipedge_sip::call::{CallSnapshot, Method, Output, SipEvent, SipKind, Tracker};
+use sipedge_sip::call::{CallSnapshot, LiveCall, Method, Output, SipEvent, SipKind, Tracker};
 use sipedge_store::cdr::{CallStatus, Transport, UnixMs};
 
 const T0: i64 = 1_700_000_000_000;
@@ -93,7 +93,8 @@ fn event(at: i64, b: [u8; 4]) -> SipEvent<'static> {
 fn check(tracker: &Tracker, outputs: Vec<Output>, ended: &mut HashSet<u128>) {
     for out in outputs {
         match out {
-            Output::Ended(cdr) => {
+            Output::Ended(cdr, live) => {
+                assert_eq!(live, LiveCall::from(&*cdr), "the ended call's live view");
                 assert!(ended.insert(cdr.id.0), "a second record for {}", cdr.id);
                 assert!(cdr.end_time >= cdr.start_time, "{cdr:?}");
                 assert!(

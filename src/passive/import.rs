@@ -234,7 +234,7 @@ impl Feed {
         for output in outputs {
             match output {
                 Output::Started(_) => self.calls += 1,
-                Output::Ended(cdr) => {
+                Output::Ended(cdr, _) => {
                     self.cdrs += 1;
                     match &mut self.sink {
                         Sink::Print { out, csv, zone } => {
@@ -256,7 +256,7 @@ impl Feed {
                                     .get_or_insert(format!("cannot write the CDRs: {e}"));
                             }
                         }
-                        Sink::Store { .. } => self.submit(WriteOp::PutCdr(Box::new(cdr))),
+                        Sink::Store { .. } => self.submit(WriteOp::PutCdr(cdr)),
                     }
                 }
                 Output::Event(id, text) => self.log(

@@ -472,12 +472,11 @@ impl Worker {
                         self.changed.insert(id, key);
                     }
                 }
-                Output::Ended(cdr) => {
+                Output::Ended(cdr, call) => {
                     self.changed.remove(&cdr.id);
                     self.handle.live.remove(cdr.id);
-                    let call = LiveCall::from(&cdr);
                     // The CDR write also drops the call-in-progress entry, in one batch.
-                    self.submit(WriteOp::PutCdr(Box::new(cdr)));
+                    self.submit(WriteOp::PutCdr(cdr));
                     // No subscriber is not an error: nobody watches the live view.
                     let _ = self.handle.events.send(LiveEvent {
                         kind: LiveEventKind::Ended,

@@ -1011,7 +1011,7 @@ fn kinds(outputs: &[Output]) -> Vec<&'static str> {
             Output::Started(_) => "started",
             Output::Ringing(_) => "ringing",
             Output::Answered(_) => "answered",
-            Output::Ended(_) => "ended",
+            Output::Ended(..) => "ended",
             Output::Changed(_) => "changed",
             Output::Event(..) => "event",
         })
@@ -1094,7 +1094,7 @@ fn run_with_restart(events: Vec<SipEvent<'static>>, split: usize, tick: Option<f
                         serde_json::to_string(s).expect("a snapshot serialises"),
                     );
                 }
-                Output::Ended(cdr) => {
+                Output::Ended(cdr, _) => {
                     snapshots.remove(&cdr.id);
                 }
                 _ => {}
@@ -1249,7 +1249,10 @@ fn ended(outputs: Vec<Output>) -> Vec<Cdr> {
     outputs
         .into_iter()
         .filter_map(|o| match o {
-            Output::Ended(cdr) => Some(cdr),
+            Output::Ended(cdr, live) => {
+                assert_eq!(live, LiveCall::from(&*cdr), "the ended call's live view");
+                Some(*cdr)
+            }
             _ => None,
         })
         .collect()

@@ -64,8 +64,9 @@ pub enum Output {
     /// The initial INVITE got a 2xx (SSE `call.answered`).
     Answered(LiveCall),
     /// The call is over: store its CDR and drop its call-in-progress entry (SSE `call.ended`,
-    /// whose data is `LiveCall::from(&cdr)`).
-    Ended(Cdr),
+    /// with the call as the live view shows it last: `LiveCall::from(&cdr)`, sharing the
+    /// tracker's text instead of copying the CDR's).
+    Ended(Box<Cdr>, LiveCall),
     /// The call's state changed: store it ([`Tracker::call`]) as a call in progress so that
     /// it can be resumed. Only its key travels: when a call changes several times between
     /// two saves, only its state at the save is needed.
@@ -1066,7 +1067,11 @@ impl Tracker {
     }
 
     fn close(&mut self, call: CallSnapshot, end: Ending, now: UnixMs, out: &mut Vec<Output>) {
-        out.push(Output::Ended(call.cdr(&self.node, end)));
+        let live = LiveCall {
+            state: LiveState::Ended,
+            ..call.live(&self.node)
+        };
+        out.push(Output::Ended(Box::new(call.cdr(&self.node, end)), live));
         let until = UnixMs(now.0.saturating_add(LINGER_MS));
         let recent = Recent {
             id: call.id,
