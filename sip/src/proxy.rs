@@ -323,12 +323,11 @@ impl Shared {
                         }
                     }
                     Target::Flow(flow) | Target::Address(flow) => {
-                        let to = flow.remote;
                         self.observe(
                             Origin::Forwarded,
                             direction,
                             &arrival,
-                            to,
+                            flow.remote,
                             data,
                             Some(summary),
                         );

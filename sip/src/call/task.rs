@@ -1,7 +1,8 @@
 //! The call tracking task: the glue between the relay, the [`Tracker`] and the store.
 //!
-//! It drains the relay's hand-off queue ([`Relayed`]), parses each message once more (off the
-//! relay path), feeds the tracker, ticks it every second, and sends to the store's
+//! It drains the relay's hand-off queue ([`Relayed`]), reads each message's facts back from
+//! the relay's scan (scanning only what the relay did not: sipedge's own replies, HEP copies),
+//! feeds the tracker, ticks it every second, and sends to the store's
 //! non-blocking [`Writer`]: every message and sipedge event of a call into its log, call
 //! snapshots while it is in progress, its CDR when it ends. It publishes live-call events on a
 //! broadcast channel (SSE) and keeps the map of live calls (`/api/calls/live`). On start it
