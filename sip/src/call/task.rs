@@ -23,6 +23,7 @@ use sipedge_store::log::Direction as LogDirection;
 use sipedge_store::{
     CdrId, LogEntry, LogKind, Source, Store, StoreError, Transport, UnixMs, WriteOp, Writer,
 };
+use smallvec::SmallVec;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
@@ -312,14 +313,14 @@ impl Worker {
                 () = &mut shutdown => break,
                 r = relayed.recv() => match r {
                     Some(r) => {
-                        self.on_relayed(&r);
+                        self.on_relayed(r);
                         // Let a batch gather: the relay's sends find no waiting task and
                         // wake nobody, which under load saves more CPU than the few
                         // milliseconds of lag on live events cost.
                         tokio::time::sleep(BATCH_PAUSE).await;
                         for _ in 0..relayed.len() {
                             let Ok(r) = relayed.try_recv() else { break };
-                            self.on_relayed(&r);
+                            self.on_relayed(r);
                         }
                         self.save_changed();
                     }
@@ -332,7 +333,7 @@ impl Worker {
         // keep the task alive.
         for _ in 0..relayed.len() {
             let Ok(r) = relayed.try_recv() else { break };
-            self.on_relayed(&r);
+            self.on_relayed(r);
         }
         self.save_changed();
     }
@@ -372,7 +373,7 @@ impl Worker {
         self.sync_stats();
     }
 
-    fn on_relayed(&mut self, r: &Relayed) {
+    fn on_relayed(&mut self, r: Relayed) {
         self.handle
             .counters
             .messages
@@ -391,7 +392,7 @@ impl Worker {
                 }
             },
         };
-        let Some(ev) = event_of(r, &facts) else {
+        let Some(ev) = event_of(&r, &facts) else {
             self.handle
                 .counters
                 .unparsed
@@ -406,7 +407,10 @@ impl Worker {
             self.sync_stats();
             return;
         };
-        let entries = log_entries(r, &facts, at);
+        // Read before the message's bytes move into its log entry.
+        let note = (r.origin == Origin::Local).then(|| reply_note(&facts, r.dst));
+        drop(ev);
+        let entries = log_entries(r, note, at);
         let bytes: usize = entries.iter().map(entry_bytes).sum();
         match log_cap.admit(used, entries.len() as u64, bytes as u64) {
             Admit::Log => {
@@ -612,36 +616,40 @@ pub fn sip_event<'a>(
     })
 }
 
-/// The call-log lines of one message: the message itself, and for a reply sipedge made, what
-/// sipedge did in words.
-fn log_entries(r: &Relayed, msg: &scan::Facts<'_>, at: UnixMs) -> Vec<LogEntry> {
+/// The call-log lines of one message: the message itself (its bytes move into the entry),
+/// and `note`, what sipedge did in words when the message is a reply it made.
+fn log_entries(r: Relayed, note: Option<String>, at: UnixMs) -> SmallVec<[LogEntry; 2]> {
     let direction = match r.origin {
         Origin::Forwarded => LogDirection::Received,
         Origin::Local => LogDirection::Sent,
     };
-    let mut entries = vec![LogEntry {
+    let mut entries = SmallVec::new();
+    entries.push(LogEntry {
         at,
         kind: LogKind::Sip {
             direction,
             transport: transport_of(r.transport),
             src: r.src,
             dst: r.dst,
-            text: r.bytes.clone(),
+            text: r.bytes,
         },
-    }];
-    if r.origin == Origin::Local {
-        let (status, reason) = match msg.line {
-            scan::Line::Response { status, reason } => (status.to_string(), text(reason)),
-            scan::Line::Request { .. } => (String::new(), Cow::Borrowed("")),
-        };
+    });
+    if let Some(text) = note {
         entries.push(LogEntry {
             at,
-            kind: LogKind::Event {
-                text: format!("sipedge replied {status} {reason} to {}", r.dst),
-            },
+            kind: LogKind::Event { text },
         });
     }
     entries
+}
+
+/// What sipedge did, in words, when it sent the reply `msg` to `dst`.
+fn reply_note(msg: &scan::Facts<'_>, dst: SocketAddr) -> String {
+    let (status, reason) = match msg.line {
+        scan::Line::Response { status, reason } => (status.to_string(), text(reason)),
+        scan::Line::Request { .. } => (String::new(), Cow::Borrowed("")),
+    };
+    format!("sipedge replied {status} {reason} to {dst}")
 }
 
 #[cfg(test)]
