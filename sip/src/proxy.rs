@@ -283,20 +283,23 @@ impl Shared {
                 self.send_back(&arrival, out).await;
             }
             Decision::Forward { target, direction } => {
+                let forwarded = |dst| {
+                    self.observe(
+                        Origin::Forwarded,
+                        direction,
+                        &arrival,
+                        dst,
+                        data,
+                        Some(summary),
+                    )
+                };
                 let sent = match target {
                     Target::Upstream {
                         transport: Transport::Udp,
                         local_port,
                     } => {
                         let dst = self.relay.upstream_addr(local_port);
-                        self.observe(
-                            Origin::Forwarded,
-                            direction,
-                            &arrival,
-                            dst,
-                            data,
-                            Some(summary),
-                        );
+                        forwarded(dst);
                         self.send_udp(local_port, dst, out).await
                     }
                     Target::Upstream {
@@ -306,14 +309,7 @@ impl Shared {
                         let dst = self.relay.upstream_addr(local_port);
                         match self.upstream_conn(local_port).await {
                             Some(conn) => {
-                                self.observe(
-                                    Origin::Forwarded,
-                                    direction,
-                                    &arrival,
-                                    dst,
-                                    data,
-                                    Some(summary),
-                                );
+                                forwarded(dst);
                                 self.send_tcp(&conn, out)
                             }
                             None => {
@@ -323,14 +319,7 @@ impl Shared {
                         }
                     }
                     Target::Flow(flow) | Target::Address(flow) => {
-                        self.observe(
-                            Origin::Forwarded,
-                            direction,
-                            &arrival,
-                            flow.remote,
-                            data,
-                            Some(summary),
-                        );
+                        forwarded(flow.remote);
                         self.send_flow(flow, out).await
                     }
                 };
