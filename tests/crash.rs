@@ -86,6 +86,9 @@ const DOWNTIME: Duration = Duration::from_millis(1_500);
 
 /// Ms either side of the call timeout where a BYE and the timeout race.
 const MARGIN_MS: i64 = 300;
+/// How often call tracking looks for calls whose timers ran out: a BYE after the deadline
+/// but before the tick still closes its call.
+const TICK_MS: i64 = 1_000;
 
 /// Whether the BYE was answered within `ms` of the call's answer.
 fn bye_within(call: &Seen, ms: i64) -> bool {
@@ -168,7 +171,7 @@ fn crash_under_load(engine: &str) {
         } else if in_progress && bye_within(call, timeout_ms - MARGIN_MS) {
             closed_by_bye += 1;
             ("answered", "caller")
-        } else if in_progress && !bye_within(call, timeout_ms + MARGIN_MS) {
+        } else if in_progress && !bye_within(call, timeout_ms + TICK_MS + MARGIN_MS) {
             closed_by_timeout += 1;
             ("timeout", "sipedge")
         } else {
@@ -312,7 +315,8 @@ fn kill_9_twenty_times_under_load_on_redb() {
             report()
         );
     }
-    let mut checked = 0;
+    let timeout_ms = CALL_TIMEOUT_S as i64 * 1000;
+    let (mut checked, mut late_byes) = (0, 0);
     for (call_id, call) in &seen {
         let (Some(invited), Some(answered), Some(bye_ok)) =
             (call.invite_sent_at, call.answered_at, call.bye_ok_at)
@@ -323,7 +327,18 @@ fn kill_9_twenty_times_under_load_on_redb() {
             continue;
         }
         // A call in progress across a kill comes back from its saved state; a BYE that
-        // arrived while sipedge was down and got through on a resend is the caller's too.
+        // arrived while sipedge was down and got through on a resend is the caller's too,
+        // unless the kills ate its resends until `call_timeout` had run out (seen in CI: a
+        // BYE's first four copies fell into four restarts, the fifth came 8.5 s after the
+        // answer). Between the deadline and the next one-second tick either close is right.
+        let expected = if bye_ok - answered < timeout_ms - MARGIN_MS {
+            ("answered", "caller")
+        } else if bye_ok - answered > timeout_ms + TICK_MS + MARGIN_MS {
+            late_byes += 1;
+            ("timeout", "sipedge")
+        } else {
+            continue;
+        };
         let cdr = listed
             .get(call_id)
             .and_then(|v| v.first())
@@ -335,14 +350,15 @@ fn kill_9_twenty_times_under_load_on_redb() {
             });
         assert_eq!(
             (cdr["disposition"].as_str(), cdr["ended_by"].as_str()),
-            (Some("answered"), Some("caller")),
+            (Some(expected.0), Some(expected.1)),
             "call {call_id} ({call:?}): {cdr:#}\n{}",
             report()
         );
         checked += 1;
     }
     eprintln!(
-        "kill loop: {KILLS} kills, {} calls seen, {checked} checked clean, {} CDRs in all",
+        "kill loop: {KILLS} kills, {} calls seen, {checked} checked clean ({late_byes} of them \
+         timed out with their BYE's resends lost), {} CDRs in all",
         seen.len(),
         listed.len()
     );
