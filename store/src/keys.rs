@@ -18,6 +18,7 @@
 
 use crate::cdr::{CdrId, UnixMs};
 use crate::codec::Kind;
+use crate::engine::Key;
 
 pub(crate) const HOUR_MS: i64 = 3_600_000;
 pub(crate) const SLOT_MS: i64 = 15 * 60_000;
@@ -70,8 +71,8 @@ pub(crate) fn slot_start(slot: u32) -> UnixMs {
     UnixMs(i64::from(slot) * SLOT_MS)
 }
 
-pub(crate) fn number_key(id: CdrId, number: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(4 + number.len() + 16);
+pub(crate) fn number_key(id: CdrId, number: &str) -> Key {
+    let mut key = Key::with_capacity(4 + number.len() + 16);
     key.extend_from_slice(&hour_of(id.start()).to_be_bytes());
     key.extend_from_slice(number.as_bytes());
     key.extend_from_slice(&id_key(id));
@@ -94,8 +95,8 @@ pub(crate) fn number_prefix(hour: u32, prefix: &str) -> Vec<u8> {
     key
 }
 
-pub(crate) fn kind_key(kind: Kind, id: CdrId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(17);
+pub(crate) fn kind_key(kind: Kind, id: CdrId) -> Key {
+    let mut key = Key::with_capacity(17);
     key.push(kind.0);
     key.extend_from_slice(&id_key(id));
     key

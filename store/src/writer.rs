@@ -4,6 +4,7 @@
 //! retention between batches. Being the only writer lets it read-modify-write the rollup
 //! counters and the log sequence numbers without transactions.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::{Bound, ControlFlow};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -517,7 +518,7 @@ impl WriterThread {
                     if build.put_cdr(snap.as_mut(), cdr)? && self.cfg.outbox {
                         build.batch.put(
                             Table::Outbox,
-                            keys::outbox_key(outbox_seq).to_vec(),
+                            &keys::outbox_key(outbox_seq),
                             codec::encode_outbox(cdr.id, queued_at),
                         );
                         outbox_seq += 1;
@@ -539,14 +540,14 @@ impl WriterThread {
                         Ok(ControlFlow::Continue(()))
                     })?;
                     for key in gone {
-                        build.batch.delete(Table::Outbox, key);
+                        build.batch.delete(Table::Outbox, &key);
                     }
                     acked = Some(*upto);
                 }
                 Queued::SinkState(name, state) => {
                     build
                         .batch
-                        .put(Table::Meta, keys::sink_state_key(name), state.clone())
+                        .put(Table::Meta, &keys::sink_state_key(name), state.clone())
                 }
                 Queued::Log(id, entry) => {
                     let size = codec::log_entry_size(entry);
@@ -576,14 +577,12 @@ impl WriterThread {
                 Queued::PutCall(id, bytes) => {
                     build
                         .batch
-                        .put(Table::Calls, keys::id_key(*id).to_vec(), bytes.clone());
+                        .put(Table::Calls, &keys::id_key(*id), bytes.clone());
                 }
-                Queued::RemoveCall(id) => {
-                    build.batch.delete(Table::Calls, keys::id_key(*id).to_vec())
-                }
+                Queued::RemoveCall(id) => build.batch.delete(Table::Calls, &keys::id_key(*id)),
                 Queued::Alarm(alarm) => build.batch.put(
                     Table::Alarms,
-                    alarm.id.0.to_be_bytes().to_vec(),
+                    &alarm.id.0.to_be_bytes(),
                     codec::encode_alarm(alarm),
                 ),
             }
@@ -591,21 +590,19 @@ impl WriterThread {
         for b in bundles {
             build.batch.put(
                 Table::Logs,
-                keys::log_key(b.id, b.first_seq).to_vec(),
+                &keys::log_key(b.id, b.first_seq),
                 codec::encode_log_bundle(&b.entries),
             );
         }
         if seq != self.next_log_seq {
-            build.batch.put(
-                Table::Meta,
-                keys::LOG_SEQ_KEY.to_vec(),
-                seq.to_be_bytes().to_vec(),
-            );
+            build
+                .batch
+                .put(Table::Meta, &keys::LOG_SEQ_KEY, seq.to_be_bytes().to_vec());
         }
         if outbox_seq != self.next_outbox_seq {
             build.batch.put(
                 Table::Meta,
-                keys::OUTBOX_SEQ_KEY.to_vec(),
+                &keys::OUTBOX_SEQ_KEY,
                 outbox_seq.to_be_bytes().to_vec(),
             );
         }
@@ -658,14 +655,14 @@ impl WriterThread {
             },
         )?;
         let more_cdrs = expired.len() >= PURGE_CHUNK;
-        for (id, cdr) in expired {
+        for (id, cdr) in &expired {
             match cdr {
-                Ok(cdr) => build.remove_cdr(snap.as_mut(), &cdr)?,
+                Ok(cdr) => build.remove_cdr(snap.as_mut(), cdr)?,
                 Err(e) => {
                     // Its index entries cannot be found; queries skip entries whose record
                     // is gone, so deleting the record is enough to make progress.
                     tracing::error!(error = %e, %id, "deleting an unreadable expired CDR");
-                    build.batch.delete(Table::Cdrs, keys::id_key(id).to_vec());
+                    build.batch.delete(Table::Cdrs, &keys::id_key(*id));
                 }
             }
             purged.cdrs += 1;
@@ -688,7 +685,7 @@ impl WriterThread {
         )?;
         let more_logs = log_keys.len() >= PURGE_LOG_CHUNK;
         for key in log_keys {
-            build.batch.delete(Table::Logs, key);
+            build.batch.delete(Table::Logs, &key);
         }
 
         // Cleared alarms go with the CDRs of their time; active ones stay whatever their age.
@@ -714,7 +711,7 @@ impl WriterThread {
         )?;
         purged.alarms = old_alarms.len() as u64;
         for key in old_alarms {
-            build.batch.delete(Table::Alarms, key);
+            build.batch.delete(Table::Alarms, &key);
         }
 
         let batch = build.finish(snap.as_mut())?;
@@ -735,24 +732,29 @@ impl WriterThread {
 /// Builds one batch: CDRs with their index entries, and rollup changes summed per key and
 /// applied to the stored counters at the end.
 #[derive(Default)]
-struct BatchBuilder {
+struct BatchBuilder<'a> {
     /// The changes so far.
     batch: Batch,
-    /// CDRs written or deleted earlier in this batch, which the snapshot does not see yet.
-    cdrs: HashMap<CdrId, Option<Cdr>>,
+    /// CDRs written or deleted earlier in this batch, which the snapshot does not see yet,
+    /// borrowed from the ops being committed.
+    cdrs: HashMap<CdrId, Option<&'a Cdr>>,
     /// Net change of each rollup counter in this batch.
     rollup: HashMap<[u8; 5], (i64, i64)>,
 }
 
-impl BatchBuilder {
-    fn stored(&self, snap: &mut dyn Snapshot, id: CdrId) -> Result<Option<Cdr>, StoreError> {
+impl<'a> BatchBuilder<'a> {
+    fn stored(
+        &self,
+        snap: &mut dyn Snapshot,
+        id: CdrId,
+    ) -> Result<Option<Cow<'a, Cdr>>, StoreError> {
         if let Some(cdr) = self.cdrs.get(&id) {
-            return Ok(cdr.clone());
+            return Ok(cdr.map(Cow::Borrowed));
         }
         match snap.get(Table::Cdrs, &keys::id_key(id))? {
             None => Ok(None),
             Some(value) => match codec::decode_cdr(id, &value) {
-                Ok(cdr) => Ok(Some(cdr)),
+                Ok(cdr) => Ok(Some(Cow::Owned(cdr))),
                 Err(e) => {
                     // Its index entries cannot be found without it; the new record replaces it.
                     tracing::error!(error = %e, %id, "overwriting an unreadable stored CDR");
@@ -763,11 +765,10 @@ impl BatchBuilder {
     }
 
     /// Stores `cdr` with its index entries; says whether it was new or changed.
-    fn put_cdr(&mut self, snap: &mut dyn Snapshot, cdr: &Cdr) -> Result<bool, StoreError> {
-        self.batch
-            .delete(Table::Calls, keys::id_key(cdr.id).to_vec());
+    fn put_cdr(&mut self, snap: &mut dyn Snapshot, cdr: &'a Cdr) -> Result<bool, StoreError> {
+        self.batch.delete(Table::Calls, &keys::id_key(cdr.id));
         let old = self.stored(snap, cdr.id)?;
-        if old.as_ref() == Some(cdr) {
+        if old.as_deref() == Some(cdr) {
             return Ok(false);
         }
         if let Some(old) = &old {
@@ -776,33 +777,29 @@ impl BatchBuilder {
         let kind = Kind::of(cdr);
         let talk = codec::talk_ms(cdr);
         let index_value = codec::encode_index_value(kind, talk);
-        self.batch.put(
-            Table::Cdrs,
-            keys::id_key(cdr.id).to_vec(),
-            codec::encode_cdr(cdr),
-        );
+        self.batch
+            .put(Table::Cdrs, &keys::id_key(cdr.id), codec::encode_cdr(cdr));
         self.batch.put(
             Table::ByCaller,
-            keys::number_key(cdr.id, &cdr.caller),
+            &keys::number_key(cdr.id, &cdr.caller),
             index_value.clone(),
         );
         self.batch.put(
             Table::ByCalled,
-            keys::number_key(cdr.id, &cdr.called),
+            &keys::number_key(cdr.id, &cdr.called),
             index_value,
         );
         self.batch
-            .put(Table::ByKind, keys::kind_key(kind, cdr.id), Vec::new());
+            .put(Table::ByKind, &keys::kind_key(kind, cdr.id), Vec::new());
         self.count(cdr, 1);
-        self.cdrs.insert(cdr.id, Some(cdr.clone()));
+        self.cdrs.insert(cdr.id, Some(cdr));
         Ok(true)
     }
 
-    fn remove_cdr(&mut self, snap: &mut dyn Snapshot, cdr: &Cdr) -> Result<(), StoreError> {
+    fn remove_cdr(&mut self, snap: &mut dyn Snapshot, cdr: &'a Cdr) -> Result<(), StoreError> {
         if self.stored(snap, cdr.id)?.is_some() {
             self.unindex(cdr, -1);
-            self.batch
-                .delete(Table::Cdrs, keys::id_key(cdr.id).to_vec());
+            self.batch.delete(Table::Cdrs, &keys::id_key(cdr.id));
             self.cdrs.insert(cdr.id, None);
         }
         Ok(())
@@ -812,11 +809,11 @@ impl BatchBuilder {
     /// caller) and takes it out of the rollups.
     fn unindex(&mut self, old: &Cdr, sign: i64) {
         self.batch
-            .delete(Table::ByCaller, keys::number_key(old.id, &old.caller));
+            .delete(Table::ByCaller, &keys::number_key(old.id, &old.caller));
         self.batch
-            .delete(Table::ByCalled, keys::number_key(old.id, &old.called));
+            .delete(Table::ByCalled, &keys::number_key(old.id, &old.called));
         self.batch
-            .delete(Table::ByKind, keys::kind_key(Kind::of(old), old.id));
+            .delete(Table::ByKind, &keys::kind_key(Kind::of(old), old.id));
         self.count(old, sign);
     }
 
@@ -846,10 +843,10 @@ impl BatchBuilder {
                 talk_ms: current.talk_ms.saturating_add_signed(talk),
             };
             if next.calls == 0 {
-                self.batch.delete(Table::Rollup, key.to_vec());
+                self.batch.delete(Table::Rollup, &key);
             } else {
                 self.batch
-                    .put(Table::Rollup, key.to_vec(), codec::encode_counts(next));
+                    .put(Table::Rollup, &key, codec::encode_counts(next));
             }
         }
         Ok(self.batch)

@@ -12,6 +12,7 @@ use std::ops::{Bound, ControlFlow};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::StoreError;
 
@@ -93,11 +94,15 @@ impl Table {
     }
 }
 
+/// A key in a batch: inline up to 32 bytes, which holds every key but a long number's
+/// index entry, so that a CDR's five keys cost no allocation.
+pub(crate) type Key = SmallVec<[u8; 32]>;
+
 /// One change in a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Change {
-    Put(Table, Vec<u8>, Vec<u8>),
-    Delete(Table, Vec<u8>),
+    Put(Table, Key, Vec<u8>),
+    Delete(Table, Key),
 }
 
 /// Changes committed together: after a crash either all of them are on disk or none.
@@ -108,12 +113,14 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    pub(crate) fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
-        self.changes.push(Change::Put(table, key, value));
+    pub(crate) fn put(&mut self, table: Table, key: &[u8], value: Vec<u8>) {
+        self.changes
+            .push(Change::Put(table, Key::from_slice(key), value));
     }
 
-    pub(crate) fn delete(&mut self, table: Table, key: Vec<u8>) {
-        self.changes.push(Change::Delete(table, key));
+    pub(crate) fn delete(&mut self, table: Table, key: &[u8]) {
+        self.changes
+            .push(Change::Delete(table, Key::from_slice(key)));
     }
 
     pub(crate) fn is_empty(&self) -> bool {
