@@ -14,6 +14,7 @@ use std::path::Path;
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
 
 use crate::error::Error;
 
@@ -22,6 +23,9 @@ pub const KEY_FILE: &str = "sip-flow.key";
 
 /// Bytes of HMAC kept in a token: 80 bits make forging by guessing hopeless.
 const MAC_LEN: usize = 10;
+/// A token's bytes before hex: kind, local port, remote IP (up to IPv6), remote port,
+/// connection id, MAC.
+const TOKEN_RAW_LEN: usize = 1 + 2 + 16 + 2 + 8 + MAC_LEN;
 
 /// Prefix of every branch sipedge writes, after the RFC 3261 magic cookie: lets a response's
 /// top Via be recognised as sipedge's own.
@@ -130,7 +134,9 @@ impl FlowKey {
 
     /// Appends the token naming `flow` (lower-case hex, valid in a SIP URI user part).
     pub fn encode(&self, flow: &Flow, out: &mut Vec<u8>) {
-        let mut raw = Vec::with_capacity(1 + 2 + 16 + 2 + 8 + MAC_LEN);
+        // On the stack (at most `TOKEN_RAW_LEN` bytes): a token is made for most relayed
+        // requests.
+        let mut raw: SmallVec<[u8; 64]> = SmallVec::new();
         let tcp = u8::from(flow.transport == Transport::Tcp);
         match flow.remote.ip() {
             IpAddr::V4(ip) => {
@@ -156,7 +162,7 @@ impl FlowKey {
 
     /// The flow a token names, if the token is well formed and was made with this key.
     pub fn decode(&self, token: &[u8]) -> Option<Flow> {
-        let mut raw = [0u8; 1 + 2 + 16 + 2 + 8 + MAC_LEN];
+        let mut raw = [0u8; TOKEN_RAW_LEN];
         if !token.len().is_multiple_of(2) || token.len() / 2 > raw.len() {
             return None;
         }
