@@ -271,6 +271,7 @@ pub fn spawn(
         node: cfg.node.into(),
         handle: handle.clone(),
         changed: HashMap::new(),
+        outputs: Vec::new(),
         log_cap: cfg.log_cap,
         relay: cfg.relay,
     };
@@ -293,6 +294,8 @@ struct Worker {
     /// is done: a call that changes several times, or ends, within one batch is encoded and
     /// written once, or not at all.
     changed: HashMap<CdrId, CallKey>,
+    /// The tracker's outputs for one message, kept between messages for its capacity.
+    outputs: Vec<Output>,
     /// Cap on each call's log.
     log_cap: LogCap,
     /// Where the calls in progress and the skipped log entries are counted.
@@ -400,8 +403,10 @@ impl Worker {
             return;
         };
         let at = ev.at;
-        let outputs = self.tracker.on_event(&ev);
-        self.apply(outputs, at);
+        let mut outputs = std::mem::take(&mut self.outputs);
+        self.tracker.on_event_into(&ev, &mut outputs);
+        self.apply(&mut outputs, at);
+        self.outputs = outputs;
         let log_cap = self.log_cap;
         let Some((id, used)) = self.tracker.log_of(&ev) else {
             self.sync_stats();
@@ -445,9 +450,9 @@ impl Worker {
     }
 
     fn tick(&mut self, now: UnixMs) {
-        let outputs = self.tracker.tick(now);
+        let mut outputs = self.tracker.tick(now);
         if !outputs.is_empty() {
-            self.apply(outputs, now);
+            self.apply(&mut outputs, now);
             self.save_changed();
             self.sync_stats();
         }
@@ -466,8 +471,9 @@ impl Worker {
         }
     }
 
-    fn apply(&mut self, outputs: Vec<Output>, at: UnixMs) {
-        for output in outputs {
+    /// Acts on the tracker's outputs, leaving `outputs` empty.
+    fn apply(&mut self, outputs: &mut Vec<Output>, at: UnixMs) {
+        for output in outputs.drain(..) {
             match output {
                 Output::Started(call) => self.publish(LiveEventKind::Started, call),
                 Output::Ringing(call) => self.publish(LiveEventKind::Ringing, call),

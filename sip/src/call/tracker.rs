@@ -863,6 +863,14 @@ impl Tracker {
 
     /// Takes one relayed message into account.
     pub fn on_event(&mut self, ev: &SipEvent) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.on_event_into(ev, &mut out);
+        out
+    }
+
+    /// [`Tracker::on_event`], appending to `out`: the live task reuses one buffer rather
+    /// than allocate one for most messages.
+    pub fn on_event_into(&mut self, ev: &SipEvent, out: &mut Vec<Output>) {
         let from_tag = ev.from_tag.as_deref().unwrap_or_default();
         let to_tag = ev.to_tag.as_deref();
         let sane = !ev.call_id.is_empty()
@@ -882,7 +890,7 @@ impl Tracker {
             } else {
                 self.stats.ignored += 1;
             }
-            return Vec::new();
+            return;
         }
         let by_from = KeyRef {
             call_id: &ev.call_id,
@@ -903,10 +911,11 @@ impl Tracker {
         };
         let Some((mut call, by_caller)) = found else {
             if initial_invite {
-                return self.start(by_from, ev);
+                self.start(by_from, ev, out);
+            } else {
+                self.stats.ignored += 1;
             }
-            self.stats.ignored += 1;
-            return Vec::new();
+            return;
         };
         let mut effect = match &ev.kind {
             SipKind::Request { method, .. } if *method == ev.cseq_method => {
@@ -926,9 +935,7 @@ impl Tracker {
             call.terminal_heard = true;
             effect.changed = true;
         }
-        let mut out = Vec::new();
-        self.apply(call, effect, ev.at, &mut out);
-        out
+        self.apply(call, effect, ev.at, out);
     }
 
     /// Closes the calls whose timers (Timer C, CANCEL wait, `call_timeout`) ran out by `now`.
@@ -960,21 +967,20 @@ impl Tracker {
         out
     }
 
-    fn start(&mut self, key: KeyRef, ev: &SipEvent) -> Vec<Output> {
+    fn start(&mut self, key: KeyRef, ev: &SipEvent, out: &mut Vec<Output>) {
         if let Some(recent) = self.recent.get(&key)
             && ev.cseq <= recent.invite_cseq
         {
             // A late retransmission of an ended call's INVITE.
             self.stats.ignored += 1;
-            return Vec::new();
+            return;
         }
         let SipKind::Request { request_uri, .. } = &ev.kind else {
-            return Vec::new();
+            return;
         };
-        let mut out = Vec::new();
-        if self.calls.len() >= self.max_calls && !self.evict_oldest_unanswered(ev.at, &mut out) {
+        if self.calls.len() >= self.max_calls && !self.evict_oldest_unanswered(ev.at, out) {
             self.stats.refused += 1;
-            return out;
+            return;
         }
         let (called, called_uri) = match user_part(&ev.to_uri) {
             Some(user) => (user, &*ev.to_uri),
@@ -1027,7 +1033,6 @@ impl Tracker {
         out.push(Output::Started(call.live(&self.node)));
         out.push(Output::Changed(call.key.clone()));
         self.put(call);
-        out
     }
 
     /// Makes room for a new call by closing the oldest call not connected; false when every
