@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use sipedge_store::Source;
 use tokio::sync::mpsc;
 
@@ -56,6 +56,30 @@ pub enum Origin {
     /// A reply sipedge made itself (400, 413, 483, 503, 200 to OPTIONS): call tracking sees
     /// e.g. "483 sent" or "upstream unreachable" as this response.
     Local,
+}
+
+/// Each relay task's copies of the messages it hands to call tracking, cut one after another
+/// from a shared chunk: a message's copy is one reference count, not one allocation (and,
+/// later, one free on call tracking's or the store's thread). A chunk is freed when the last
+/// message cut from it is dropped, and reused in place when that happens before it is full.
+#[derive(Debug, Default)]
+pub(crate) struct Copies {
+    chunk: BytesMut,
+}
+
+/// Size of a chunk: a few dozen messages. Small, since each busy port holds one.
+const COPIES_CHUNK: usize = 32 * 1024;
+
+impl Copies {
+    /// A copy of `bytes` that call tracking can keep.
+    pub(crate) fn copy(&mut self, bytes: &[u8]) -> Bytes {
+        if self.chunk.capacity() - self.chunk.len() < bytes.len() {
+            // Only whole messages go in a chunk; an oversized one gets a chunk of its own.
+            self.chunk.reserve(bytes.len().max(COPIES_CHUNK));
+        }
+        self.chunk.extend_from_slice(bytes);
+        self.chunk.split().freeze()
+    }
 }
 
 /// One message through sipedge, for call tracking and the per-call SIP log.
@@ -516,6 +540,38 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_are_whole_cut_from_shared_chunks_and_outlive_them() {
+        let mut copies = Copies::default();
+        // Sizes around the chunk's: empty, small, exactly a chunk, and an oversized one.
+        let sizes = [0, 1, 700, 1500, COPIES_CHUNK, 10, COPIES_CHUNK + 1, 3];
+        let kept: Vec<(Vec<u8>, Bytes)> = (0u8..)
+            .zip(sizes.iter().cycle().take(200))
+            .map(|(i, &n)| {
+                let message = vec![i; n];
+                let copy = copies.copy(&message);
+                (message, copy)
+            })
+            .collect();
+        for (message, copy) in &kept {
+            assert_eq!(
+                &copy[..],
+                &message[..],
+                "a later copy overwrote an earlier one"
+            );
+        }
+        // Small messages go one after another into one allocation.
+        let mut copies = Copies::default();
+        let first = copies.copy(&[1; 100]);
+        let second = copies.copy(&[2; 100]);
+        assert_eq!(second.as_ptr(), first.as_ptr().wrapping_add(100));
+        // Once every copy from a chunk is gone, the chunk is taken again from its start.
+        let start = first.as_ptr();
+        drop((first, second));
+        let reused = (0..=COPIES_CHUNK / 100).any(|_| copies.copy(&[3; 100]).as_ptr() == start);
+        assert!(reused, "a chunk no copy holds any more was not reused");
+    }
 
     #[test]
     fn counters() {

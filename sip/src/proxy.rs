@@ -35,7 +35,7 @@ use crate::config::{PortRange, ProxyConfig};
 use crate::error::Error;
 use crate::flow::{Flow, FlowKey, Transport};
 use crate::limit::SourceLimiter;
-use crate::observe::{Direction, DropReason, Handoff, Metrics, Origin, Relayed};
+use crate::observe::{Copies, Direction, DropReason, Handoff, Metrics, Origin, Relayed};
 use crate::relay::{Arrival, Decision, Relay, Side, Target};
 use crate::scan::{self, Summary};
 use crate::tcp::Conns;
@@ -262,6 +262,7 @@ impl Shared {
         arrival: Arrival,
         data: &[u8],
         out: &mut Vec<u8>,
+        copies: &mut Copies,
     ) {
         // The scan's index borrows `data` and is large: it is not kept across the sends
         // below, only what call tracking reads of it, as positions.
@@ -279,18 +280,26 @@ impl Shared {
         match decision {
             Decision::Drop(reason) => self.metrics.dropped(reason),
             Decision::Reply { direction, .. } => {
-                self.observe(Origin::Local, direction, &arrival, arrival.src, out, None);
+                let local = (&out[..], None);
+                self.observe(
+                    Origin::Local,
+                    direction,
+                    &arrival,
+                    arrival.src,
+                    local,
+                    copies,
+                );
                 self.send_back(&arrival, out).await;
             }
             Decision::Forward { target, direction } => {
-                let forwarded = |dst| {
+                let mut forwarded = |dst| {
                     self.observe(
                         Origin::Forwarded,
                         direction,
                         &arrival,
                         dst,
-                        data,
-                        Some(summary),
+                        (data, Some(summary)),
+                        copies,
                     )
                 };
                 let sent = match target {
@@ -313,7 +322,7 @@ impl Shared {
                                 self.send_tcp(&conn, out)
                             }
                             None => {
-                                self.upstream_unreachable(&arrival, data, out).await;
+                                self.upstream_unreachable(&arrival, data, out, copies).await;
                                 return;
                             }
                         }
@@ -379,7 +388,13 @@ impl Shared {
 
     /// The request could not be forwarded over TCP: 503 to the sender (not for an ACK, which
     /// has no response), seen by call tracking as "upstream unreachable".
-    async fn upstream_unreachable(&self, arrival: &Arrival, data: &[u8], out: &mut Vec<u8>) {
+    async fn upstream_unreachable(
+        &self,
+        arrival: &Arrival,
+        data: &[u8],
+        out: &mut Vec<u8>,
+        copies: &mut Copies,
+    ) {
         let Ok(msg) = scan::scan(data) else {
             return;
         };
@@ -402,8 +417,8 @@ impl Shared {
             Direction::ToTerminal,
             arrival,
             arrival.src,
-            out,
-            None,
+            (out, None),
+            copies,
         );
         self.send_back(arrival, out).await;
     }
@@ -416,8 +431,8 @@ impl Shared {
         direction: Direction,
         arrival: &Arrival,
         dst: SocketAddr,
-        bytes: &[u8],
-        summary: Option<Summary>,
+        (bytes, summary): (&[u8], Option<Summary>),
+        copies: &mut Copies,
     ) {
         if let Err(bound) = self.handoff.room_for(bytes.len()) {
             self.metrics.handoff_dropped.fetch_add(1, Ordering::Relaxed);
@@ -437,7 +452,7 @@ impl Shared {
                 src,
                 dst,
                 source: Source::Proxy,
-                bytes: Bytes::copy_from_slice(bytes),
+                bytes: copies.copy(bytes),
                 summary,
                 charge: Default::default(),
             },

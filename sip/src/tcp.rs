@@ -27,7 +27,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 
 use crate::flow::{Flow, Transport};
 use crate::frame::{Frame, Framer};
-use crate::observe::{Bound, DropReason, Origin};
+use crate::observe::{Bound, Copies, DropReason, Origin};
 use crate::proxy::Shared;
 use crate::relay::Decision;
 use crate::relay::{Arrival, Side, StreamProblem};
@@ -310,12 +310,20 @@ impl Shared {
         arrival: &Arrival,
         buffered: &[u8],
         problem: StreamProblem,
-        out: &mut Vec<u8>,
+        (out, copies): (&mut Vec<u8>, &mut Copies),
     ) {
         match self.relay.refuse_stream(arrival, buffered, problem, out) {
             Decision::Reply { direction, .. } => {
                 // Handed to call tracking first, as in `process`.
-                self.observe(Origin::Local, direction, arrival, arrival.src, out, None);
+                let local = (&out[..], None);
+                self.observe(
+                    Origin::Local,
+                    direction,
+                    arrival,
+                    arrival.src,
+                    local,
+                    copies,
+                );
                 let sent = self
                     .conns
                     .find(arrival.conn, arrival.src)
@@ -580,6 +588,7 @@ async fn read_loop(
     let mut framer = Framer::new(shared.cfg.max_message_bytes);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(4096);
+    let mut copies = Copies::default();
     let mut closing = shared.closing.clone();
     loop {
         loop {
@@ -589,7 +598,7 @@ async fn read_loop(
                         return;
                     };
                     if shared.admit(arrival.side, arrival.src) {
-                        shared.process(arrival, data, &mut out).await;
+                        shared.process(arrival, data, &mut out, &mut copies).await;
                     }
                     buf.advance(len);
                 }
@@ -602,12 +611,14 @@ async fn read_loop(
                 Frame::Pong { len } => buf.advance(len),
                 Frame::Incomplete => break,
                 Frame::TooLarge => {
-                    shared.refuse_stream(&arrival, &buf, StreamProblem::TooLarge, &mut out);
+                    let scratch = (&mut out, &mut copies);
+                    shared.refuse_stream(&arrival, &buf, StreamProblem::TooLarge, scratch);
                     return;
                 }
                 Frame::Invalid(e) => {
                     shared.metrics.parse_errors.fetch_add(1, Ordering::Relaxed);
-                    shared.refuse_stream(&arrival, &buf, StreamProblem::Unframable(e), &mut out);
+                    let scratch = (&mut out, &mut copies);
+                    shared.refuse_stream(&arrival, &buf, StreamProblem::Unframable(e), scratch);
                     return;
                 }
             }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tokio::net::UdpSocket;
 
 use crate::flow::Transport;
+use crate::observe::Copies;
 use crate::proxy::Shared;
 use crate::relay::Arrival;
 use crate::stun;
@@ -17,6 +18,7 @@ const RECV_BUFFER: usize = 65_536;
 pub(crate) async fn serve(shared: Arc<Shared>, port: u16, sock: Arc<UdpSocket>) {
     let mut buf = vec![0u8; RECV_BUFFER];
     let mut out = Vec::with_capacity(4096);
+    let mut copies = Copies::default();
     loop {
         let (n, src) = match sock.recv_from(&mut buf).await {
             Ok(r) => r,
@@ -51,6 +53,6 @@ pub(crate) async fn serve(shared: Arc<Shared>, port: u16, sock: Arc<UdpSocket>) 
             conn: 0,
             side,
         };
-        shared.process(arrival, data, &mut out).await;
+        shared.process(arrival, data, &mut out, &mut copies).await;
     }
 }
