@@ -374,7 +374,7 @@ fn check_schema(kv: &dyn Kv) -> Result<(), StoreError> {
             let mut batch = engine::Batch::default();
             batch.put(
                 Table::Meta,
-                &keys::SCHEMA_KEY,
+                keys::SCHEMA_KEY,
                 SCHEMA_VERSION.to_be_bytes().to_vec(),
             );
             kv.commit(&batch)
@@ -391,7 +391,7 @@ fn forget_sink_states(kv: &dyn Kv) -> Result<(), StoreError> {
         prefix_range(keys::SINK_STATE_PREFIX),
         engine::Direction::Forward,
         &mut |k, _| {
-            batch.delete(Table::Meta, &k);
+            batch.delete(Table::Meta, k);
             Ok(ControlFlow::Continue(()))
         },
     )?;
@@ -459,7 +459,7 @@ mod tests {
 
     fn raw_put(store: &Store, table: Table, key: &[u8], value: &[u8]) {
         let mut batch = engine::Batch::default();
-        batch.put(table, &key, value.to_vec());
+        batch.put(table, key, value.to_vec());
         store.inner.kv.commit(&batch).unwrap();
     }
 

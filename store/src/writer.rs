@@ -597,12 +597,12 @@ impl WriterThread {
         if seq != self.next_log_seq {
             build
                 .batch
-                .put(Table::Meta, &keys::LOG_SEQ_KEY, seq.to_be_bytes().to_vec());
+                .put(Table::Meta, keys::LOG_SEQ_KEY, seq.to_be_bytes().to_vec());
         }
         if outbox_seq != self.next_outbox_seq {
             build.batch.put(
                 Table::Meta,
-                &keys::OUTBOX_SEQ_KEY,
+                keys::OUTBOX_SEQ_KEY,
                 outbox_seq.to_be_bytes().to_vec(),
             );
         }

@@ -48,6 +48,8 @@ const MAX_BRANCHES: usize = 8;
 
 /// Version of [`CallSnapshot::encode`]'s layout.
 const SNAPSHOT_VERSION: u8 = 1;
+/// Room for an encoded snapshot: a SIPp call's is about 650 bytes.
+const SNAPSHOT_CAPACITY: usize = 1024;
 
 /// Default cap on tracked calls: far above a node's concurrent calls (and 110 new calls a
 /// second for all of Timer C), while a flood of INVITEs that fills it costs about 60 MB
@@ -226,7 +228,9 @@ impl CallSnapshot {
     /// The bytes the store keeps for a call in progress: a version byte, then JSON (small
     /// next to the call's log, and readable when debugging a resume).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![SNAPSHOT_VERSION];
+        // Sized for a typical call, so that serialising does not grow the buffer step by step.
+        let mut out = Vec::with_capacity(SNAPSHOT_CAPACITY);
+        out.push(SNAPSHOT_VERSION);
         // Serialising plain fields and enums into a Vec cannot fail.
         if serde_json::to_writer(&mut out, self).is_err() {
             out.truncate(1);
