@@ -900,20 +900,20 @@ impl Tracker {
             call_id: &ev.call_id,
             from_tag,
         };
-        let found = match self.take(by_from) {
-            Some(call) => Some((call, true)),
-            None => match to_tag {
-                Some(tag) => {
-                    let by_to = KeyRef {
-                        call_id: &ev.call_id,
-                        from_tag: tag,
-                    };
-                    self.take(by_to).map(|call| (call, false))
-                }
-                None => None,
-            },
+        // Updated in place: most messages change neither the call's timer nor whether it is
+        // answered, so its index entries stay as they are.
+        let by_to = to_tag.map(|tag| KeyRef {
+            call_id: &ev.call_id,
+            from_tag: tag,
+        });
+        let found = if self.calls.contains_key(&by_from) {
+            Some((by_from, true))
+        } else {
+            by_to
+                .filter(|key| self.calls.contains_key(key))
+                .map(|key| (key, false))
         };
-        let Some((mut call, by_caller)) = found else {
+        let Some((key, by_caller)) = found else {
             if initial_invite {
                 self.start(by_from, ev, out);
             } else {
@@ -921,6 +921,11 @@ impl Tracker {
             }
             return;
         };
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let timer = (call.deadline(self.call_timeout_ms), call.seq);
+        let was_connected = call.connected();
         let mut effect = match &ev.kind {
             SipKind::Request { method, .. } if *method == ev.cseq_method => {
                 call.on_request(by_caller, *method, ev)
@@ -939,7 +944,39 @@ impl Tracker {
             call.terminal_heard = true;
             effect.changed = true;
         }
-        self.apply(call, effect, ev.at, out);
+        if let Some(end) = effect.ended {
+            let Some(call) = self.calls.remove(&key) else {
+                return;
+            };
+            self.timers.remove(&timer);
+            if !was_connected {
+                self.unanswered.remove(&(call.start_time, call.seq));
+            }
+            self.close(call, end, ev.at, out);
+            return;
+        }
+        if effect.ringing {
+            out.push(Output::Ringing(call.live(&self.node)));
+        }
+        if effect.answered {
+            out.push(Output::Answered(call.live(&self.node)));
+        }
+        if effect.changed {
+            out.push(Output::Changed(call.key.clone()));
+        }
+        let moved = (call.deadline(self.call_timeout_ms), call.seq);
+        if moved != timer {
+            self.timers.remove(&timer);
+            self.timers.insert(moved, call.key.clone());
+        }
+        if call.connected() != was_connected {
+            let entry = (call.start_time, call.seq);
+            if call.connected() {
+                self.unanswered.remove(&entry);
+            } else {
+                self.unanswered.insert(entry, call.key.clone());
+            }
+        }
     }
 
     /// Closes the calls whose timers (Timer C, CANCEL wait, `call_timeout`) ran out by `now`.
@@ -1056,23 +1093,6 @@ impl Tracker {
         let end = Ending::new(Disposition::NoAnswer, EndedBy::Sipedge, None, now);
         self.close(call, end, now, out);
         true
-    }
-
-    fn apply(&mut self, call: CallSnapshot, effect: Effect, now: UnixMs, out: &mut Vec<Output>) {
-        if let Some(end) = effect.ended {
-            self.close(call, end, now, out);
-            return;
-        }
-        if effect.ringing {
-            out.push(Output::Ringing(call.live(&self.node)));
-        }
-        if effect.answered {
-            out.push(Output::Answered(call.live(&self.node)));
-        }
-        if effect.changed {
-            out.push(Output::Changed(call.key.clone()));
-        }
-        self.put(call);
     }
 
     fn close(&mut self, call: CallSnapshot, end: Ending, now: UnixMs, out: &mut Vec<Output>) {
