@@ -90,11 +90,20 @@ const MARGIN_MS: i64 = 300;
 /// but before the tick still closes its call.
 const TICK_MS: i64 = 1_000;
 
-/// Whether the BYE was answered within `ms` of the call's answer.
-fn bye_within(call: &Seen, ms: i64) -> bool {
+/// A call closed by the caller's BYE, and one closed by `sip.call_timeout`.
+const BY_BYE: (&str, &str) = ("answered", "caller");
+const BY_TIMEOUT: (&str, &str) = ("timeout", "sipedge");
+
+/// How a connected call whose BYE a kill may have delayed must close: by that BYE when it was
+/// answered well within `call_timeout` of the call's answer, by the timeout when it was
+/// answered well after the timeout and the tick that follows it (or never), and either way
+/// (`None`) when the two raced.
+fn expected_close(call: &Seen) -> Option<(&'static str, &'static str)> {
+    let timeout_ms = CALL_TIMEOUT_S as i64 * 1000;
     match (call.answered_at, call.bye_ok_at) {
-        (Some(answer), Some(ok)) => ok - answer < ms,
-        _ => false,
+        (Some(answer), Some(ok)) if ok - answer < timeout_ms - MARGIN_MS => Some(BY_BYE),
+        (Some(answer), Some(ok)) if ok - answer < timeout_ms + TICK_MS + MARGIN_MS => None,
+        _ => Some(BY_TIMEOUT),
     }
 }
 
@@ -158,7 +167,6 @@ fn crash_under_load(engine: &str) {
             report()
         );
     }
-    let timeout_ms = CALL_TIMEOUT_S as i64 * 1000;
     let (mut ended_before, mut closed_by_bye, mut closed_by_timeout) = (0, 0, 0);
     for (call_id, call) in &seen {
         let cdr: Option<&Value> = listed.get(call_id).and_then(|v| v.first());
@@ -167,13 +175,14 @@ fn crash_under_load(engine: &str) {
             && call.bye_sent_at.is_some_and(|t| t > dead_at);
         let expected = if ended_before_kill {
             ended_before += 1;
-            ("answered", "caller")
-        } else if in_progress && bye_within(call, timeout_ms - MARGIN_MS) {
-            closed_by_bye += 1;
-            ("answered", "caller")
-        } else if in_progress && !bye_within(call, timeout_ms + TICK_MS + MARGIN_MS) {
-            closed_by_timeout += 1;
-            ("timeout", "sipedge")
+            BY_BYE
+        } else if let Some(close) = expected_close(call).filter(|_| in_progress) {
+            if close == BY_BYE {
+                closed_by_bye += 1;
+            } else {
+                closed_by_timeout += 1;
+            }
+            close
         } else {
             // Ended or answered within the flush interval of the kill, or a BYE that came
             // about when the timeout fell: either outcome is right, once.
@@ -197,7 +206,7 @@ fn crash_under_load(engine: &str) {
             "{what}: call {call_id}: {cdr:#}"
         );
         let end = ms(cdr, "end_time").unwrap_or_default();
-        if expected.0 == "answered" && !ended_before_kill {
+        if expected == BY_BYE && !ended_before_kill {
             assert!(
                 end >= dead_at,
                 "{what}: call {call_id} closed before the kill although its BYE came after: {cdr:#}"
@@ -315,7 +324,6 @@ fn kill_9_twenty_times_under_load_on_redb() {
             report()
         );
     }
-    let timeout_ms = CALL_TIMEOUT_S as i64 * 1000;
     let (mut checked, mut late_byes) = (0, 0);
     for (call_id, call) in &seen {
         let (Some(invited), Some(answered), Some(bye_ok)) =
@@ -331,14 +339,12 @@ fn kill_9_twenty_times_under_load_on_redb() {
         // unless the kills ate its resends until `call_timeout` had run out (seen in CI: a
         // BYE's first four copies fell into four restarts, the fifth came 8.5 s after the
         // answer). Between the deadline and the next one-second tick either close is right.
-        let expected = if bye_ok - answered < timeout_ms - MARGIN_MS {
-            ("answered", "caller")
-        } else if bye_ok - answered > timeout_ms + TICK_MS + MARGIN_MS {
-            late_byes += 1;
-            ("timeout", "sipedge")
-        } else {
+        let Some(expected) = expected_close(call) else {
             continue;
         };
+        if expected == BY_TIMEOUT {
+            late_byes += 1;
+        }
         let cdr = listed
             .get(call_id)
             .and_then(|v| v.first())
