@@ -7,7 +7,8 @@
 //!   [`Decision`] and the bytes to send out. Tested with tables of messages.
 //! - [`crate::flow`]: flow tokens (RFC 5626 style, HMAC-SHA256, key file in the data dir) and
 //!   Via branch derivation.
-//! - `udp`, `tcp` (private): sockets, framing, connection table and upstream pool.
+//! - `udp`, `tcp` (private): sockets (a thread per UDP port, tasks for TCP), framing,
+//!   connection table and upstream pool.
 //! - [`crate::stun`]: answers to STUN keep-alives on the UDP ports (RFC 5626).
 //! - [`crate::limit`]: per-source token buckets.
 //! - [`crate::observe`]: counters and the non-blocking hand-off of [`Relayed`] messages to call
@@ -21,12 +22,14 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use sipedge_store::Source;
-use tokio::net::{TcpListener, UdpSocket};
+use std::net::UdpSocket;
+
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -39,6 +42,7 @@ use crate::observe::{Copies, Direction, DropReason, Handoff, Metrics, Origin, Re
 use crate::relay::{Arrival, Decision, Relay, Side, Target};
 use crate::scan::{self, Summary};
 use crate::tcp::Conns;
+use crate::udp::Wait;
 
 /// A bound proxy, ready to [`run`](Proxy::run). Binding and running are separate so that the
 /// root can bind every listener first and start nothing when one port is taken.
@@ -78,6 +82,8 @@ pub(crate) struct Shared {
     pub(crate) next_conn: AtomicU64,
     /// Flips to `true` at shutdown; connection tasks watch it.
     pub(crate) closing: watch::Receiver<bool>,
+    /// Set at shutdown before the UDP threads are woken, which then return.
+    pub(crate) stopping: AtomicBool,
     /// Sender side of `closing`.
     closing_tx: watch::Sender<bool>,
 }
@@ -147,6 +153,7 @@ impl Proxy {
             conn_permits: Arc::new(Semaphore::new(cfg.tcp_max_connections)),
             next_conn: AtomicU64::new(1),
             closing,
+            stopping: AtomicBool::new(false),
             closing_tx,
         };
         Ok(Proxy {
@@ -198,20 +205,43 @@ impl Proxy {
         Arc::clone(&self.shared.limiter)
     }
 
-    /// Relays until `shutdown` completes, then stops every task and closes every connection.
+    /// Relays until `shutdown` completes, then stops every thread and task and closes every
+    /// connection.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
-        let mut tasks = JoinSet::new();
         let first = self.shared.cfg.ports.first;
-        for (port, sock) in (first..).zip(self.udp) {
-            tasks.spawn(crate::udp::serve(Arc::clone(&self.shared), port, sock));
+        let rt = tokio::runtime::Handle::current();
+        let mut threads = Vec::with_capacity(self.udp.len());
+        for (port, sock) in (first..).zip(&self.udp) {
+            let (shared, sock, rt) = (Arc::clone(&self.shared), Arc::clone(sock), rt.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("sip-udp-{port}"))
+                .spawn(move || crate::udp::serve(shared, port, sock, rt));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    tracing::error!(port, error = %e, "no thread for the UDP port; it is not served")
+                }
+            }
         }
+        let mut tasks = JoinSet::new();
         for (port, listener) in (first..).zip(self.tcp) {
             tasks.spawn(crate::tcp::accept(Arc::clone(&self.shared), port, listener));
         }
         shutdown.await;
         let _ = self.shared.closing_tx.send(true);
+        self.shared.stopping.store(true, Ordering::Release);
+        for sock in &self.udp {
+            crate::udp::wake(sock);
+        }
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
+        // A thread in the middle of a message finishes it (its sends do not wait on this task).
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
     }
 }
 
@@ -309,7 +339,7 @@ impl Shared {
                     } => {
                         let dst = self.relay.upstream_addr(local_port);
                         forwarded(dst);
-                        self.send_udp(local_port, dst, out).await
+                        self.send_udp(local_port, dst, out, Wait::relaying(arrival.transport))
                     }
                     Target::Upstream {
                         transport: Transport::Tcp,
@@ -329,7 +359,8 @@ impl Shared {
                     }
                     Target::Flow(flow) | Target::Address(flow) => {
                         forwarded(flow.remote);
-                        self.send_flow(flow, out).await
+                        self.send_flow(flow, out, Wait::relaying(arrival.transport))
+                            .await
                     }
                 };
                 if !sent {
@@ -341,9 +372,9 @@ impl Shared {
 
     /// Sends to a terminal's flow (or an address): UDP from the flow's port; TCP over its
     /// connection when still open, else over any connection to its address, else a new one.
-    async fn send_flow(self: &Arc<Self>, flow: Flow, out: &[u8]) -> bool {
+    async fn send_flow(self: &Arc<Self>, flow: Flow, out: &[u8], wait: Wait) -> bool {
         match flow.transport {
-            Transport::Udp => self.send_udp(flow.local_port, flow.remote, out).await,
+            Transport::Udp => self.send_udp(flow.local_port, flow.remote, out, wait),
             Transport::Tcp => {
                 if let Some(conn) = self.conns.find(flow.conn, flow.remote) {
                     return self.send_tcp(&conn, out);
@@ -360,22 +391,27 @@ impl Shared {
         }
     }
 
-    pub(crate) async fn send_udp(&self, local_port: u16, dst: SocketAddr, out: &[u8]) -> bool {
-        let Some(sock) = self.udp_socket(local_port) else {
-            return false;
-        };
-        match sock.try_send_to(out, dst) {
-            Ok(_) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                sock.send_to(out, dst).await.is_ok()
-            }
-            Err(_) => false,
-        }
+    /// Sends a datagram from sipedge port `local_port`; waits for room in the socket's buffer
+    /// only on that port's own thread (`wait`).
+    pub(crate) fn send_udp(
+        &self,
+        local_port: u16,
+        dst: SocketAddr,
+        out: &[u8],
+        wait: Wait,
+    ) -> bool {
+        self.udp_socket(local_port)
+            .is_some_and(|sock| crate::udp::send(sock, dst, out, wait))
     }
 
     async fn send_back(&self, arrival: &Arrival, out: &[u8]) {
         let ok = match arrival.transport {
-            Transport::Udp => self.send_udp(arrival.local_port, arrival.src, out).await,
+            Transport::Udp => self.send_udp(
+                arrival.local_port,
+                arrival.src,
+                out,
+                Wait::relaying(arrival.transport),
+            ),
             Transport::Tcp => self
                 .conns
                 .find(arrival.conn, arrival.src)
@@ -471,9 +507,8 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     // Best effort: a smaller buffer still works.
     let _ = sock.set_recv_buffer_size(UDP_RECV_BUFFER);
-    sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
-    UdpSocket::from_std(sock.into())
+    Ok(sock.into())
 }
 
 /// The upstream host as an address (resolved once at start).
