@@ -58,7 +58,7 @@ pub enum Origin {
     Local,
 }
 
-/// Each relay task's copies of the messages it hands to call tracking, cut one after another
+/// Each relay thread's or task's copies of the messages it hands to call tracking, cut one after another
 /// from a shared chunk: a message's copy is one reference count, not one allocation (and,
 /// later, one free on call tracking's or the store's thread). A chunk is freed when the last
 /// message cut from it is dropped, and reused in place when that happens before it is full.

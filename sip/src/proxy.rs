@@ -1,5 +1,5 @@
-//! The running proxy: binds every port of the range, runs one task per UDP socket and TCP
-//! listener, and carries out the [`Decision`]s of the relay core.
+//! The running proxy: binds every port of the range, runs one thread per UDP socket and a task
+//! per TCP listener, and carries out the [`Decision`]s of the relay core.
 //!
 //! The relay's parts:
 //! - [`crate::config`]: the `[sip]` table.
@@ -320,6 +320,7 @@ impl Shared {
                 self.send_back(&arrival, out).await;
             }
             Decision::Forward { target, direction } => {
+                let wait = Wait::relaying(arrival.transport);
                 let mut forwarded = |dst| {
                     self.observe(
                         Origin::Forwarded,
@@ -337,7 +338,7 @@ impl Shared {
                     } => {
                         let dst = self.relay.upstream_addr(local_port);
                         forwarded(dst);
-                        self.send_udp(local_port, dst, out, Wait::relaying(arrival.transport))
+                        self.send_udp(local_port, dst, out, wait)
                     }
                     Target::Upstream {
                         transport: Transport::Tcp,
@@ -357,8 +358,7 @@ impl Shared {
                     }
                     Target::Flow(flow) | Target::Address(flow) => {
                         forwarded(flow.remote);
-                        self.send_flow(flow, out, Wait::relaying(arrival.transport))
-                            .await
+                        self.send_flow(flow, out, wait).await
                     }
                 };
                 if !sent {
