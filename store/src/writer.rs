@@ -5,7 +5,7 @@
 //! counters and the log sequence numbers without transactions.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::{Bound, ControlFlow};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -269,6 +269,7 @@ pub(crate) fn spawn(
             keys::OUTBOX_SEQ_KEY,
             "outbox sequence counter",
         )?,
+        saved_calls: saved_calls(kv_for_seq.as_ref())?,
         // Not at once: opening must not compete with a burst of retention work, and tests
         // that purge explicitly see deterministic counts.
         next_purge: Instant::now() + PURGE_EVERY,
@@ -293,6 +294,9 @@ struct WriterThread {
     next_log_seq: u64,
     /// The sequence number of the next outbox entry; stored in `meta` like the log's.
     next_outbox_seq: u64,
+    /// The calls whose call-in-progress entry is committed: a call that ends without one
+    /// (most calls end within the batch that would have saved them) costs no delete.
+    saved_calls: HashSet<CdrId>,
     /// When retention runs next.
     next_purge: Instant,
 }
@@ -308,6 +312,42 @@ fn stored_seq(kv: &dyn Kv, key: &[u8], what: &'static str) -> Result<u64, StoreE
                 detail: format!("{} bytes", bytes.len()),
             }),
     }
+}
+
+/// The ids of the calls in progress the store holds.
+fn saved_calls(kv: &dyn Kv) -> Result<HashSet<CdrId>, StoreError> {
+    let mut ids = HashSet::new();
+    kv.snapshot()?.scan(
+        Table::Calls,
+        (Bound::Unbounded, Bound::Unbounded),
+        Direction::Forward,
+        &mut |k, _| {
+            // An unreadable key is left to `Store::calls_in_progress` to report.
+            if let Some(id) = keys::id_of(k) {
+                ids.insert(id);
+            }
+            Ok(ControlFlow::Continue(()))
+        },
+    )?;
+    Ok(ids)
+}
+
+/// For each call that ends (its CDR or its removal) in `ops`, the position of its last end:
+/// a call-in-progress put before it would be deleted again by the same atomic commit.
+fn last_ends(ops: &[Queued]) -> HashMap<CdrId, usize> {
+    let mut ends = HashMap::new();
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            Queued::Cdr(cdr) => {
+                ends.insert(cdr.id, i);
+            }
+            Queued::RemoveCall(id) => {
+                ends.insert(*id, i);
+            }
+            _ => {}
+        }
+    }
+    ends
 }
 
 fn now_ms() -> UnixMs {
@@ -466,6 +506,7 @@ impl WriterThread {
                         .committed
                         .fetch_add(ops.len() as u64, Ordering::Relaxed);
                     self.forget_saved_alarms(ops);
+                    self.note_saved_calls(ops);
                     ops.clear();
                     return;
                 }
@@ -498,6 +539,24 @@ impl WriterThread {
         }
     }
 
+    /// Follows the committed `ops` in the set of saved calls, in their order.
+    fn note_saved_calls(&mut self, ops: &[Queued]) {
+        for op in ops {
+            match op {
+                Queued::PutCall(id, _) => {
+                    self.saved_calls.insert(*id);
+                }
+                Queued::Cdr(cdr) => {
+                    self.saved_calls.remove(&cdr.id);
+                }
+                Queued::RemoveCall(id) => {
+                    self.saved_calls.remove(id);
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn try_commit(&mut self, ops: &[Queued]) -> Result<(), StoreError> {
         let started = Instant::now();
         let kv = self.kv.clone();
@@ -512,9 +571,13 @@ impl WriterThread {
         // Each call's log entries of this batch, in order; a call's open bundle by its id.
         let mut bundles: Vec<Bundle<'_>> = Vec::new();
         let mut open_bundle: HashMap<CdrId, usize> = HashMap::new();
-        for op in ops {
+        let ends = last_ends(ops);
+        for (i, op) in ops.iter().enumerate() {
             match op {
                 Queued::Cdr(cdr) => {
+                    if self.saved_calls.contains(&cdr.id) {
+                        build.batch.delete(Table::Calls, &keys::id_key(cdr.id));
+                    }
                     if build.put_cdr(snap.as_mut(), cdr)? && self.cfg.outbox {
                         build.batch.put(
                             Table::Outbox,
@@ -575,11 +638,17 @@ impl WriterThread {
                     logs += 1;
                 }
                 Queued::PutCall(id, bytes) => {
-                    build
-                        .batch
-                        .put(Table::Calls, &keys::id_key(*id), bytes.clone());
+                    if ends.get(id).is_none_or(|&end| end < i) {
+                        build
+                            .batch
+                            .put(Table::Calls, &keys::id_key(*id), bytes.clone());
+                    }
                 }
-                Queued::RemoveCall(id) => build.batch.delete(Table::Calls, &keys::id_key(*id)),
+                Queued::RemoveCall(id) => {
+                    if self.saved_calls.contains(id) {
+                        build.batch.delete(Table::Calls, &keys::id_key(*id));
+                    }
+                }
                 Queued::Alarm(alarm) => build.batch.put(
                     Table::Alarms,
                     &alarm.id.0.to_be_bytes(),
@@ -766,7 +835,6 @@ impl<'a> BatchBuilder<'a> {
 
     /// Stores `cdr` with its index entries; says whether it was new or changed.
     fn put_cdr(&mut self, snap: &mut dyn Snapshot, cdr: &'a Cdr) -> Result<bool, StoreError> {
-        self.batch.delete(Table::Calls, &keys::id_key(cdr.id));
         let old = self.stored(snap, cdr.id)?;
         if old.as_deref() == Some(cdr) {
             return Ok(false);
@@ -932,6 +1000,153 @@ mod tests {
         drop(snap);
         writer.stop(Duration::from_secs(5)).unwrap();
         thread.join().unwrap();
+    }
+
+    /// The real engine, keeping what each commit did to the calls-in-progress table.
+    struct Recording {
+        inner: Box<dyn Kv>,
+        /// Per commit, its changes to `calls`: `true` for a put, `false` for a delete.
+        calls: Mutex<Vec<Vec<(CdrId, bool)>>>,
+    }
+
+    impl Kv for Recording {
+        fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, StoreError> {
+            self.inner.snapshot()
+        }
+
+        fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+            let calls = batch
+                .changes
+                .iter()
+                .filter_map(|change| match change {
+                    engine::Change::Put(Table::Calls, key, _) => Some((key, true)),
+                    engine::Change::Delete(Table::Calls, key) => Some((key, false)),
+                    _ => None,
+                })
+                .map(|(key, put)| (keys::id_of(key).unwrap(), put))
+                .collect();
+            self.calls.lock().unwrap().push(calls);
+            self.inner.commit(batch)
+        }
+    }
+
+    /// A call-in-progress entry is written only when no end of its call follows in the same
+    /// commit, and deleted only when one is stored; what is left stored is the same either way.
+    #[test]
+    fn calls_in_progress_are_written_and_deleted_only_when_stored() {
+        enum Step {
+            Put(u128),
+            Cdr(u128),
+            Remove(u128),
+            /// Ends the batch.
+            Commit,
+        }
+        use Step::*;
+        let cdr_of = |n: u128| {
+            let mut cdr = codec::tests::cdr();
+            cdr.id = CdrId(n);
+            cdr
+        };
+        // Steps; per commit, the calls table changes; the ids left stored.
+        let cases: &[(&[Step], &[&[(u128, bool)]], &[u128])] = &[
+            (&[Put(1), Cdr(1), Commit], &[&[]], &[]),
+            (
+                &[Put(1), Commit, Cdr(1), Commit],
+                &[&[(1, true)], &[(1, false)]],
+                &[],
+            ),
+            (&[Cdr(1), Commit], &[&[]], &[]),
+            (&[Remove(1), Commit], &[&[]], &[]),
+            (
+                &[Put(1), Commit, Put(1), Put(2), Cdr(1), Commit],
+                &[&[(1, true)], &[(2, true), (1, false)]],
+                &[2],
+            ),
+            (&[Put(1), Remove(1), Put(1), Commit], &[&[(1, true)]], &[1]),
+            (
+                &[
+                    Put(1),
+                    Commit,
+                    Put(1),
+                    Remove(1),
+                    Put(1),
+                    Commit,
+                    Remove(1),
+                    Commit,
+                ],
+                &[&[(1, true)], &[(1, false), (1, true)], &[(1, false)]],
+                &[],
+            ),
+        ];
+        for (i, (steps, commits, left)) in cases.iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let kv = Arc::new(Recording {
+                inner: engine::open(dir.path(), Engine::Redb).unwrap(),
+                calls: Mutex::default(),
+            });
+            // Long enough that only the flushes below end a batch.
+            let cfg = StoreConfig {
+                flush_interval: Duration::from_secs(60),
+                ..StoreConfig::default()
+            };
+            let (writer, thread) = spawn(kv.clone(), cfg).unwrap();
+            for step in *steps {
+                match step {
+                    Put(n) => writer.submit(WriteOp::PutCall(CdrId(*n), vec![1])).unwrap(),
+                    Cdr(n) => writer
+                        .submit(WriteOp::PutCdr(Box::new(cdr_of(*n))))
+                        .unwrap(),
+                    Remove(n) => writer.submit(WriteOp::RemoveCall(CdrId(*n))).unwrap(),
+                    Commit => writer.flush(Duration::from_secs(30)).unwrap(),
+                }
+            }
+            writer.stop(Duration::from_secs(30)).unwrap();
+            thread.join().unwrap();
+            let want: Vec<Vec<(CdrId, bool)>> = commits
+                .iter()
+                .map(|c| c.iter().map(|&(n, put)| (CdrId(n), put)).collect())
+                .collect();
+            assert_eq!(*kv.calls.lock().unwrap(), want, "case {i}");
+            let mut stored: Vec<u128> = saved_calls(kv.as_ref())
+                .unwrap()
+                .iter()
+                .map(|id| id.0)
+                .collect();
+            stored.sort_unstable();
+            assert_eq!(stored, *left, "case {i}");
+        }
+    }
+
+    /// A call saved by an earlier run is deleted when its CDR comes.
+    #[test]
+    fn calls_saved_before_a_restart_are_deleted_at_their_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let cdr = codec::tests::cdr();
+        let cfg = StoreConfig {
+            flush_interval: Duration::from_secs(60),
+            ..StoreConfig::default()
+        };
+        let (writer, thread) = spawn(
+            Arc::from(engine::open(dir.path(), Engine::Redb).unwrap()),
+            cfg.clone(),
+        )
+        .unwrap();
+        writer.submit(WriteOp::PutCall(cdr.id, vec![1])).unwrap();
+        writer.stop(Duration::from_secs(30)).unwrap();
+        thread.join().unwrap();
+
+        let kv = Arc::new(Recording {
+            inner: engine::open(dir.path(), Engine::Redb).unwrap(),
+            calls: Mutex::default(),
+        });
+        let (writer, thread) = spawn(kv.clone(), cfg).unwrap();
+        writer
+            .submit(WriteOp::PutCdr(Box::new(cdr.clone())))
+            .unwrap();
+        writer.stop(Duration::from_secs(30)).unwrap();
+        thread.join().unwrap();
+        assert_eq!(*kv.calls.lock().unwrap(), vec![vec![(cdr.id, false)]]);
+        assert!(saved_calls(kv.as_ref()).unwrap().is_empty());
     }
 
     #[test]
