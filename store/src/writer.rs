@@ -1042,13 +1042,15 @@ mod tests {
             Commit,
         }
         use Step::*;
+        /// The calls table's changes of one commit: a call's id, and whether it was a put.
+        type Changes = &'static [(u128, bool)];
         let cdr_of = |n: u128| {
             let mut cdr = codec::tests::cdr();
             cdr.id = CdrId(n);
             cdr
         };
         // Steps; per commit, the calls table changes; the ids left stored.
-        let cases: &[(&[Step], &[&[(u128, bool)]], &[u128])] = &[
+        let cases: &[(&[Step], &[Changes], &[u128])] = &[
             (&[Put(1), Cdr(1), Commit], &[&[]], &[]),
             (
                 &[Put(1), Commit, Cdr(1), Commit],
