@@ -295,8 +295,8 @@ impl Shared {
         // The scan's index borrows `data` and is large: it is not kept across the sends
         // below, only what call tracking reads of it, as positions.
         let (decision, summary) = match self.relay.scan(data) {
-            Some(msg) => (self.relay.decide(&arrival, &msg, out), Summary::of(&msg)),
-            None => {
+            Ok(msg) => (self.relay.decide(&arrival, &msg, out), Summary::of(&msg)),
+            Err(_) => {
                 self.metrics.dropped(DropReason::Unparseable);
                 return;
             }

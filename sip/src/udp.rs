@@ -73,7 +73,10 @@ pub(crate) fn serve(
             conn: 0,
             side,
         };
-        rt.block_on(shared.process(arrival, data, &mut out, &mut copies));
+        // Pinned here so that `block_on` moves a pointer, not the future (over a kilobyte,
+        // copied twice per message when passed by value).
+        let relaying = std::pin::pin!(shared.process(arrival, data, &mut out, &mut copies));
+        rt.block_on(relaying);
     }
 }
 

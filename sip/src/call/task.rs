@@ -36,8 +36,13 @@ use crate::observe::{Bound, Direction, Metrics, Origin, Relayed};
 use crate::scan;
 
 /// How long the task lets relayed messages queue up before taking them in one go; well
-/// under the hand-off queue's depth at any rate the relay sustains.
-const BATCH_PAUSE: Duration = Duration::from_millis(5);
+/// under the hand-off queue's depth at any rate the relay sustains (about 500 messages at
+/// 4000 calls/s). Each batch costs two wake-ups of the task and a save of every call it
+/// changed, so a longer pause costs less per call (5 ms → 20 ms: the tracking threads' CPU
+/// per call a third lower at 1000 calls/s); a call that starts and ends within one batch is
+/// never saved as in progress. Live events lag by up to this much, which a person watching
+/// the live view does not see.
+const BATCH_PAUSE: Duration = Duration::from_millis(20);
 
 /// What call tracking needs from the configuration.
 #[derive(Debug, Clone)]
@@ -460,7 +465,9 @@ impl Worker {
 
     /// Saves the calls that changed in this batch and are still in progress.
     fn save_changed(&mut self) {
-        for (id, key) in std::mem::take(&mut self.changed) {
+        // Drained, not taken: the map keeps its capacity from batch to batch.
+        let mut changed = std::mem::take(&mut self.changed);
+        for (id, key) in changed.drain() {
             // A call that ended is no longer in the tracker (and was taken out of `changed`).
             let Some(snapshot) = self.tracker.call(&key).filter(|s| s.id() == id) else {
                 continue;
@@ -469,6 +476,7 @@ impl Worker {
             self.handle.live.upsert(live);
             self.submit(WriteOp::PutCall(id, encoded));
         }
+        self.changed = changed;
     }
 
     /// Acts on the tracker's outputs, leaving `outputs` empty.
