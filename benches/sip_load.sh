@@ -47,18 +47,16 @@ BENCH=sip_load
 # shellcheck source=support/harness.sh
 . "$ROOT/benches/support/harness.sh"
 
-# CPU time in clock ticks of a process and its direct children (Kamailio's workers): utime+stime,
-# then stime alone (the kernel's part: socket I/O, the loopback delivery into SIPp, wake-ups).
+# utime+stime, in clock ticks, of a process and its direct children (Kamailio's workers).
 cpu_ticks() {
-    local total=0 sys=0 p fields
+    local total=0 p fields
     for p in "$1" $(pgrep -P "$1" || true); do
         fields=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null) || continue
         # After the command name: state is field 3, utime 14, stime 15 (1-based in stat).
         set -- $fields
         total=$((total + ${12} + ${13}))
-        sys=$((sys + ${13}))
     done
-    echo "$total $sys"
+    echo "$total"
 }
 
 start_kamailio() { # port -> pid
@@ -98,7 +96,7 @@ for proxy in $PROXIES; do
             calls=$((rate * STEP_SECONDS))
             [ "$calls" -gt "$MAX_CALLS" ] && calls=$MAX_CALLS
             stats="$WORK/uac-$proxy-$transport-$rate.csv"
-            read -r before before_sys < <(cpu_ticks "$pid")
+            before=$(cpu_ticks "$pid")
             start=$(date +%s%N)
             sipp -sn uac "127.0.0.1:$port" -t "$t" -buff_size "$SIPP_BUFFER" -i 127.0.0.1 -p "$(free_port)" -bind_local \
                 -mi 127.0.0.1 -r "$rate" -m "$calls" -nostdin -max_socket 1000 \
@@ -106,7 +104,7 @@ for proxy in $PROXIES; do
                 -trace_stat -stf "$stats" -fd 1 -trace_err -error_file "$WORK/uac-$proxy-$transport-$rate.errors" \
                 >"$WORK/uac-$proxy-$transport-$rate.log" 2>&1 || true
             end=$(date +%s%N)
-            read -r after after_sys < <(cpu_ticks "$pid")
+            after=$(cpu_ticks "$pid")
             # Cumulative counters from the last row of SIPp's statistics file; ResponseTime1 is
             # the built-in uac's INVITE->200 (its rtd), as HH:MM:SS:usec, turned into ms.
             read -r ok failed rtt < <(awk -F';' 'NR==1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
@@ -118,10 +116,8 @@ for proxy in $PROXIES; do
             achieved=$(awk -v n="$ok" -v ns="$((end - start))" 'BEGIN { printf "%.0f", n / (ns / 1e9) }')
             cpu_us=$(awk -v t="$((after - before))" -v hz="$CLK_TCK" -v n="$ok" \
                 'BEGIN { if (n > 0) printf "%.0f", t / hz * 1e6 / n; else print "n/a" }')
-            sys_us=$(awk -v t="$((after_sys - before_sys))" -v hz="$CLK_TCK" -v n="$ok" \
-                'BEGIN { if (n > 0) printf "%.0f", t / hz * 1e6 / n; else print "n/a" }')
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$transport" "$rate" "$calls" \
-                "$ok" "$failed" "$achieved" "$cpu_us" "$rtt" "$run" "$sys_us" | tee -a "$RESULTS" >&2
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$transport" "$rate" "$calls" \
+                "$ok" "$failed" "$achieved" "$cpu_us" "$rtt" "$run" | tee -a "$RESULTS" >&2
             [ "$rate" = 1000 ] && cpu_at_1000=$cpu_us
             [ "$failed" -eq 0 ] && best=$rate
             [ $((failed * 1000)) -le "$calls" ] && near=$rate
@@ -139,20 +135,19 @@ echo "Per step (rate = target calls/s; achieved = passed calls / wall time of th
 echo "includes waiting out SIPp's timeout when a call got stuck; invite200_ms is SIPp's mean"
 echo "INVITE->200, counted in whole ms, so 0.0 means under 1 ms: benches/relay_latency.sh"
 echo "measures it, and each relayed message's time through the proxy, from a capture):"
-printf '%-9s %-9s %6s %6s %6s %7s %9s %12s %12s %4s %12s\n' proxy transport rate calls passed failed achieved cpu_us/call invite200_ms run sys_us/call
-awk -F'\t' '{ printf "%-9s %-9s %6s %6s %6s %7s %9s %12s %12s %4s %12s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 }' "$RESULTS"
+printf '%-9s %-9s %6s %6s %6s %7s %9s %12s %12s %4s\n' proxy transport rate calls passed failed achieved cpu_us/call invite200_ms run
+awk -F'\t' '{ printf "%-9s %-9s %6s %6s %6s %7s %9s %12s %12s %4s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 }' "$RESULTS"
 echo
-echo "Comparison, median over $RUNS run(s) of CPU us/call; ratio = sipedge / kamailio; then the"
-echo "medians of the kernel's part (stime) of each:"
-printf '%-9s %6s %10s %10s %7s %12s %12s\n' transport rate kamailio sipedge ratio kamailio_sys sipedge_sys
+echo "Comparison, median over $RUNS run(s) of CPU us/call; ratio = sipedge / kamailio:"
+printf '%-9s %6s %10s %10s %7s\n' transport rate kamailio sipedge ratio
 for transport in $TRANSPORTS; do
     for rate in $RATES; do
-        med() { awk -F'\t' -v p="$1" -v f="${2:-8}" -v t="$transport" -v r="$rate" '$1 == p && $2 == t && $3 == r && $f != "n/a" { print $f }' \
+        med() { awk -F'\t' -v p="$1" -v t="$transport" -v r="$rate" '$1 == p && $2 == t && $3 == r && $8 != "n/a" { print $8 }' \
             "$RESULTS" | sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "n/a" }'; }
         k=$(med kamailio)
         e=$(med sipedge)
         ratio=$(awk -v k="$k" -v e="$e" 'BEGIN { if (k + 0 > 0 && e + 0 > 0) printf "%.2f", e / k; else print "n/a" }')
-        printf '%-9s %6s %10s %10s %7s %12s %12s\n' "$transport" "$rate" "$k" "$e" "$ratio" "$(med kamailio 11)" "$(med sipedge 11)"
+        printf '%-9s %6s %10s %10s %7s\n' "$transport" "$rate" "$k" "$e" "$ratio"
     done
 done
 echo
