@@ -2,9 +2,11 @@
 # SIPp load ramp through a SIP proxy: sipedge side by side with Kamailio (stateless,
 # benches/kamailio/kamailio.cfg), over UDP and TCP, in one run.
 #
-# For each proxy and transport: a SIPp UAS (built-in `uas`) plays the Sipserver on
-# 127.0.0.2:PORT, the proxy listens on 127.0.0.1:PORT and forwards there, and a SIPp UAC
-# (built-in `uac`) places calls through it at each rate of the ramp. Each step is bounded by
+# For each transport, every proxy runs at once on a port of its own: a SIPp UAS (built-in
+# `uas`) plays the Sipserver on 127.0.0.2:PORT, the proxy listens on 127.0.0.1:PORT and
+# forwards there, and a SIPp UAC (built-in `uac`) places calls through it at each rate of the
+# ramp, the proxies taking turns at each rate (so a ratio compares steps minutes, not a
+# quarter of an hour, apart; the order is reversed every other run). Each step is bounded by
 # STEP_SECONDS and MAX_CALLS; the ramp of a proxy/transport stops when more than 5% of a
 # step's calls fail (a few failures on a busy machine do not end it, but they do disqualify
 # the step from "clean"). Reported per step: calls passed and failed, the rate achieved, and the proxy's
@@ -73,61 +75,89 @@ SUMMARY="$WORK/summary.tsv"
 : >"$RESULTS"
 : >"$SUMMARY"
 
+# One step: RATE calls/s through PROXY (pid PID, port PORT) over TRANSPORT; appends its row
+# to $RESULTS and prints its failed calls.
+step() { # proxy pid port transport t rate run
+    local proxy=$1 pid=$2 port=$3 transport=$4 t=$5 rate=$6 run=$7
+    local calls=$((rate * STEP_SECONDS))
+    [ "$calls" -gt "$MAX_CALLS" ] && calls=$MAX_CALLS
+    local name="$proxy-$transport-$rate-$run"
+    local stats="$WORK/uac-$name.csv" before after start end ok failed rtt missing achieved cpu_us
+    before=$(cpu_ticks "$pid")
+    start=$(date +%s%N)
+    sipp -sn uac "127.0.0.1:$port" -t "$t" -buff_size "$SIPP_BUFFER" -i 127.0.0.1 -p "$(free_port)" -bind_local \
+        -mi 127.0.0.1 -r "$rate" -m "$calls" -nostdin -max_socket 1000 \
+        -timeout "$((STEP_SECONDS * 2 + 10))s" -timeout_error \
+        -trace_stat -stf "$stats" -fd 1 -trace_err -error_file "$WORK/uac-$name.errors" \
+        >"$WORK/uac-$name.log" 2>&1 || true
+    end=$(date +%s%N)
+    after=$(cpu_ticks "$pid")
+    # Cumulative counters from the last row of SIPp's statistics file; ResponseTime1 is
+    # the built-in uac's INVITE->200 (its rtd), as HH:MM:SS:usec, turned into ms.
+    read -r ok failed rtt < <(awk -F';' 'NR==1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+        { ok = $col["SuccessfulCall(C)"]; failed = $col["FailedCall(C)"]; rt = $col["ResponseTime1(C)"] }
+        END { n = split(rt, f, ":"); ms = n == 4 ? ((f[1] * 60 + f[2]) * 60 + f[3]) * 1e3 + f[4] / 1e3 : -1
+              printf "%d %d %.1f\n", ok, failed, ms }' "$stats" 2>/dev/null || echo "0 0 -1")
+    missing=$((calls - ok - failed))
+    [ "$missing" -gt 0 ] && failed=$((failed + missing))
+    achieved=$(awk -v n="$ok" -v ns="$((end - start))" 'BEGIN { printf "%.0f", n / (ns / 1e9) }')
+    cpu_us=$(awk -v t="$((after - before))" -v hz="$CLK_TCK" -v n="$ok" \
+        'BEGIN { if (n > 0) printf "%.0f", t / hz * 1e6 / n; else print "n/a" }')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$transport" "$rate" "$calls" \
+        "$ok" "$failed" "$achieved" "$cpu_us" "$rtt" "$run" | tee -a "$RESULTS" >&2
+    echo "$failed"
+}
+
+# The proxies of one transport run side by side, each with its own SIPp UAS, and take turns
+# at every rate of the ramp (in the listed order in odd runs, reversed in even ones), so that
+# a machine whose speed drifts during the run moves both sides of a ratio alike.
 for run in $(seq "$RUNS"); do
-for proxy in $PROXIES; do
+    order=$PROXIES
+    [ $((run % 2)) -eq 0 ] && order=$(printf '%s\n' $PROXIES | tac | xargs)
     for transport in $TRANSPORTS; do
         case $transport in udp) t=u1 ;; tcp) t=t1 ;; *) echo "unknown transport $transport" >&2; exit 2 ;; esac
-        port=$(free_port)
-        if ! pid=$(start_"$proxy" "$port") || ! wait_listening "$pid" "$port"; then
-            echo "sip_load: $proxy did not start on 127.0.0.1:$port; see $WORK" >&2
-            printf '%s\t%s\tn/a\tn/a\tn/a\n' "$proxy" "$transport" >>"$SUMMARY"
-            continue
-        fi
-        PIDS+=("$pid")
-        sipp -sn uas -t "$t" -buff_size "$SIPP_BUFFER" -i 127.0.0.2 -p "$port" -bind_local -mi 127.0.0.2 -nostdin \
-            -max_socket 1000 >"$WORK/uas-$proxy-$transport.log" 2>&1 &
-        uas=$!
-        PIDS+=("$uas")
-        sleep 0.5
-        best=0
-        near=0
-        cpu_at_1000=n/a
-        for rate in $RATES; do
-            calls=$((rate * STEP_SECONDS))
-            [ "$calls" -gt "$MAX_CALLS" ] && calls=$MAX_CALLS
-            stats="$WORK/uac-$proxy-$transport-$rate.csv"
-            before=$(cpu_ticks "$pid")
-            start=$(date +%s%N)
-            sipp -sn uac "127.0.0.1:$port" -t "$t" -buff_size "$SIPP_BUFFER" -i 127.0.0.1 -p "$(free_port)" -bind_local \
-                -mi 127.0.0.1 -r "$rate" -m "$calls" -nostdin -max_socket 1000 \
-                -timeout "$((STEP_SECONDS * 2 + 10))s" -timeout_error \
-                -trace_stat -stf "$stats" -fd 1 -trace_err -error_file "$WORK/uac-$proxy-$transport-$rate.errors" \
-                >"$WORK/uac-$proxy-$transport-$rate.log" 2>&1 || true
-            end=$(date +%s%N)
-            after=$(cpu_ticks "$pid")
-            # Cumulative counters from the last row of SIPp's statistics file; ResponseTime1 is
-            # the built-in uac's INVITE->200 (its rtd), as HH:MM:SS:usec, turned into ms.
-            read -r ok failed rtt < <(awk -F';' 'NR==1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
-                { ok = $col["SuccessfulCall(C)"]; failed = $col["FailedCall(C)"]; rt = $col["ResponseTime1(C)"] }
-                END { n = split(rt, f, ":"); ms = n == 4 ? ((f[1] * 60 + f[2]) * 60 + f[3]) * 1e3 + f[4] / 1e3 : -1
-                      printf "%d %d %.1f\n", ok, failed, ms }' "$stats" 2>/dev/null || echo "0 0 -1")
-            missing=$((calls - ok - failed))
-            [ "$missing" -gt 0 ] && failed=$((failed + missing))
-            achieved=$(awk -v n="$ok" -v ns="$((end - start))" 'BEGIN { printf "%.0f", n / (ns / 1e9) }')
-            cpu_us=$(awk -v t="$((after - before))" -v hz="$CLK_TCK" -v n="$ok" \
-                'BEGIN { if (n > 0) printf "%.0f", t / hz * 1e6 / n; else print "n/a" }')
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$transport" "$rate" "$calls" \
-                "$ok" "$failed" "$achieved" "$cpu_us" "$rtt" "$run" | tee -a "$RESULTS" >&2
-            [ "$rate" = 1000 ] && cpu_at_1000=$cpu_us
-            [ "$failed" -eq 0 ] && best=$rate
-            [ $((failed * 1000)) -le "$calls" ] && near=$rate
-            if [ $((failed * 20)) -gt "$calls" ] || ! kill -0 "$pid" 2>/dev/null; then break; fi
+        declare -A PID_OF=() PORT_OF=() UAS_OF=() BEST=() NEAR=() AT_1000=() DONE=()
+        for proxy in $order; do
+            port=$(free_port)
+            if ! pid=$(start_"$proxy" "$port") || ! wait_listening "$pid" "$port"; then
+                echo "sip_load: $proxy did not start on 127.0.0.1:$port; see $WORK" >&2
+                printf '%s\t%s\tn/a\tn/a\tn/a\n' "$proxy" "$transport" >>"$SUMMARY"
+                continue
+            fi
+            PIDS+=("$pid")
+            sipp -sn uas -t "$t" -buff_size "$SIPP_BUFFER" -i 127.0.0.2 -p "$port" -bind_local -mi 127.0.0.2 -nostdin \
+                -max_socket 1000 >"$WORK/uas-$proxy-$transport-$run.log" 2>&1 &
+            UAS_OF[$proxy]=$!
+            PIDS+=("$!")
+            PID_OF[$proxy]=$pid
+            PORT_OF[$proxy]=$port
+            BEST[$proxy]=0
+            NEAR[$proxy]=0
+            AT_1000[$proxy]=n/a
         done
-        printf '%s\t%s\t%s\t%s\t%s\n' "$proxy" "$transport" "$best" "$near" "$cpu_at_1000" >>"$SUMMARY"
-        kill -TERM "$uas" "$pid" 2>/dev/null || true
-        wait "$uas" "$pid" 2>/dev/null || true
+        sleep 0.5
+        for rate in $RATES; do
+            for proxy in $order; do
+                [ -n "${PID_OF[$proxy]:-}" ] && [ -z "${DONE[$proxy]:-}" ] || continue
+                pid=${PID_OF[$proxy]}
+                failed=$(step "$proxy" "$pid" "${PORT_OF[$proxy]}" "$transport" "$t" "$rate" "$run")
+                calls=$((rate * STEP_SECONDS))
+                [ "$calls" -gt "$MAX_CALLS" ] && calls=$MAX_CALLS
+                [ "$rate" = 1000 ] && AT_1000[$proxy]=$(tail -n 1 "$RESULTS" | cut -f8)
+                [ "$failed" -eq 0 ] && BEST[$proxy]=$rate
+                [ $((failed * 1000)) -le "$calls" ] && NEAR[$proxy]=$rate
+                if [ $((failed * 20)) -gt "$calls" ] || ! kill -0 "$pid" 2>/dev/null; then DONE[$proxy]=1; fi
+            done
+        done
+        for proxy in $order; do
+            [ -n "${PID_OF[$proxy]:-}" ] || continue
+            printf '%s\t%s\t%s\t%s\t%s\n' "$proxy" "$transport" "${BEST[$proxy]}" "${NEAR[$proxy]}" \
+                "${AT_1000[$proxy]}" >>"$SUMMARY"
+            kill -TERM "${UAS_OF[$proxy]}" "${PID_OF[$proxy]}" 2>/dev/null || true
+            wait "${UAS_OF[$proxy]}" "${PID_OF[$proxy]}" 2>/dev/null || true
+        done
+        unset PID_OF PORT_OF UAS_OF BEST NEAR AT_1000 DONE
     done
-done
 done
 
 echo
