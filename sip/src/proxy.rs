@@ -236,7 +236,9 @@ impl Proxy {
         // A thread in the middle of a message finishes it (its sends do not wait on this task).
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
-                let _ = t.join();
+                if t.join().is_err() {
+                    tracing::error!("a UDP relay thread ended in a panic");
+                }
             }
         })
         .await;

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use rustix::net::SendFlags;
+use rustix::net::{RecvFlags, SendFlags};
 
 use crate::flow::Transport;
 use crate::observe::Copies;
@@ -36,12 +36,13 @@ pub(crate) fn serve(
     let mut out = Vec::with_capacity(4096);
     let mut copies = Copies::default();
     loop {
-        let received = sock.recv_from(&mut buf);
+        let received = receive(&sock, &mut buf);
         if shared.stopping.load(Ordering::Acquire) {
             return;
         }
         let (n, src) = match received {
-            Ok(r) => r,
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
             // ICMP errors from earlier sends surface here on some systems; they concern
             // another datagram, so keep serving.
             Err(e) => {
@@ -78,6 +79,15 @@ pub(crate) fn serve(
         let relaying = std::pin::pin!(shared.process(arrival, data, &mut out, &mut copies));
         rt.block_on(relaying);
     }
+}
+
+/// One datagram into `buf`: its length and sender, or `None` when the call returned without a
+/// sender address, as a socket shut down by [`wake`] does (std's `recv_from` panics on that).
+fn receive(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Option<(usize, SocketAddr)>> {
+    let (n, _, from) = rustix::net::recvfrom(sock, buf, RecvFlags::empty())?;
+    Ok(from
+        .and_then(|a| SocketAddr::try_from(a).ok())
+        .map(|src| (n, src)))
 }
 
 /// Wakes a thread blocked in [`serve`] on `sock` once the proxy is stopping: Linux ends a
