@@ -75,15 +75,18 @@ SUMMARY="$WORK/summary.tsv"
 : >"$RESULTS"
 : >"$SUMMARY"
 
-# One step: RATE calls/s through PROXY (pid PID, port PORT) over TRANSPORT; appends its row
-# to $RESULTS and prints its failed calls.
-step() { # proxy pid port transport t rate run
-    local proxy=$1 pid=$2 port=$3 transport=$4 t=$5 rate=$6 run=$7
+# One step: RATE calls/s through PROXY (pid PID, port PORT, its SIPp UAS UAS) over TRANSPORT;
+# appends its row to $RESULTS and prints its failed calls. Runs in a subshell of its own, so
+# that `times` counts the SIPp UAC's CPU (with a few short commands around it).
+step() { # proxy pid port uas transport t rate run
+    local proxy=$1 pid=$2 port=$3 uas=$4 transport=$5 t=$6 rate=$7 run=$8
+    local uas_before uas_after sipp_pct
     local calls=$((rate * STEP_SECONDS))
     [ "$calls" -gt "$MAX_CALLS" ] && calls=$MAX_CALLS
     local name="$proxy-$transport-$rate-$run"
     local stats="$WORK/uac-$name.csv" before after start end ok failed rtt missing achieved cpu_us
     before=$(cpu_ticks "$pid")
+    uas_before=$(cpu_ticks "$uas")
     start=$(date +%s%N)
     sipp -sn uac "127.0.0.1:$port" -t "$t" -buff_size "$SIPP_BUFFER" -i 127.0.0.1 -p "$(free_port)" -bind_local \
         -mi 127.0.0.1 -r "$rate" -m "$calls" -nostdin -max_socket 1000 \
@@ -92,6 +95,15 @@ step() { # proxy pid port transport t rate run
         >"$WORK/uac-$name.log" 2>&1 || true
     end=$(date +%s%N)
     after=$(cpu_ticks "$pid")
+    uas_after=$(cpu_ticks "$uas")
+    # The two SIPp processes' CPU over the step, in % of one core: the box's bound (2 cores)
+    # is near once the two SIPp and the proxy together approach 200.
+    # `times` into a file: in a pipe or a command substitution it would run in a fork, which
+    # has no children of its own to report.
+    times >"$WORK/times-$name"
+    sipp_pct=$(awk -v ticks="$((uas_after - uas_before))" -v hz="$CLK_TCK" -v ns="$((end - start))" '
+        NR == 2 { split($1 " " $2, t, /[ms ]+/); uac = t[1] * 60 + t[2] + t[3] * 60 + t[4] }
+        END { printf "%.0f", (uac + ticks / hz) / (ns / 1e9) * 100 }' "$WORK/times-$name")
     # Cumulative counters from the last row of SIPp's statistics file; ResponseTime1 is
     # the built-in uac's INVITE->200 (its rtd), as HH:MM:SS:usec, turned into ms.
     read -r ok failed rtt < <(awk -F';' 'NR==1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
@@ -103,8 +115,8 @@ step() { # proxy pid port transport t rate run
     achieved=$(awk -v n="$ok" -v ns="$((end - start))" 'BEGIN { printf "%.0f", n / (ns / 1e9) }')
     cpu_us=$(awk -v t="$((after - before))" -v hz="$CLK_TCK" -v n="$ok" \
         'BEGIN { if (n > 0) printf "%.0f", t / hz * 1e6 / n; else print "n/a" }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$transport" "$rate" "$calls" \
-        "$ok" "$failed" "$achieved" "$cpu_us" "$rtt" "$run" | tee -a "$RESULTS" >&2
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$transport" "$rate" "$calls" \
+        "$ok" "$failed" "$achieved" "$cpu_us" "$rtt" "$run" "$sipp_pct" | tee -a "$RESULTS" >&2
     echo "$failed"
 }
 
@@ -140,7 +152,7 @@ for run in $(seq "$RUNS"); do
             for proxy in $order; do
                 [ -n "${PID_OF[$proxy]:-}" ] && [ -z "${DONE[$proxy]:-}" ] || continue
                 pid=${PID_OF[$proxy]}
-                failed=$(step "$proxy" "$pid" "${PORT_OF[$proxy]}" "$transport" "$t" "$rate" "$run")
+                failed=$(step "$proxy" "$pid" "${PORT_OF[$proxy]}" "${UAS_OF[$proxy]}" "$transport" "$t" "$rate" "$run")
                 calls=$((rate * STEP_SECONDS))
                 [ "$calls" -gt "$MAX_CALLS" ] && calls=$MAX_CALLS
                 [ "$rate" = 1000 ] && AT_1000[$proxy]=$(tail -n 1 "$RESULTS" | cut -f8)
@@ -164,9 +176,10 @@ echo
 echo "Per step (rate = target calls/s; achieved = passed calls / wall time of the step, which"
 echo "includes waiting out SIPp's timeout when a call got stuck; invite200_ms is SIPp's mean"
 echo "INVITE->200, counted in whole ms, so 0.0 means under 1 ms: benches/relay_latency.sh"
-echo "measures it, and each relayed message's time through the proxy, from a capture):"
-printf '%-9s %-9s %6s %6s %6s %7s %9s %12s %12s %4s\n' proxy transport rate calls passed failed achieved cpu_us/call invite200_ms run
-awk -F'\t' '{ printf "%-9s %-9s %6s %6s %6s %7s %9s %12s %12s %4s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 }' "$RESULTS"
+echo "measures it, and each relayed message's time through the proxy, from a capture;"
+echo "sipp_cpu% is the two SIPp processes' CPU over the step, in % of one core of $(nproc)):"
+printf '%-9s %-9s %6s %6s %6s %7s %9s %12s %12s %4s %9s\n' proxy transport rate calls passed failed achieved cpu_us/call invite200_ms run sipp_cpu%
+awk -F'\t' '{ printf "%-9s %-9s %6s %6s %6s %7s %9s %12s %12s %4s %9s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 }' "$RESULTS"
 echo
 echo "Comparison, median over $RUNS run(s) of CPU us/call; ratio = sipedge / kamailio:"
 printf '%-9s %6s %10s %10s %7s\n' transport rate kamailio sipedge ratio
