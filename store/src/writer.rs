@@ -5,7 +5,7 @@
 //! counters and the log sequence numbers without transactions.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::ops::{Bound, ControlFlow};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -295,8 +295,10 @@ struct WriterThread {
     /// The sequence number of the next outbox entry; stored in `meta` like the log's.
     next_outbox_seq: u64,
     /// The calls whose call-in-progress entry is committed: a call that ends without one
-    /// (most calls end within the batch that would have saved them) costs no delete.
-    saved_calls: HashSet<CdrId>,
+    /// (most calls end within the batch that would have saved them) costs no delete. A B-tree
+    /// of small nodes, not a hash set: with 10,000 calls up, the hash table's one large block
+    /// cost about 4 MB of RSS (`benches/call_memory.sh`: 5,094 against 4,728 bytes a call).
+    saved_calls: BTreeSet<CdrId>,
     /// When retention runs next.
     next_purge: Instant,
 }
@@ -315,8 +317,8 @@ fn stored_seq(kv: &dyn Kv, key: &[u8], what: &'static str) -> Result<u64, StoreE
 }
 
 /// The ids of the calls in progress the store holds.
-fn saved_calls(kv: &dyn Kv) -> Result<HashSet<CdrId>, StoreError> {
-    let mut ids = HashSet::new();
+fn saved_calls(kv: &dyn Kv) -> Result<BTreeSet<CdrId>, StoreError> {
+    let mut ids = BTreeSet::new();
     kv.snapshot()?.scan(
         Table::Calls,
         (Bound::Unbounded, Bound::Unbounded),
@@ -1109,12 +1111,11 @@ mod tests {
                 .map(|c| c.iter().map(|&(n, put)| (CdrId(n), put)).collect())
                 .collect();
             assert_eq!(*kv.calls.lock().unwrap(), want, "case {i}");
-            let mut stored: Vec<u128> = saved_calls(kv.as_ref())
+            let stored: Vec<u128> = saved_calls(kv.as_ref())
                 .unwrap()
                 .iter()
                 .map(|id| id.0)
                 .collect();
-            stored.sort_unstable();
             assert_eq!(stored, *left, "case {i}");
         }
     }
