@@ -5,8 +5,8 @@
 # For each transport, every proxy runs at once on a port of its own: a SIPp UAS (built-in
 # `uas`) plays the Sipserver on 127.0.0.2:PORT, the proxy listens on 127.0.0.1:PORT and
 # forwards there, and a SIPp UAC (built-in `uac`) places calls through it at each rate of the
-# ramp, the proxies taking turns at each rate (so a ratio compares steps minutes, not a
-# quarter of an hour, apart; the order is reversed every other run). Each step is bounded by
+# ramp, the proxies taking turns at each rate (so a ratio compares steps seconds, not
+# minutes, apart; the order is reversed every other run). Each step is bounded by
 # STEP_SECONDS and MAX_CALLS; the ramp of a proxy/transport stops when more than 5% of a
 # step's calls fail (a few failures on a busy machine do not end it, but they do disqualify
 # the step from "clean"). Reported per step: calls passed and failed, the rate achieved, and the proxy's
