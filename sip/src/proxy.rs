@@ -297,8 +297,8 @@ impl Shared {
         // The scan's index borrows `data` and is large: it is not kept across the sends
         // below, only what call tracking reads of it, as positions.
         let (decision, summary) = match self.relay.scan(data) {
-            Ok(msg) => (self.relay.decide(&arrival, &msg, out), Summary::of(&msg)),
-            Err(_) => {
+            Some(msg) => (self.relay.decide(&arrival, &msg, out), Summary::of(&msg)),
+            None => {
                 self.metrics.dropped(DropReason::Unparseable);
                 return;
             }

@@ -179,8 +179,8 @@ impl Relay {
     /// to send into `out` (cleared first).
     pub fn handle(&self, arrival: &Arrival, data: &[u8], out: &mut Vec<u8>) -> Decision {
         match self.scan(data) {
-            Ok(msg) => self.decide(arrival, &msg, out),
-            Err(_) => {
+            Some(msg) => self.decide(arrival, &msg, out),
+            None => {
                 out.clear();
                 Decision::Drop(DropReason::Unparseable)
             }
@@ -188,11 +188,10 @@ impl Relay {
     }
 
     /// Scans `data`, counting what does not scan (which is dropped as
-    /// [`DropReason::Unparseable`]). The scan's own result is passed on: turning it into an
-    /// `Option` would copy the message's index (most of a kilobyte) on every message.
-    pub fn scan<'a>(&self, data: &'a [u8]) -> Result<Message<'a>, ScanError> {
-        let msg = scan::scan(data);
-        if msg.is_err() {
+    /// [`DropReason::Unparseable`]).
+    pub fn scan<'a>(&self, data: &'a [u8]) -> Option<Message<'a>> {
+        let msg = scan::scan(data).ok();
+        if msg.is_none() {
             self.metrics
                 .parse_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
