@@ -77,7 +77,7 @@ SUMMARY="$WORK/summary.tsv"
 : >"$SUMMARY"
 
 # One step: RATE calls/s through PROXY (pid PID, port PORT, its SIPp UAS UAS) over TRANSPORT;
-# appends its row to $RESULTS and prints its failed calls. Runs in a subshell of its own, so
+# appends its row to $RESULTS and prints its failed calls and the calls it placed. Runs in a subshell of its own, so
 # that `times` counts the SIPp UAC's CPU (with a few short commands around it).
 step() { # proxy pid port uas transport t rate run
     local proxy=$1 pid=$2 port=$3 uas=$4 transport=$5 t=$6 rate=$7 run=$8
@@ -118,7 +118,7 @@ step() { # proxy pid port uas transport t rate run
         'BEGIN { if (n > 0) printf "%.0f", t / hz * 1e6 / n; else print "n/a" }')
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$proxy" "$transport" "$rate" "$calls" \
         "$ok" "$failed" "$achieved" "$cpu_us" "$rtt" "$run" "$sipp_pct" | tee -a "$RESULTS" >&2
-    echo "$failed"
+    echo "$failed $calls"
 }
 
 # The proxies of one transport run side by side, each with its own SIPp UAS, and take turns
@@ -154,9 +154,8 @@ for run in $(seq "$RUNS"); do
             for proxy in $order; do
                 [ -n "${PID_OF[$proxy]:-}" ] && [ -z "${DONE[$proxy]:-}" ] || continue
                 pid=${PID_OF[$proxy]}
-                failed=$(step "$proxy" "$pid" "${PORT_OF[$proxy]}" "${UAS_OF[$proxy]}" "$transport" "$t" "$rate" "$run")
-                calls=$((rate * STEP_SECONDS))
-                [ "$calls" -gt "$MAX_CALLS" ] && calls=$MAX_CALLS
+                read -r failed calls <<<"$(step "$proxy" "$pid" "${PORT_OF[$proxy]}" "${UAS_OF[$proxy]}" \
+                    "$transport" "$t" "$rate" "$run")"
                 [ "$rate" = 1000 ] && AT_1000[$proxy]=$(tail -n 1 "$RESULTS" | cut -f8)
                 [ "$failed" -eq 0 ] && BEST[$proxy]=$rate
                 if [ "$failed" -eq 0 ] && tail -n 1 "$RESULTS" | awk -F'\t' -v r="$rate" \
